@@ -1,0 +1,28 @@
+"""Package defaults: the pika example's names, and the knobs' starting values."""
+
+from __future__ import annotations
+
+from typing import Final
+
+AMQP_URL: Final = "amqp://guest:guest@localhost:5672//"
+REDIS_URL: Final = "redis://localhost:6379/0"
+PUBLISH_INTERVAL: Final = 1.0
+
+EXCHANGE: Final = "message"
+EXCHANGE_TYPE: Final = "topic"
+QUEUE: Final = "text"
+ROUTING_KEY: Final = "example.text"
+
+STATS_PREFIX: Final = "pubtasks:"
+#: Seconds to wait for RabbitMQ's basic.ack/basic.nack before counting the publish unconfirmed.
+CONFIRM_TIMEOUT: Final = 5.0
+#: basic.publish attempts per tick (nacks, lost connections, confirm timeouts) before it fails.
+PUBLISH_ATTEMPTS: Final = 5
+#: Seconds after its scheduled time by which a tick must be confirmed, or it fails.
+TICK_DEADLINE: Final = 600.0
+#: Connection attempts at worker start before it exits non-zero.
+STARTUP_RETRIES: Final = 20
+
+APP_ID: Final = "pubtasks"
+TASK_NAME: Final = "pubtasks.publish"
+DEFAULT_ENTRY: Final = "publish-text"

@@ -1,0 +1,34 @@
+"""Unit tests: the message a tick publishes."""
+
+from __future__ import annotations
+
+import json
+
+from pubtasks.message import Tick, body, message_id, properties
+
+
+def test_message_id_is_stable_for_a_tick_and_differs_between_ticks() -> None:
+    assert message_id("publish-text", 1795708650.5) == "publish-text@1795708650500"
+    assert message_id("publish-text", 1795708650.5) == message_id("publish-text", 1795708650.5)
+    assert message_id("publish-text", 1795708650.5) != message_id("publish-text", 1795708651.0)
+    assert message_id("a", 1.0) != message_id("b", 1.0)
+
+
+def test_body_carries_number_and_both_times() -> None:
+    tick = Tick("publish-text", 1795708650.5, "example.text", 42)
+    got = json.loads(body(tick, published_at=1795708650.503))
+    assert got["message_number"] == 42
+    assert got["scheduled_at"] == 1795708650.5
+    assert got["published_at"] == 1795708650.503
+    assert got["entry"] == "publish-text"
+
+
+def test_properties_are_persistent_and_identified() -> None:
+    tick = Tick("publish-text", 1795708650.5, "example.text", 42)
+    props = properties(tick, published_at=1795708650.9)
+    assert props == {
+        "message_id": "publish-text@1795708650500",
+        "app_id": "pubtasks",
+        "timestamp": 1795708650,
+        "delivery_mode": 2,
+    }

@@ -1,0 +1,85 @@
+"""Unit tests: settings are checked once, and errors name the setting without passwords."""
+
+from __future__ import annotations
+
+import pytest
+
+from pubtasks.errors import ConfigError
+from pubtasks.settings import Settings, mask_url
+
+
+def test_defaults_are_the_pika_examples() -> None:
+    s = Settings.load({}, {})
+    assert (s.exchange, s.exchange_type, s.queue, s.routing_key) == (
+        "message",
+        "topic",
+        "text",
+        "example.text",
+    )
+    assert s.binding_key == "example.text"
+    assert s.publish_interval == 1.0
+    assert s.amqp_url == "amqp://guest:guest@localhost:5672//"
+    assert s.redis_url == "redis://localhost:6379/0"
+
+
+def test_celeryconfig_values_override_defaults() -> None:
+    s = Settings.load(
+        {"PUBLISH_INTERVAL": "0.5"},
+        {"EXCHANGE": "x", "ROUTING_KEY": "a.b", "STATS_PREFIX": "p:", "PUBLISH_ATTEMPTS": 3},
+    )
+    assert (s.exchange, s.routing_key, s.binding_key, s.stats_prefix) == ("x", "a.b", "a.b", "p:")
+    assert s.publish_interval == 0.5
+    assert s.publish_attempts == 3
+
+
+@pytest.mark.parametrize("raw", ["abc", "0", "-1", "nan", "inf", ""])
+def test_a_bad_publish_interval_names_the_variable(raw: str) -> None:
+    env = {"PUBLISH_INTERVAL": raw}
+    if raw == "":
+        assert Settings.load(env, {}).publish_interval == 1.0  # empty means unset
+        return
+    with pytest.raises(ConfigError, match=r"^PUBLISH_INTERVAL=") as err:
+        Settings.load(env, {})
+    assert "positive number of seconds" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "fragment"),
+    [
+        ("AMQP_URL", "http://guest:s3cret@host//", "not a URL of the form amqp://"),
+        ("AMQP_URL", "amqp://guest:s3cret@host:notaport//", "malformed"),
+        ("AMQP_URL", "amqp://guest:s3cret@:5672//", "has no host"),
+        ("REDIS_URL", "localhost:6379", "not a URL of the form redis://"),
+        ("REDIS_URL", "redis://:s3cret@host:99999/0", "malformed"),
+    ],
+)
+def test_a_malformed_url_names_the_variable_and_hides_the_password(
+    name: str, url: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.load({name: url}, {})
+    text = str(err.value)
+    assert text.startswith(f"{name}=")
+    assert fragment in text
+    assert "s3cret" not in text
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("EXCHANGE_TYPE", "fancy"),
+        ("CONFIRM_TIMEOUT", 0),
+        ("PUBLISH_ATTEMPTS", "many"),
+        ("QUEUE", ""),
+    ],
+)
+def test_bad_celeryconfig_values_name_the_setting(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key}="):
+        Settings.load({}, {key: value})
+
+
+def test_settings_print_without_passwords() -> None:
+    s = Settings.load({"AMQP_URL": "amqp://u:hunter2@h:5672/v", "REDIS_URL": "redis://:pw9@h/1"})
+    assert "hunter2" not in str(s) + repr(s)
+    assert "pw9" not in str(s) + repr(s)
+    assert mask_url("amqp://u:hunter2@h:5672/v") == "amqp://u:**@h:5672/v"
