@@ -1,0 +1,99 @@
+"""Integration tests: the Redis counters, against the real Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from pubtasks.confirms import Delivery, Outcome, Settled
+from pubtasks.errors import StatsUnavailable
+from pubtasks.stats import Counts, Stats
+
+pytestmark = pytest.mark.integration
+
+
+def delivery(n: int, entry: str = "e") -> Delivery:
+    return Delivery(f"id{n}#x", f"id{n}", entry, n)
+
+
+def test_every_outcome_is_counted_once_and_the_invariant_holds(stats: Stats) -> None:
+    # Given four publishes, begun (published and pending)
+    ds = [delivery(n) for n in range(1, 5)]
+    stats.begin(ds, now=100.0)
+    assert stats.snapshot().totals == Counts(published=4, pending=4)
+    # When they settle: acked, acked and returned, nacked, unconfirmed
+    settled = [
+        Settled(ds[0], Outcome.ACKED),
+        Settled(Delivery(ds[1].key, "id2", "e", 2, returned="unroutable"), Outcome.ACKED),
+        Settled(ds[2], Outcome.NACKED),
+        Settled(ds[3], Outcome.UNCONFIRMED),
+    ]
+    assert stats.settle(settled, now=101.0) == 4
+    # Then each is counted once; settling again (a retried write) counts nothing
+    assert stats.settle(settled, now=102.0) == 0
+    snap = stats.snapshot()
+    assert snap.totals.published == 4
+    assert (snap.totals.acked, snap.totals.returned) == (2, 1)
+    assert (snap.totals.nacked, snap.totals.unconfirmed, snap.totals.pending) == (1, 1, 0)
+    assert snap.totals.invariant_holds
+    assert snap.entries["e"].invariant_holds
+    # A returned message is not "the last confirmed": it was not delivered.
+    assert (snap.totals.last_confirmed_number, snap.totals.last_confirmed_at) == (1, 101.0)
+
+
+def test_begin_is_idempotent(stats: Stats) -> None:
+    d = delivery(1)
+    stats.begin([d], now=1.0)
+    stats.begin([d], now=1.0)  # redis-py retrying after a lost reply
+    assert stats.snapshot().totals == Counts(published=1, pending=1)
+
+
+def test_entries_are_counted_apart(stats: Stats) -> None:
+    a, b = delivery(1, "a"), delivery(2, "b")
+    stats.begin([a, b], now=1.0)
+    stats.settle([Settled(a, Outcome.ACKED)], now=2.0)
+    snap = stats.snapshot()
+    assert snap.entries["a"] == Counts(
+        published=1, acked=1, last_confirmed_number=1, last_confirmed_at=2.0
+    )
+    assert snap.entries["b"] == Counts(published=1, pending=1)
+    assert snap.oldest_pending_at == 1.0
+
+
+def test_a_failed_tick_is_counted_once_with_its_reason(stats: Stats) -> None:
+    assert stats.fail("e", "id1", "nacked 5 times", now=5.0)
+    assert not stats.fail("e", "id1", "nacked 5 times", now=6.0)
+    snap = stats.snapshot()
+    assert snap.totals.failed == 1
+    assert snap.entries["e"].failed == 1
+    assert snap.last_error == {
+        "at": "5.0",
+        "entry": "e",
+        "message_id": "id1",
+        "reason": "nacked 5 times",
+    }
+
+
+def test_reaping_counts_abandoned_publishes_as_unconfirmed(stats: Stats) -> None:
+    old, fresh = delivery(1), delivery(2)
+    stats.begin([old], now=100.0)
+    stats.begin([fresh], now=150.0)
+    assert stats.reap(older_than=30.0, now=160.0) == 1
+    # The owner of the reaped publish answers late: it is not counted twice.
+    assert stats.settle([Settled(old, Outcome.ACKED)], now=161.0) == 0
+    snap = stats.snapshot()
+    assert (snap.totals.unconfirmed, snap.totals.pending, snap.totals.acked) == (1, 1, 0)
+    assert snap.entries["e"].unconfirmed == 1
+    assert snap.totals.invariant_holds
+
+
+def test_message_numbers_increase(stats: Stats) -> None:
+    assert [stats.next_number() for _ in range(3)] == [1, 2, 3]
+    assert stats.snapshot().last_message_number == 3
+
+
+def test_unreachable_redis_is_one_clear_error_without_the_password() -> None:
+    s = Stats.from_url("redis://:s3cret@127.0.0.1:1/0", "p:", retries=0)
+    with pytest.raises(StatsUnavailable) as err:
+        s.snapshot()
+    assert "redis://:**@127.0.0.1:1/0" in str(err.value)
+    assert "s3cret" not in str(err.value)
