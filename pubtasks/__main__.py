@@ -1,0 +1,5 @@
+"""``python -m pubtasks stats``."""
+
+from pubtasks.cli import main
+
+raise SystemExit(main())
