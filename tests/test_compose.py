@@ -1,0 +1,47 @@
+"""docker-compose.yml, checked as far as this machine can without a Docker engine."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pubtasks.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def worker_env() -> dict[str, str]:
+    text = COMPOSE.read_text()
+    block = text.split("\n  worker:\n", 1)[1].split("\n    environment:\n", 1)[1]
+    pairs = re.findall(r"^      (\w+): (.+)$", block.split("\n    depends_on:", 1)[0], re.M)
+    return {k: v.strip('"') for k, v in pairs}
+
+
+def test_the_worker_runs_the_documented_command_after_healthy_services() -> None:
+    text = COMPOSE.read_text()
+    assert 'command: ["celery", "-A", "pubtasks", "worker", "-B", "-l", "info"]' in text
+    assert text.count("condition: service_healthy") == 2
+    assert text.count("healthcheck:") == 2
+    assert '"--appendonly", "yes"' in text  # Redis keeps the counters across restarts
+
+
+def test_the_worker_environment_is_valid_settings() -> None:
+    env = worker_env()
+    assert set(env) == {"AMQP_URL", "REDIS_URL", "PUBLISH_INTERVAL"}
+    s = Settings.load(env, {})
+    user_pass = re.search(
+        r"RABBITMQ_DEFAULT_USER: (\w+)\n\s+RABBITMQ_DEFAULT_PASS: (\w+)", COMPOSE.read_text()
+    )
+    assert user_pass is not None
+    assert s.amqp_url == f"amqp://{user_pass[1]}:{user_pass[2]}@rabbitmq:5672//"
+    assert s.redis_url == "redis://redis:6379/0"
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_docker_compose_accepts_the_file() -> None:
+    subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"], check=True, timeout=60)

@@ -1,0 +1,148 @@
+"""Integration tests: the publisher against the real RabbitMQ and Redis."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+import pytest
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
+
+from pubtasks.errors import TickFailed, TopologyError
+from pubtasks.message import Tick
+from pubtasks.publisher import Publisher
+from pubtasks.settings import Settings
+from pubtasks.stats import Stats
+from tests.helpers import close_connections, drain
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def publisher(settings: Settings, stats: Stats) -> Iterator[Publisher]:
+    p = Publisher(settings, stats)
+    yield p
+    p.close()
+
+
+def tick(stats: Stats, routing_key: str = "example.text") -> Tick:
+    return Tick("publish-text", math.floor(time.time() * 10) / 10, routing_key, stats.next_number())
+
+
+def test_a_tick_is_published_persistent_confirmed_and_counted(
+    publisher: Publisher, stats: Stats, amqp_url: str
+) -> None:
+    t = tick(stats)
+    result = publisher.publish_tick(t)
+    assert (result.outcome, result.attempts, result.message_number) == ("acked", 1, 1)
+    [got] = drain(amqp_url, "text")
+    assert got.body["message_number"] == 1
+    assert got.body["scheduled_at"] == t.scheduled_at
+    assert got.body["published_at"] >= t.scheduled_at
+    assert got.properties["message_id"] == t.message_id
+    assert got.properties["app_id"] == "pubtasks"
+    assert got.properties["content_type"] == "application/json"
+    assert got.properties["delivery_mode"] == 2
+    assert abs(got.properties["timestamp"] - time.time()) < 5
+    snap = stats.snapshot()
+    assert (snap.totals.published, snap.totals.acked, snap.totals.pending) == (1, 1, 0)
+    assert snap.totals.last_confirmed_number == 1
+
+
+def test_the_connection_is_reused_across_ticks(publisher: Publisher, stats: Stats) -> None:
+    publisher.publish_tick(tick(stats))
+    first = publisher.connection.connection
+    publisher.publish_tick(tick(stats))
+    assert publisher.connection.connection is first
+
+
+def test_an_unroutable_message_counts_as_returned_not_delivered(
+    publisher: Publisher, stats: Stats, amqp_url: str
+) -> None:
+    result = publisher.publish_tick(tick(stats, routing_key="nobody.listens"))
+    assert result.outcome == "returned"
+    assert drain(amqp_url, "text") == []
+    snap = stats.snapshot()
+    assert (snap.totals.published, snap.totals.acked, snap.totals.returned) == (1, 1, 1)
+    assert snap.totals.last_confirmed_number is None
+    assert "NO_ROUTE" in snap.last_error["reason"]
+    assert "nobody.listens" in snap.last_error["reason"]
+
+
+def test_nacks_are_counted_and_the_tick_fails_after_bounded_attempts(
+    settings: Settings, stats: Stats, amqp_url: str
+) -> None:
+    # Given a second queue bound to the same key that rejects every publish
+    with Connection(amqp_url) as conn:
+        full = Queue(
+            "full",
+            Exchange("message", "topic", durable=True),
+            "example.text",
+            queue_arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
+        )
+        full(conn.default_channel).declare()
+    p = Publisher(Settings(**{**settings.__dict__, "publish_attempts": 3}), stats)
+    # When a tick is published
+    try:
+        with pytest.raises(TickFailed, match="gave up after 3 attempts: nacked by RabbitMQ"):
+            p.publish_tick(tick(stats))
+    finally:
+        p.close()
+    # Then every nack is counted, and the tick once as failed
+    snap = stats.snapshot()
+    assert (snap.totals.published, snap.totals.nacked, snap.totals.acked) == (3, 3, 0)
+    assert snap.totals.failed == 1
+    assert snap.totals.invariant_holds
+    assert "nacked" in snap.last_error["reason"]
+
+
+def test_a_connection_closed_by_rabbitmq_is_reopened(
+    publisher: Publisher, stats: Stats, vhost: str, amqp_url: str
+) -> None:
+    publisher.publish_tick(tick(stats))
+    close_connections(vhost)
+    result = publisher.publish_tick(tick(stats))
+    assert result.outcome == "acked"
+    assert [m.body["message_number"] for m in drain(amqp_url, "text")] == [1, 2]
+    snap = stats.snapshot()
+    assert snap.totals.acked == 2
+    assert snap.totals.invariant_holds
+
+
+def test_a_deleted_exchange_fails_one_tick_with_404_then_heals(
+    publisher: Publisher, stats: Stats, amqp_url: str
+) -> None:
+    publisher.publish_tick(tick(stats))
+    with Connection(amqp_url) as conn:
+        conn.default_channel.exchange_delete("message")
+    with pytest.raises(TopologyError, match=r"\(404\) NOT_FOUND - no exchange 'message'"):
+        publisher.publish_tick(tick(stats))
+    # The next tick opens a new channel, declares the topology again and goes through.
+    assert publisher.publish_tick(tick(stats)).outcome == "acked"
+    snap = stats.snapshot()
+    assert (snap.totals.acked, snap.totals.unconfirmed, snap.totals.failed) == (2, 1, 1)
+    assert snap.totals.invariant_holds
+    assert "404" in snap.last_error["reason"]
+
+
+def test_a_conflicting_exchange_at_run_time_fails_the_tick_naming_it(
+    publisher: Publisher, stats: Stats, vhost: str, amqp_url: str
+) -> None:
+    # Given the exchange replaced by a direct one while the publisher runs
+    publisher.publish_tick(tick(stats))
+    with Connection(amqp_url) as conn:
+        conn.default_channel.exchange_delete("message")
+        Exchange("message", "direct", durable=True)(conn.default_channel).declare()
+    close_connections(vhost)
+    # When the next tick reconnects and declares the topology
+    with pytest.raises(TopologyError) as err:
+        publisher.publish_tick(tick(stats))
+    # Then it fails at once, naming the exchange and quoting RabbitMQ
+    text = str(err.value)
+    assert "cannot declare exchange 'message' (topic, durable)" in text
+    assert "(406) PRECONDITION_FAILED - inequivalent arg 'type'" in text
+    snap = stats.snapshot()
+    assert snap.totals.failed == 1
+    assert snap.totals.invariant_holds

@@ -1,0 +1,108 @@
+"""End to end: what cannot work stops the worker at once, with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kombu.connection import Connection
+from kombu.entity import Exchange
+
+from tests.helpers import Worker, write_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+SECRET = "s3cretPW"
+
+
+def run_until_exit(worker: Worker) -> tuple[int, list[str]]:
+    code, output = worker.run_to_exit(timeout=90)
+    errors = [line for line in output.splitlines() if line.startswith("pubtasks: error:")]
+    assert "Traceback" not in output, output
+    assert SECRET not in output, output
+    assert len(errors) == 1, output
+    return code, errors
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"PUBLISH_INTERVAL": "soon"}, "PUBLISH_INTERVAL='soon' is not a number"),
+        ({"PUBLISH_INTERVAL": "-2"}, "PUBLISH_INTERVAL='-2' must be a positive number"),
+        ({"AMQP_URL": f"http://guest:{SECRET}@127.0.0.1//"}, "AMQP_URL=http://guest:**@"),
+        ({"REDIS_URL": f"redis://:{SECRET}@127.0.0.1:notaport/0"}, "REDIS_URL=redis://:**@"),
+    ],
+)
+def test_bad_settings_exit_non_zero_naming_the_setting(
+    worker: Worker, env: dict[str, str], expected: str
+) -> None:
+    worker.env.update(env)
+    code, [line] = run_until_exit(worker)
+    assert code != 0
+    assert expected in line
+
+
+def test_wrong_credentials_stop_at_once(worker: Worker, amqp_url: str) -> None:
+    worker.env["AMQP_URL"] = amqp_url.replace("guest:guest", f"guest:{SECRET}")
+    code, [line] = run_until_exit(worker)
+    assert code != 0
+    assert "refused the login: (403) ACCESS_REFUSED" in line
+    assert "check the user and password in AMQP_URL" in line
+
+
+def test_unreachable_rabbitmq_is_retried_one_line_per_attempt_then_exits(
+    worker_dir: Path, worker: Worker, prefix: str
+) -> None:
+    write_config(worker_dir, prefix, "STARTUP_RETRIES = 3\n")
+    worker.env["AMQP_URL"] = f"amqp://guest:{SECRET}@127.0.0.1:1//"
+    code, output = worker.run_to_exit(timeout=90)
+    attempts = [line for line in output.splitlines() if "retrying in" in line]
+    assert [a.rsplit("(", 1)[1] for a in attempts] == [f"attempt {n}/3)" for n in (1, 2, 3)]
+    assert code != 0
+    assert output.splitlines()[-1].startswith(
+        "pubtasks: error: RabbitMQ at amqp://guest:**@127.0.0.1:1// is unreachable"
+    )
+    assert SECRET not in output and "Traceback" not in output
+
+
+def test_unreachable_redis_is_retried_then_exits(
+    worker_dir: Path, worker: Worker, prefix: str
+) -> None:
+    write_config(worker_dir, prefix, "STARTUP_RETRIES = 2\n")
+    worker.env["REDIS_URL"] = f"redis://:{SECRET}@127.0.0.1:1/0"
+    code, output = worker.run_to_exit(timeout=120)
+    assert code != 0
+    assert "(attempt 1/2)" in output
+    assert output.splitlines()[-1].startswith(
+        "pubtasks: error: Redis at redis://:**@127.0.0.1:1/0 failed"
+    )
+    assert SECRET not in output and "Traceback" not in output
+
+
+def test_a_conflicting_exchange_at_start_names_it_and_quotes_rabbitmq(
+    worker: Worker, amqp_url: str
+) -> None:
+    with Connection(amqp_url) as conn:
+        Exchange("message", "direct", durable=True)(conn.default_channel).declare()
+    code, [line] = run_until_exit(worker)
+    assert code != 0
+    assert "cannot declare exchange 'message' (topic, durable)" in line
+    assert "(406) PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'message'" in line
+
+
+def test_without_celeryconfig_the_package_defaults_apply_with_one_line(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "import pubtasks; print(pubtasks.app.conf.beat_scheduler)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert out.stdout.strip() == "pubtasks.beat:Scheduler"
+    assert out.stderr.strip().splitlines() == [
+        f"pubtasks: no celeryconfig module in {tmp_path} or on sys.path; "
+        "running on package defaults"
+    ]
