@@ -49,13 +49,13 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         self._stats: Stats | None = None
         super().__init__(*args, **kwargs)
 
-    def next_number(self) -> int | None:
-        """The tick's message number from Redis, or None to let the task allocate it."""
+    def next_number(self, count: int) -> int | None:
+        """The tick's first message number from Redis, or None to let the task allocate."""
         if self._stats is None:
             s = settings.current()
             self._stats = Stats.from_url(s.redis_url, s.stats_prefix)
         try:
-            return self._stats.next_number()
+            return self._stats.next_number(count)
         except StatsUnavailable as exc:
             log.warning("beat: %s; the task will number this tick", exc)
             return None
@@ -88,11 +88,13 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             self.reserve(entry)
         if entry.task == defaults.TASK_NAME:
             tick_at = self._tick_times.pop(entry.name, None)
+            batch = settings.current().publish_batch
             entry = copy(entry)
             entry.kwargs = {
                 **(entry.kwargs or {}),
                 "entry": entry.name,
                 "scheduled_at": time.time() if tick_at is None else tick_at,
-                "number": self.next_number(),
+                "number": self.next_number(batch),
+                "batch": batch,
             }
         return super().apply_async(entry, producer=producer, advance=False, **kwargs)

@@ -39,6 +39,7 @@ class Delivery:
     message_id: str
     entry: str
     number: int
+    published_at: float = 0.0
     returned: str | None = None  # basic.return's reply, when the message was unroutable
 
 
@@ -63,6 +64,10 @@ class Tracker:
 
     def __len__(self) -> int:
         return len(self._waiting)
+
+    def oldest(self) -> Delivery | None:
+        """The delivery waiting longest (the lowest tag), if any."""
+        return next(iter(self._waiting.values()), None)
 
     def published(self, delivery: Delivery) -> int:
         """Record a basic.publish and return its delivery tag."""

@@ -18,6 +18,10 @@ STATS_PREFIX: Final = "pubtasks:"
 CONFIRM_TIMEOUT: Final = 5.0
 #: basic.publish attempts per tick (nacks, lost connections, confirm timeouts) before it fails.
 PUBLISH_ATTEMPTS: Final = 5
+#: Messages each tick publishes.
+PUBLISH_BATCH: Final = 1
+#: Publishes that may await their confirm at once on a channel (the pika baseline: 256).
+CONFIRM_WINDOW: Final = 1024
 #: Seconds after its scheduled time by which a tick must be confirmed, or it fails.
 TICK_DEADLINE: Final = 600.0
 #: Connection attempts at worker start before it exits non-zero.

@@ -21,24 +21,41 @@ def message_id(entry: str, scheduled_at: float) -> str:
 
 
 @dataclass(frozen=True)
+class Outgoing:
+    """One message of a tick: the tick publishes ``batch`` of them."""
+
+    index: int
+    message_id: str
+    number: int
+
+
+@dataclass(frozen=True)
 class Tick:
     """One firing of a schedule entry, as the publish task receives it."""
 
     entry: str
     scheduled_at: float
     routing_key: str
-    number: int  # allocated in Redis by beat, once per tick
+    number: int  # the first message number, allocated in Redis by beat once per tick
+    batch: int = 1  # messages per tick (PUBLISH_BATCH)
 
     @property
     def message_id(self) -> str:
+        """The tick's id; with a batch, message i's id is this plus ``.i``."""
         return message_id(self.entry, self.scheduled_at)
 
+    def messages(self) -> list[Outgoing]:
+        base = self.message_id
+        if self.batch == 1:
+            return [Outgoing(0, base, self.number)]
+        return [Outgoing(i, f"{base}.{i}", self.number + i) for i in range(self.batch)]
 
-def body(tick: Tick, published_at: float) -> bytes:
+
+def body(tick: Tick, out: Outgoing, published_at: float) -> bytes:
     """The JSON body: the example's text plus the number and the two times."""
     return json.dumps(
         {
-            "message_number": tick.number,
+            "message_number": out.number,
             "scheduled_at": tick.scheduled_at,
             "published_at": published_at,
             "entry": tick.entry,
@@ -48,14 +65,14 @@ def body(tick: Tick, published_at: float) -> bytes:
     ).encode()
 
 
-def properties(tick: Tick, published_at: float) -> dict[str, Any]:
+def properties(out: Outgoing, published_at: float) -> dict[str, Any]:
     """AMQP basic properties for kombu's ``Producer.publish``.
 
     ``timestamp`` is an AMQP timestamp: whole seconds since the epoch.
     ``delivery_mode=2`` makes the message persistent in a durable queue.
     """
     return {
-        "message_id": tick.message_id,
+        "message_id": out.message_id,
         "app_id": defaults.APP_ID,
         "timestamp": int(published_at),
         "delivery_mode": 2,

@@ -21,6 +21,7 @@ confirm mode and the next publish would wait forever for its confirm.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -68,12 +69,11 @@ def describe(exc: BaseException) -> str:
 
 
 @dataclass(frozen=True)
-class Attempt:
-    """How one basic.publish ended."""
+class Sent:
+    """What one attempt at a tick's messages came to."""
 
-    outcome: Outcome
-    returned: str | None = None  # basic.return's reply: acked, but no queue took it
-    error: str | None = None  # why it was not acked
+    settled: dict[str, Settled]  # message_id -> how its publish ended
+    error: str | None = None  # why the attempt stopped early
     permanent: bool = False  # a channel error that retrying cannot fix
 
 
@@ -118,6 +118,9 @@ class Publisher:
         self._producer: Producer | None = None
         self._tracker = Tracker()
         self._settled: list[Settled] = []
+        # Names this publisher's publishes in Redis's pending set: unique per process.
+        self._publisher_id = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        self._sequence = itertools.count(1)
 
     # -- connection and channel -------------------------------------------------------
 
@@ -170,6 +173,13 @@ class Publisher:
 
     def _open_channel(self) -> None:
         channel = self.connection.channel()
+        # confirm_publish makes every channel of the connection a confirm channel, and
+        # py-amqp then blocks each basic.publish until its own confirm arrives. This
+        # channel streams instead: it publishes up to CONFIRM_WINDOW messages ahead and
+        # settles them as the acks and nacks (with `multiple`) come back (confirms.py).
+        channel.basic_publish = channel._basic_publish
+        channel.confirm_select()
+        channel._confirm_selected = True
         tracker = Tracker()
         channel.events["basic_ack"].add(
             lambda tag, multiple: self._settled.extend(
@@ -244,68 +254,82 @@ class Publisher:
     # -- publishing ---------------------------------------------------------------------
 
     def publish_tick(self, tick: message.Tick) -> Result:
-        """Publish one tick until RabbitMQ acks it, or fail it with its reason.
+        """Publish the tick's message(s) until RabbitMQ acks each, or fail what is left.
 
         Every basic.publish is counted in Redis before it is sent and settled
-        exactly once afterwards. Raises ``TickFailed``, ``TopologyError`` or
-        ``AccessRefused`` after counting the tick as failed.
+        exactly once afterwards. A nacked or unconfirmed message is published
+        again, with the same ``message_id``, up to PUBLISH_ATTEMPTS times.
+        Raises ``TickFailed``, ``TopologyError`` or ``AccessRefused`` after
+        counting what was given up as failed.
         """
         s = self.settings
         deadline = tick.scheduled_at + s.tick_deadline
+        todo = tick.messages()
+        returned = 0
         reason = "no attempt made"
         attempt = 0
-        while attempt < s.publish_attempts:
+        while todo and attempt < s.publish_attempts:
             late = f"TICK_DEADLINE={s.tick_deadline:g} s passed"
             if time.time() > deadline:
-                self._fail(tick, f"{late} before it could be published (last: {reason})", None)
+                self._fail(tick, todo, f"{late} before it could be published (last: {reason})")
             try:
                 self.connect(timeout=deadline - time.time())
             except Unreachable as exc:
-                self._fail(tick, f"{late}: {exc}", exc)
+                self._fail(tick, todo, f"{late}: {exc}", exc)
             except (AccessRefused, TopologyError) as exc:
-                self._fail(tick, str(exc), exc, type(exc))
+                self._fail(tick, todo, str(exc), exc, type(exc))
             attempt += 1
-            result = self._attempt(tick)
-            if result.outcome is Outcome.ACKED:
-                outcome = "acked" if result.returned is None else "returned"
-                return Result(tick.message_id, tick.number, outcome, attempt)
-            reason = result.error or result.outcome.value
-            if result.permanent:
-                self._fail(tick, reason, None, TopologyError)
+            sent = self._send(tick, todo)
+            returned += sum(1 for x in sent.settled.values() if x.returned)
+            acked = {m for m, x in sent.settled.items() if x.outcome is Outcome.ACKED}
+            todo = [out for out in todo if out.message_id not in acked]
+            if not todo:
+                break
+            nacked = sum(1 for x in sent.settled.values() if x.outcome is Outcome.NACKED)
+            reason = sent.error or (f"{nacked} nacked by RabbitMQ" if nacked else "unconfirmed")
+            if tick.batch == 1 and nacked:
+                reason = "nacked by RabbitMQ"
+            if sent.permanent:
+                self._fail(tick, todo, reason, None, TopologyError)
             log.warning(
                 "tick %s attempt %d/%d: %s", tick.message_id, attempt, s.publish_attempts, reason
             )
-            if result.outcome is Outcome.NACKED and attempt < s.publish_attempts:
+            if nacked and attempt < s.publish_attempts:
                 time.sleep(nack_backoff(attempt))
-        self._fail(tick, f"gave up after {attempt} attempts: {reason}", None)
+        if todo:
+            self._fail(tick, todo, f"gave up after {attempt} attempts: {reason}")
+        outcome = "acked" if not returned else "returned"
+        return Result(tick.message_id, tick.number, outcome, attempt)
 
-    def _attempt(self, tick: message.Tick) -> Attempt:
-        """One basic.publish of ``tick``, counted in Redis before and after."""
+    def _send(self, tick: message.Tick, todo: list[message.Outgoing]) -> Sent:
+        """Publish ``todo`` once, keeping at most CONFIRM_WINDOW unconfirmed; settle each.
+
+        Stops early on a channel or connection error, or when the oldest publish
+        has waited CONFIRM_TIMEOUT: whatever is then unanswered is unconfirmed,
+        and whatever was not sent yet is simply left for the next attempt.
+        """
         assert self._producer is not None
         s = self.settings
-        published_at = time.time()
-        delivery = Delivery(
-            key=f"{tick.message_id}#{uuid.uuid4().hex[:12]}",
-            message_id=tick.message_id,
-            entry=tick.entry,
-            number=tick.number,
-        )
-        self.stats.begin([delivery], published_at)
-        self._tracker.published(delivery)
+        producer, tracker = self._producer, self._tracker
+        sent: dict[str, Settled] = {}
         error: str | None = None
         permanent = False
+        position = 0
         try:
-            self._producer.publish(
-                message.body(tick, published_at),
-                routing_key=tick.routing_key,
-                mandatory=True,
-                content_type=message.CONTENT_TYPE,
-                content_encoding=message.CONTENT_ENCODING,
-                confirm_timeout=s.confirm_timeout,
-                **message.properties(tick, published_at),
-            )
-        except amqp.exceptions.MessageNacked:
-            error = "nacked by RabbitMQ"  # the basic_nack listener has settled it already
+            while position < len(todo) or len(tracker):
+                room = s.confirm_window - len(tracker)
+                if room > 0 and position < len(todo):
+                    chunk = todo[position : position + room]
+                    position += len(chunk)
+                    self._publish_chunk(producer, tick, chunk)
+                    continue
+                oldest = tracker.oldest()
+                assert oldest is not None
+                wait = oldest.published_at + s.confirm_timeout - time.time()
+                if wait <= 0:
+                    raise TimeoutError
+                self.connection.drain_events(timeout=wait)
+                self._flush(sent)
         except TimeoutError:
             error = f"no confirm within CONFIRM_TIMEOUT={s.confirm_timeout:g} s"
             self._reset()  # the connection may be silently dead; a late ack must not count
@@ -319,26 +343,59 @@ class Publisher:
         except (*self.connection.connection_errors, OSError) as exc:
             error = f"connection lost: {describe(exc)}"
             self._reset()
-        if not any(x.delivery is delivery for x in self._settled):
-            # Returned without an answer for it: never expected with confirm_publish,
-            # but a publish must not stay pending in Redis because of it.
-            self._reset()
+        self._flush(sent)
+        return Sent(sent, error, permanent)
+
+    def _publish_chunk(
+        self, producer: Producer, tick: message.Tick, chunk: list[message.Outgoing]
+    ) -> None:
+        """Count ``chunk`` as published in one Redis round trip, then basic.publish each."""
+        now = time.time()
+        deliveries = [
+            Delivery(
+                key=f"{out.message_id}#{self._publisher_id}.{next(self._sequence)}",
+                message_id=out.message_id,
+                entry=tick.entry,
+                number=out.number,
+                published_at=now,
+            )
+            for out in chunk
+        ]
+        self.stats.begin(deliveries, now)
+        for out, delivery in zip(chunk, deliveries, strict=True):
+            self._tracker.published(delivery)
+            producer.publish(
+                message.body(tick, out, now),
+                routing_key=tick.routing_key,
+                mandatory=True,
+                content_type=message.CONTENT_TYPE,
+                content_encoding=message.CONTENT_ENCODING,
+                **message.properties(out, now),
+            )
+
+    def _flush(self, into: dict[str, Settled]) -> None:
+        """Count the outcomes settled since the last flush, in one Redis round trip."""
         settled, self._settled = self._settled, []
-        self.stats.settle(settled, time.time())
-        mine = next(x for x in settled if x.delivery is delivery)
-        if mine.returned:
-            self.stats.error(tick.entry, tick.message_id, str(delivery.returned), time.time())
-            log.warning("tick %s %s", tick.message_id, delivery.returned)
-        return Attempt(mine.outcome, delivery.returned, error, permanent)
+        if not settled:
+            return
+        now = time.time()
+        self.stats.settle(settled, now)
+        for x in settled:
+            into[x.delivery.message_id] = x
+            if x.returned:
+                d = x.delivery
+                self.stats.error(d.entry, d.message_id, str(d.returned), now)
+                log.warning("message %s %s", d.message_id, d.returned)
 
     def _fail(
         self,
         tick: message.Tick,
+        todo: list[message.Outgoing],
         reason: str,
-        cause: BaseException | None,
+        cause: BaseException | None = None,
         error: type[PubtasksError] = TickFailed,
     ) -> NoReturn:
-        """Count the tick as failed with ``reason`` (once), log it, and raise ``error``."""
-        self.stats.fail(tick.entry, tick.message_id, reason, time.time())
+        """Count each message in ``todo`` as failed with ``reason`` (once), and raise ``error``."""
+        self.stats.fail(tick.entry, [out.message_id for out in todo], reason, time.time())
         log.error("tick %s failed: %s", tick.message_id, reason)
         raise error(f"tick {tick.message_id} failed: {reason}") from cause

@@ -93,6 +93,8 @@ class Settings:
     stats_prefix: str = defaults.STATS_PREFIX
     confirm_timeout: float = defaults.CONFIRM_TIMEOUT
     publish_attempts: int = defaults.PUBLISH_ATTEMPTS
+    publish_batch: int = defaults.PUBLISH_BATCH
+    confirm_window: int = defaults.CONFIRM_WINDOW
     tick_deadline: float = defaults.TICK_DEADLINE
     startup_retries: int = defaults.STARTUP_RETRIES
 
@@ -150,6 +152,12 @@ class Settings:
             ),
             publish_attempts=_positive(
                 "PUBLISH_ATTEMPTS", opt("PUBLISH_ATTEMPTS", defaults.PUBLISH_ATTEMPTS), int
+            ),
+            publish_batch=_positive(
+                "PUBLISH_BATCH", opt("PUBLISH_BATCH", defaults.PUBLISH_BATCH), int
+            ),
+            confirm_window=_positive(
+                "CONFIRM_WINDOW", opt("CONFIRM_WINDOW", defaults.CONFIRM_WINDOW), int
             ),
             tick_deadline=_positive(
                 "TICK_DEADLINE", opt("TICK_DEADLINE", defaults.TICK_DEADLINE), float

@@ -11,7 +11,6 @@ key                       type    holds
 ``entry:<name>``          hash    the same counters for one schedule entry
 ``entries``               set     the schedule entries seen so far
 ``pending``               zset    publishes awaiting a confirm -> publish time
-``pending:entry``         hash    pending publish -> its schedule entry
 ``last_error``            hash    at, entry, message_id, reason
 ``failed:<message_id>``   string  marks a tick already counted as failed (kept 1 day)
 ========================  ======  ==================================================
@@ -29,7 +28,7 @@ it counts its outcome.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,67 +37,113 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from pubtasks.confirms import Delivery, Settled
+from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.errors import StatsUnavailable
 from pubtasks.settings import mask_url
 
 COUNTERS = ("published", "acked", "nacked", "returned", "unconfirmed", "failed")
 FAILED_TTL = 24 * 3600
 
-# KEYS: totals, entry:<name>, pending, pending:entry, entries.  ARGV: key, now, entry.
-_BEGIN = """
-if redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
-redis.call('SADD', KEYS[5], ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'published', 1)
-redis.call('HINCRBY', KEYS[2], 'published', 1)
-return 1
+# A pending publish is the member "<message_id>#<publisher>.<n>" of the pending zset;
+# message ids are "<entry>@<ms>[.<i>]", so the entry is everything before the last "@".
+_ENTRY_OF = """
+local function entry_of(key) return string.match(key, '^(.*)@') or '?' end
 """
 
-# KEYS: totals, entry:<name>, pending, pending:entry.
-# ARGV: key, outcome, returned (0/1), message number, now.
-_SETTLE = """
-if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[4], ARGV[1])
-for i = 1, 2 do
-  redis.call('HINCRBY', KEYS[i], ARGV[2], 1)
-  if ARGV[3] == '1' then
-    redis.call('HINCRBY', KEYS[i], 'returned', 1)
-  elseif ARGV[2] == 'acked' then
-    local last = tonumber(redis.call('HGET', KEYS[i], 'last_confirmed_number') or '0')
-    if tonumber(ARGV[4]) >= last then
-      redis.call('HSET', KEYS[i], 'last_confirmed_number', ARGV[4], 'last_confirmed_at', ARGV[5])
+# One call counts a whole chunk of publishes (a window's worth), so a batch costs one
+# round trip, not one per message.
+# KEYS: totals, pending, entries.  ARGV: now, entry key prefix, then one key per publish.
+_BEGIN = (
+    _ENTRY_OF
+    + """
+local begun, total = {}, 0
+for i = 3, #ARGV do
+  if redis.call('ZADD', KEYS[2], 'NX', ARGV[1], ARGV[i]) == 1 then
+    local entry = entry_of(ARGV[i])
+    begun[entry] = (begun[entry] or 0) + 1
+    total = total + 1
+  end
+end
+for entry, n in pairs(begun) do
+  redis.call('SADD', KEYS[3], entry)
+  redis.call('HINCRBY', ARGV[2] .. entry, 'published', n)
+end
+if total > 0 then redis.call('HINCRBY', KEYS[1], 'published', total) end
+return total
+"""
+)
+
+# KEYS: totals, pending.
+# ARGV: now, entry key prefix, the highest acked (not returned) message number or 0,
+#       then (key, outcome) per publish; outcome is acked, returned (acked and
+#       returned), nacked or unconfirmed.
+# Only the caller whose ZREM removes a publish counts it: settling twice counts once.
+_SETTLE = (
+    _ENTRY_OF
+    + """
+local counts, counted = {}, 0
+local function bump(hash, field)
+  counts[hash] = counts[hash] or {}
+  counts[hash][field] = (counts[hash][field] or 0) + 1
+end
+for i = 4, #ARGV, 2 do
+  if redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
+    counted = counted + 1
+    local outcome = ARGV[i + 1]
+    for _, hash in ipairs({KEYS[1], ARGV[2] .. entry_of(ARGV[i])}) do
+      if outcome == 'returned' then
+        bump(hash, 'acked')
+        bump(hash, 'returned')
+      else
+        bump(hash, outcome)
+      end
     end
   end
 end
-return 1
+local number = tonumber(ARGV[3])
+for hash, fields in pairs(counts) do
+  for field, n in pairs(fields) do redis.call('HINCRBY', hash, field, n) end
+  local current = tonumber(redis.call('HGET', hash, 'last_confirmed_number') or '0')
+  if fields['acked'] and number > 0 and number >= current then
+    redis.call('HSET', hash, 'last_confirmed_number', number, 'last_confirmed_at', ARGV[1])
+  end
+end
+return counted
 """
+)
 
-# KEYS: failed:<id>, totals, entry:<name>, last_error, entries.
-# ARGV: ttl, now, entry, id, reason.
+# KEYS: failed marker of each message, then totals, last_error, entries.
+# ARGV: ttl, now, entry, entry key prefix, reason, then the message ids.
 _FAIL = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
-redis.call('SADD', KEYS[5], ARGV[3])
-redis.call('HINCRBY', KEYS[2], 'failed', 1)
-redis.call('HINCRBY', KEYS[3], 'failed', 1)
-redis.call('HSET', KEYS[4], 'at', ARGV[2], 'entry', ARGV[3], 'message_id', ARGV[4],
+local n = #ARGV - 5
+local totals, last_error, entries = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
+local failed = 0
+for i = 1, n do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then failed = failed + 1 end
+end
+if failed == 0 then return 0 end
+redis.call('SADD', entries, ARGV[3])
+redis.call('HINCRBY', totals, 'failed', failed)
+redis.call('HINCRBY', ARGV[4] .. ARGV[3], 'failed', failed)
+redis.call('HSET', last_error, 'at', ARGV[2], 'entry', ARGV[3], 'message_id', ARGV[6],
            'reason', ARGV[5])
-return 1
+return failed
 """
 
-# KEYS: pending, pending:entry, totals.  ARGV: cutoff, entry key prefix, limit.
+# KEYS: pending, totals.  ARGV: cutoff, entry key prefix, limit.
 # Publishes left pending by a publisher that died (SIGKILL, lost host) become unconfirmed.
-_REAP = """
+_REAP = (
+    _ENTRY_OF
+    + """
 local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 for _, key in ipairs(keys) do
-  local entry = redis.call('HGET', KEYS[2], key) or '?'
   redis.call('ZREM', KEYS[1], key)
-  redis.call('HDEL', KEYS[2], key)
-  redis.call('HINCRBY', KEYS[3], 'unconfirmed', 1)
-  redis.call('HINCRBY', ARGV[2] .. entry, 'unconfirmed', 1)
+  redis.call('HINCRBY', KEYS[2], 'unconfirmed', 1)
+  redis.call('HINCRBY', ARGV[2] .. entry_of(key), 'unconfirmed', 1)
 end
 return #keys
 """
+)
 
 
 @dataclass(frozen=True)
@@ -118,10 +163,6 @@ class Keys:
     @property
     def pending(self) -> str:
         return f"{self.prefix}pending"
-
-    @property
-    def pending_entry(self) -> str:
-        return f"{self.prefix}pending:entry"
 
     @property
     def last_error(self) -> str:
@@ -259,46 +300,48 @@ class Stats:
         with _converted(self._url):
             self.client.ping()
 
-    def next_number(self) -> int:
-        """Allocate the next message number (beat does, once per tick)."""
+    def next_number(self, count: int = 1) -> int:
+        """Allocate ``count`` message numbers (beat does, once per tick); return the first."""
         with _converted(self._url):
-            return int(self.client.hincrby(self.keys.totals, "last_message_number", 1))
+            last = int(self.client.hincrby(self.keys.totals, "last_message_number", count))
+        return last - count + 1
 
-    def begin(self, deliveries: Iterable[Delivery], now: float) -> None:
+    def begin(self, deliveries: Iterable[Delivery], now: float) -> int:
         """Count basic.publishes as published and pending, before they are sent."""
         k = self.keys
-        with _converted(self._url), self.client.pipeline(transaction=False) as pipe:
-            for d in deliveries:
-                self._begin(
-                    keys=[k.totals, k.entry(d.entry), k.pending, k.pending_entry, k.entries],
-                    args=[d.key, now, d.entry],
-                    client=pipe,
-                )
-            pipe.execute()
+        args: list[Any] = [now, k.entry("")]
+        args += (d.key for d in deliveries)
+        with _converted(self._url):
+            return int(self._begin(keys=[k.totals, k.pending, k.entries], args=args))
 
     def settle(self, settled: Iterable[Settled], now: float) -> int:
         """Count each outcome once; return how many were counted (not already settled)."""
         k = self.keys
-        with _converted(self._url), self.client.pipeline(transaction=False) as pipe:
-            for s in settled:
-                d = s.delivery
-                self._settle(
-                    keys=[k.totals, k.entry(d.entry), k.pending, k.pending_entry],
-                    args=[d.key, s.outcome.value, int(s.returned), d.number, now],
-                    client=pipe,
-                )
-            return sum(int(r) for r in pipe.execute())
-
-    def fail(self, entry: str, message_id: str, reason: str, now: float) -> bool:
-        """Count a tick as failed, once, and make ``reason`` the last error."""
-        k = self.keys
+        pairs: list[Any] = []
+        number = 0
+        for x in settled:
+            outcome = x.outcome.value
+            if x.returned:
+                outcome = "returned"
+            elif x.outcome is Outcome.ACKED:
+                number = max(number, x.delivery.number)
+            pairs += (x.delivery.key, outcome)
+        if not pairs:
+            return 0
         with _converted(self._url):
-            return bool(
-                self._fail(
-                    keys=[k.failed(message_id), k.totals, k.entry(entry), k.last_error, k.entries],
-                    args=[FAILED_TTL, now, entry, message_id, reason],
-                )
+            return int(
+                self._settle(keys=[k.totals, k.pending], args=[now, k.entry(""), number, *pairs])
             )
+
+    def fail(self, entry: str, message_ids: Sequence[str], reason: str, now: float) -> int:
+        """Count messages given up as failed, each once, and make ``reason`` the last error."""
+        if not message_ids:
+            return 0
+        k = self.keys
+        keys = [k.failed(m) for m in message_ids] + [k.totals, k.last_error, k.entries]
+        args: list[Any] = [FAILED_TTL, now, entry, k.entry(""), reason, *message_ids]
+        with _converted(self._url):
+            return int(self._fail(keys=keys, args=args))
 
     def error(self, entry: str, message_id: str, reason: str, now: float) -> None:
         """Record ``reason`` as the last error without failing the tick."""
@@ -313,10 +356,7 @@ class Stats:
         k = self.keys
         with _converted(self._url):
             return int(
-                self._reap(
-                    keys=[k.pending, k.pending_entry, k.totals],
-                    args=[now - older_than, k.entry(""), limit],
-                )
+                self._reap(keys=[k.pending, k.totals], args=[now - older_than, k.entry(""), limit])
             )
 
     def snapshot(self) -> Snapshot:

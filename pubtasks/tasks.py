@@ -67,23 +67,28 @@ def reap_abandoned(p: Publisher, now: float) -> None:
 )
 def publish(
     self: Task,
+    *,
     entry: str = defaults.DEFAULT_ENTRY,
     scheduled_at: float | None = None,
     routing_key: str | None = None,
     number: int | None = None,
+    batch: int | None = None,
 ) -> dict[str, Any]:
     """Publish one tick of schedule entry ``entry`` and wait for RabbitMQ's confirm.
 
-    Beat passes ``entry``, ``scheduled_at`` and ``number``; a retry or a
-    redelivery of the same tick publishes the same ``message_id`` and number.
+    Beat passes ``entry``, ``scheduled_at``, ``number`` (the first) and ``batch``
+    (PUBLISH_BATCH); a retry or a redelivery of the same tick publishes the same
+    message ids and numbers.
     """
     p = publisher()
+    size = p.settings.publish_batch if batch is None else int(batch)
     try:
         tick = Tick(
             entry=entry,
             scheduled_at=time.time() if scheduled_at is None else float(scheduled_at),
             routing_key=routing_key or p.settings.routing_key,
-            number=p.stats.next_number() if number is None else int(number),
+            number=p.stats.next_number(size) if number is None else int(number),
+            batch=size,
         )
         reap_abandoned(p, time.time())
         result = p.publish_tick(tick)

@@ -16,7 +16,8 @@ def test_message_id_is_stable_for_a_tick_and_differs_between_ticks() -> None:
 
 def test_body_carries_number_and_both_times() -> None:
     tick = Tick("publish-text", 1795708650.5, "example.text", 42)
-    got = json.loads(body(tick, published_at=1795708650.503))
+    [out] = tick.messages()
+    got = json.loads(body(tick, out, published_at=1795708650.503))
     assert got["message_number"] == 42
     assert got["scheduled_at"] == 1795708650.5
     assert got["published_at"] == 1795708650.503
@@ -25,10 +26,20 @@ def test_body_carries_number_and_both_times() -> None:
 
 def test_properties_are_persistent_and_identified() -> None:
     tick = Tick("publish-text", 1795708650.5, "example.text", 42)
-    props = properties(tick, published_at=1795708650.9)
+    props = properties(tick.messages()[0], published_at=1795708650.9)
     assert props == {
         "message_id": "publish-text@1795708650500",
         "app_id": "pubtasks",
         "timestamp": 1795708650,
         "delivery_mode": 2,
     }
+
+
+def test_a_batch_tick_numbers_and_names_each_message() -> None:
+    tick = Tick("bulk", 10.0, "k", number=100, batch=3)
+    assert [(o.index, o.message_id, o.number) for o in tick.messages()] == [
+        (0, "bulk@10000.0", 100),
+        (1, "bulk@10000.1", 101),
+        (2, "bulk@10000.2", 102),
+    ]
+    assert json.loads(body(tick, tick.messages()[2], 10.5))["message_number"] == 102

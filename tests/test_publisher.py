@@ -146,3 +146,64 @@ def test_a_conflicting_exchange_at_run_time_fails_the_tick_naming_it(
     snap = stats.snapshot()
     assert snap.totals.failed == 1
     assert snap.totals.invariant_holds
+
+
+def batch_publisher(settings: Settings, stats: Stats, **overrides: int) -> Publisher:
+    return Publisher(Settings(**{**settings.__dict__, **overrides}), stats)
+
+
+def test_a_batch_streams_through_a_window_and_is_counted_exactly(
+    settings: Settings, stats: Stats, amqp_url: str
+) -> None:
+    p = batch_publisher(settings, stats, confirm_window=32)
+    in_flight: list[int] = []
+    try:
+        p.connect()
+        # Watch the real channel: how many publishes await their confirm at each ack.
+        p._channel.events["basic_ack"].add(lambda tag, multiple: in_flight.append(len(p._tracker)))
+        t = Tick("bulk", math.floor(time.time()), "example.text", stats.next_number(500), 500)
+        assert p.publish_tick(t).outcome == "acked"
+    finally:
+        p.close()
+    assert max(in_flight) <= 32  # never more than the window awaits its confirm
+    got = drain(amqp_url, "text")
+    assert [m.body["message_number"] for m in got] == list(range(1, 501))
+    assert len({m.properties["message_id"] for m in got}) == 500
+    snap = stats.snapshot()
+    assert (snap.totals.published, snap.totals.acked, snap.totals.pending) == (500, 500, 0)
+    assert snap.totals.last_confirmed_number == 500
+
+
+def test_nacks_with_the_multiple_flag_are_each_counted_once(
+    settings: Settings, stats: Stats, amqp_url: str
+) -> None:
+    # Given a queue that takes 50 messages and then rejects every publish
+    with Connection(amqp_url) as conn:
+        Queue(
+            "full",
+            Exchange("message", "topic", durable=True),
+            "example.text",
+            queue_arguments={"x-max-length": 50, "x-overflow": "reject-publish"},
+        )(conn.default_channel).declare()
+    p = batch_publisher(settings, stats, confirm_window=64, publish_attempts=2)
+    answers: list[tuple[str, int, bool]] = []
+    try:
+        p.connect()
+        for kind in ("ack", "nack"):
+            p._channel.events[f"basic_{kind}"].add(
+                lambda tag, multiple, kind=kind: answers.append((kind, tag, multiple))
+            )
+        # When a tick of 300 messages is published, 64 at a time
+        t = Tick("bulk", math.floor(time.time()), "example.text", stats.next_number(300), 300)
+        with pytest.raises(TickFailed, match="gave up after 2 attempts: 250 nacked"):
+            p.publish_tick(t)
+    finally:
+        p.close()
+    # Then RabbitMQ answered some nacks for several publishes at once (multiple)...
+    assert any(kind == "nack" and multiple for kind, _, multiple in answers)
+    # ... and each publish is counted once: 300 + 250 retried, 50 acked, 500 nacked
+    snap = stats.snapshot()
+    t_ = snap.totals
+    assert (t_.published, t_.acked, t_.nacked, t_.unconfirmed, t_.pending) == (550, 50, 500, 0, 0)
+    assert t_.failed == 250
+    assert t_.invariant_holds

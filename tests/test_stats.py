@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 
 def delivery(n: int, entry: str = "e") -> Delivery:
-    return Delivery(f"id{n}#x", f"id{n}", entry, n)
+    return Delivery(f"{entry}@{n}#x", f"{entry}@{n}", entry, n)
 
 
 def test_every_outcome_is_counted_once_and_the_invariant_holds(stats: Stats) -> None:
@@ -23,7 +23,7 @@ def test_every_outcome_is_counted_once_and_the_invariant_holds(stats: Stats) -> 
     # When they settle: acked, acked and returned, nacked, unconfirmed
     settled = [
         Settled(ds[0], Outcome.ACKED),
-        Settled(Delivery(ds[1].key, "id2", "e", 2, returned="unroutable"), Outcome.ACKED),
+        Settled(Delivery(ds[1].key, "e@2", "e", 2, returned="unroutable"), Outcome.ACKED),
         Settled(ds[2], Outcome.NACKED),
         Settled(ds[3], Outcome.UNCONFIRMED),
     ]
@@ -60,16 +60,17 @@ def test_entries_are_counted_apart(stats: Stats) -> None:
 
 
 def test_a_failed_tick_is_counted_once_with_its_reason(stats: Stats) -> None:
-    assert stats.fail("e", "id1", "nacked 5 times", now=5.0)
-    assert not stats.fail("e", "id1", "nacked 5 times", now=6.0)
+    assert stats.fail("e", ["e@1"], "nacked 5 times", now=5.0) == 1
+    assert stats.fail("e", ["e@1"], "nacked 5 times", now=6.0) == 0
+    assert stats.fail("e", ["e@2.0", "e@2.1", "e@1"], "batch given up", now=7.0) == 2
     snap = stats.snapshot()
-    assert snap.totals.failed == 1
-    assert snap.entries["e"].failed == 1
+    assert snap.totals.failed == 3
+    assert snap.entries["e"].failed == 3
     assert snap.last_error == {
-        "at": "5.0",
+        "at": "7.0",
         "entry": "e",
-        "message_id": "id1",
-        "reason": "nacked 5 times",
+        "message_id": "e@2.0",
+        "reason": "batch given up",
     }
 
 
