@@ -3,8 +3,8 @@
 Celery beat sends a task with the arguments of its schedule entry and
 nothing about *when* it was due. This scheduler adds ``entry`` (the entry's
 name) and ``scheduled_at`` (the tick's time on the schedule, not the time beat
-happened to wake) to every ``pubtasks.publish`` it sends, and ``number``,
-the message number it allocates in Redis. The publish task derives the
+happened to wake) to every ``pubtasks.publish`` it sends, ``number``, the
+first message number, which it allocates in Redis, and ``batch``. The publish task derives the
 message's stable ``message_id`` from the first two; a retry or redelivery of
 the task carries the same three.
 
@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from copy import copy
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from celery.beat import PersistentScheduler, ScheduleEntry
+from celery.beat import PersistentScheduler, ScheduleEntry, SchedulingError
 
 from pubtasks import defaults, settings
 from pubtasks.errors import StatsUnavailable
@@ -41,24 +43,37 @@ def due_time(entry: ScheduleEntry, now: float) -> float:
     return now + min(remaining, 0.0)
 
 
+@dataclass
+class Unsent:
+    """A tick beat fired but has not handed to Celery's transport yet."""
+
+    entry: ScheduleEntry
+    scheduled_at: float
+    batch: int
+    number: int | None = None
+
+
 class Scheduler(PersistentScheduler):  # type: ignore[misc]
-    """Celery's persistent scheduler, tick-aware. Set as ``beat_scheduler`` by default."""
+    """Celery's persistent scheduler, tick-aware. Set as ``beat_scheduler`` by default.
+
+    Celery's scheduler logs a tick it cannot send (Redis restarting, say) and moves
+    on: the tick is lost. This one keeps such ticks, in order, and sends them, each
+    with its own scheduled time, as soon as Redis takes them again; a tick that
+    waited past TICK_DEADLINE is then counted as failed by the task.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._tick_times: dict[str, float] = {}
         self._stats: Stats | None = None
+        self._unsent: deque[Unsent] = deque()
         super().__init__(*args, **kwargs)
 
-    def next_number(self, count: int) -> int | None:
-        """The tick's first message number from Redis, or None to let the task allocate."""
+    def next_number(self, count: int) -> int:
+        """Allocate the tick's first message number in Redis."""
         if self._stats is None:
             s = settings.current()
-            self._stats = Stats.from_url(s.redis_url, s.stats_prefix)
-        try:
-            return self._stats.next_number(count)
-        except StatsUnavailable as exc:
-            log.warning("beat: %s; the task will number this tick", exc)
-            return None
+            self._stats = Stats.from_url(s.redis_url, s.stats_prefix, retries=2)
+        return self._stats.next_number(count)
 
     def setup_schedule(self) -> None:
         super().setup_schedule()
@@ -70,6 +85,12 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
     def adjust(self, n: float, drift: float = 0.0) -> float:
         # Celery wakes 10 ms early and then spins until the tick is due; wake on time instead.
         return n
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        if self._unsent:
+            self._send_unsent(self.producer)
+        wait: float = super().tick(*args, **kwargs)
+        return min(wait, 0.5) if self._unsent else wait
 
     def reserve(self, entry: ScheduleEntry) -> ScheduleEntry:
         tick_at = due_time(entry, time.time())
@@ -86,15 +107,47 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
     ) -> Any:
         if advance:
             self.reserve(entry)
-        if entry.task == defaults.TASK_NAME:
-            tick_at = self._tick_times.pop(entry.name, None)
-            batch = settings.current().publish_batch
-            entry = copy(entry)
-            entry.kwargs = {
-                **(entry.kwargs or {}),
-                "entry": entry.name,
-                "scheduled_at": time.time() if tick_at is None else tick_at,
-                "number": self.next_number(batch),
-                "batch": batch,
-            }
-        return super().apply_async(entry, producer=producer, advance=False, **kwargs)
+        if entry.task != defaults.TASK_NAME:
+            return super().apply_async(entry, producer=producer, advance=False, **kwargs)
+        tick_at = self._tick_times.pop(entry.name, None)
+        self._unsent.append(
+            Unsent(
+                entry=entry,
+                scheduled_at=time.time() if tick_at is None else tick_at,
+                batch=settings.current().publish_batch,
+            )
+        )
+        return self._send_unsent(producer, **kwargs)
+
+    def _send_unsent(self, producer: Any, **kwargs: Any) -> Any:
+        """Send the waiting ticks in order; stop at the first that cannot go yet."""
+        result = None
+        while self._unsent:
+            tick = self._unsent[0]
+            try:
+                if tick.number is None:
+                    tick.number = self.next_number(tick.batch)
+                entry = copy(tick.entry)
+                entry.kwargs = {
+                    **(entry.kwargs or {}),
+                    "entry": entry.name,
+                    "scheduled_at": tick.scheduled_at,
+                    "number": tick.number,
+                    "batch": tick.batch,
+                }
+                result = super().apply_async(entry, producer=producer, advance=False, **kwargs)
+            except (
+                StatsUnavailable,
+                SchedulingError,
+                *self.app.connection_for_write().connection_errors,
+            ) as exc:
+                log.warning(
+                    "beat: cannot send the tick of %s at %.3f yet (%d waiting): %s",
+                    tick.entry.name,
+                    tick.scheduled_at,
+                    len(self._unsent),
+                    exc,
+                )
+                return None
+            self._unsent.popleft()
+        return result

@@ -87,7 +87,26 @@ def parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.add_argument("--prefix", help="key prefix (default: STATS_PREFIX, else 'pubtasks:')")
     stats.set_defaults(run=stats_command)
+    bench = sub.add_parser(
+        "bench",
+        help="measure confirmed-publish throughput against the pika example's pattern, "
+        "tick fidelity, broker-restart recovery and memory (reads AMQP_URL, REDIS_URL)",
+    )
+    bench_args(bench)
+    bench.set_defaults(run=bench_command)
     return top
+
+
+def bench_args(parser: argparse.ArgumentParser) -> None:
+    from pubtasks import bench
+
+    bench.add_arguments(parser)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from pubtasks import bench
+
+    return bench.command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,10 +84,14 @@ class Tracker:
 
     def confirm(self, tag: int, multiple: bool, outcome: Outcome) -> list[Settled]:
         """Settle ``tag`` (or every tag up to it, with ``multiple``); unknown tags are ignored."""
-        if multiple:
-            tags = [t for t in self._waiting if tag == 0 or t <= tag]
-        else:
-            tags = [tag] if tag in self._waiting else []
+        if not multiple:
+            delivery = self._waiting.pop(tag, None)
+            return [] if delivery is None else [Settled(delivery, outcome)]
+        tags = []
+        for t in self._waiting:  # in tag order: stop at the first tag past this one
+            if tag and t > tag:
+                break
+            tags.append(t)
         return [Settled(self._waiting.pop(t), outcome) for t in tags]
 
     def lose_all(self) -> list[Settled]:

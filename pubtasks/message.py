@@ -20,6 +20,11 @@ def message_id(entry: str, scheduled_at: float) -> str:
     return f"{entry}@{round(scheduled_at * 1000)}"
 
 
+def scheduled_at_of(message_id: str) -> float:
+    """The scheduled time back from a message id (``<entry>@<ms>`` or ``<entry>@<ms>.<i>``)."""
+    return int(message_id.rsplit("@", 1)[1].split(".", maxsplit=1)[0]) / 1000
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """One message of a tick: the tick publishes ``batch`` of them."""
@@ -38,6 +43,7 @@ class Tick:
     routing_key: str
     number: int  # the first message number, allocated in Redis by beat once per tick
     batch: int = 1  # messages per tick (PUBLISH_BATCH)
+    text: str | None = None  # the body's "text"; by default the example's sentence
 
     @property
     def message_id(self) -> str:
@@ -59,7 +65,7 @@ def body(tick: Tick, out: Outgoing, published_at: float) -> bytes:
             "scheduled_at": tick.scheduled_at,
             "published_at": published_at,
             "entry": tick.entry,
-            "text": f"The current epoch value is {int(tick.scheduled_at)}",
+            "text": tick.text or f"The current epoch value is {int(tick.scheduled_at)}",
         },
         separators=(",", ":"),
     ).encode()

@@ -27,6 +27,7 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -85,6 +86,7 @@ class Result:
     message_number: int
     outcome: str  # "acked" or "returned"
     attempts: int
+    confirmed_at: float  # when the last confirm of the tick was counted
 
 
 class Publisher:
@@ -299,7 +301,7 @@ class Publisher:
         if todo:
             self._fail(tick, todo, f"gave up after {attempt} attempts: {reason}")
         outcome = "acked" if not returned else "returned"
-        return Result(tick.message_id, tick.number, outcome, attempt)
+        return Result(tick.message_id, tick.number, outcome, attempt, time.time())
 
     def _send(self, tick: message.Tick, todo: list[message.Outgoing]) -> Sent:
         """Publish ``todo`` once, keeping at most CONFIRM_WINDOW unconfirmed; settle each.
@@ -315,21 +317,27 @@ class Publisher:
         error: str | None = None
         permanent = False
         position = 0
+        # Counted in Redis as published, not sent yet: a window's worth is counted in
+        # one round trip ahead of sending, so the broker is never kept waiting on Redis.
+        counted: deque[tuple[message.Outgoing, Delivery]] = deque()
         try:
             while position < len(todo) or len(tracker):
                 room = s.confirm_window - len(tracker)
                 if room > 0 and position < len(todo):
-                    chunk = todo[position : position + room]
-                    position += len(chunk)
-                    self._publish_chunk(producer, tick, chunk)
+                    if not counted:
+                        counted += self._count(tick, todo[position : position + s.confirm_window])
+                    batch = [counted.popleft() for _ in range(min(room, len(counted)))]
+                    position += len(batch)
+                    self._publish(producer, tick, batch)
                     continue
+                # The window is full: write the outcomes so far while RabbitMQ works.
+                self._flush(sent)
                 oldest = tracker.oldest()
                 assert oldest is not None
                 wait = oldest.published_at + s.confirm_timeout - time.time()
                 if wait <= 0:
                     raise TimeoutError
                 self.connection.drain_events(timeout=wait)
-                self._flush(sent)
         except TimeoutError:
             error = f"no confirm within CONFIRM_TIMEOUT={s.confirm_timeout:g} s"
             self._reset()  # the connection may be silently dead; a late ack must not count
@@ -343,26 +351,42 @@ class Publisher:
         except (*self.connection.connection_errors, OSError) as exc:
             error = f"connection lost: {describe(exc)}"
             self._reset()
+        # Counted but never sent: no answer will come for them either.
+        self._settled += [Settled(d, Outcome.UNCONFIRMED) for _, d in counted]
         self._flush(sent)
         return Sent(sent, error, permanent)
 
-    def _publish_chunk(
-        self, producer: Producer, tick: message.Tick, chunk: list[message.Outgoing]
-    ) -> None:
-        """Count ``chunk`` as published in one Redis round trip, then basic.publish each."""
+    def _count(
+        self, tick: message.Tick, outs: list[message.Outgoing]
+    ) -> list[tuple[message.Outgoing, Delivery]]:
+        """Count ``outs`` as published and pending, in one Redis round trip."""
         now = time.time()
-        deliveries = [
-            Delivery(
-                key=f"{out.message_id}#{self._publisher_id}.{next(self._sequence)}",
-                message_id=out.message_id,
-                entry=tick.entry,
-                number=out.number,
-                published_at=now,
+        pairs = [
+            (
+                out,
+                Delivery(
+                    key=f"{out.message_id}#{self._publisher_id}.{next(self._sequence)}",
+                    message_id=out.message_id,
+                    entry=tick.entry,
+                    number=out.number,
+                    published_at=now,
+                ),
             )
-            for out in chunk
+            for out in outs
         ]
-        self.stats.begin(deliveries, now)
-        for out, delivery in zip(chunk, deliveries, strict=True):
+        self.stats.begin((d for _, d in pairs), now)
+        return pairs
+
+    def _publish(
+        self,
+        producer: Producer,
+        tick: message.Tick,
+        batch: list[tuple[message.Outgoing, Delivery]],
+    ) -> None:
+        """basic.publish each message through kombu's Producer; confirms come back later."""
+        now = time.time()
+        for out, delivery in batch:
+            delivery.published_at = now
             self._tracker.published(delivery)
             producer.publish(
                 message.body(tick, out, now),

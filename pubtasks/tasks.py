@@ -103,4 +103,5 @@ def publish(
         "message_number": result.message_number,
         "outcome": result.outcome,
         "attempts": result.attempts,
+        "confirmed_at": result.confirmed_at,
     }

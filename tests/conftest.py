@@ -43,9 +43,14 @@ def prefix(redis_url: str) -> Iterator[str]:
     name = f"pubtasks-test:{uuid.uuid4().hex[:10]}:"
     yield name
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{name}*", count=1000))
-    if keys:
-        client.delete(*keys)
+    for pattern in (f"{name}*", f"_kombu.binding*.{name}*"):
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)
+    # kombu's shared index of binding deadlines names our bindings too
+    ours = [m for m, _ in client.zscan_iter("_kombu.binding_deadlines") if name.encode() in m]
+    if ours:
+        client.zrem("_kombu.binding_deadlines", *ours)
     client.close()
 
 

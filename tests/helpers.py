@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kombu.connection import Connection
+
+from pubtasks.message import scheduled_at_of
 
 T = TypeVar("T")
 
@@ -70,8 +73,26 @@ def queue_depth(amqp_url: str, queue: str) -> int:
         return int(conn.channel().queue_declare(queue, passive=True).message_count)
 
 
+def celery_isolation(prefix: str) -> dict[str, object]:
+    """Celery settings that keep a test's transport keys apart, all named after ``prefix``.
+
+    Not kombu's ``global_keyprefix``: with it, a task requeued after a lost worker
+    process was seen landing in the unprefixed ``celery`` list (kombu 5.7).
+    """
+    return {
+        "task_default_queue": f"{prefix}celery",
+        "broker_transport_options": {
+            "visibility_timeout": 3600,
+            "unacked_key": f"{prefix}unacked",
+            "unacked_index_key": f"{prefix}unacked_index",
+            "unacked_mutex_key": f"{prefix}unacked_mutex",
+        },
+    }
+
+
 def write_config(directory: Path, prefix: str, extra: str = "") -> None:
-    """A celeryconfig.py for a test worker: its own stats prefix and Celery key prefix."""
+    """A celeryconfig.py for a test worker: its own stats prefix and Celery keys."""
+    isolation = "".join(f"{k} = {v!r}\n" for k, v in celery_isolation(prefix).items())
     (directory / "celeryconfig.py").write_text(
         textwrap.dedent(
             f"""
@@ -79,13 +100,10 @@ def write_config(directory: Path, prefix: str, extra: str = "") -> None:
 
             beat_schedule = {{"publish-text": {{"task": "pubtasks.publish", "schedule": every()}}}}
             STATS_PREFIX = {prefix!r}
-            broker_transport_options = {{
-                "visibility_timeout": 3600,
-                "global_keyprefix": {prefix + "celery:"!r},
-            }}
             CONFIRM_TIMEOUT = 2.0
             """
         )
+        + isolation
         + textwrap.dedent(extra)
     )
 
@@ -134,11 +152,12 @@ class Worker:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 30) -> int | None:
-        """Warm shutdown (SIGTERM), then SIGKILL to the whole group if it lingers."""
+        """Warm shutdown (SIGTERM to the main process, as docker or systemd would send),
+        then SIGKILL to the whole group if it lingers."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -166,3 +185,98 @@ def close_connections(vhost: str) -> int:
     rabbitmqctl("close_all_connections", "-p", vhost, "pubtasks test: forced close")
     wait_for(lambda: not before & set(connections(vhost)), 10, f"{vhost} to close them", 0.2)
     return len(before)
+
+
+@dataclass
+class Row:
+    """One scenario's figures, as the reliability table shows them."""
+
+    scenario: str
+    scheduled: int
+    delivered: int
+    duplicates: int
+    lost: int
+    failed: int
+    reason: str
+    invariant: bool
+    recovery_s: float | None
+    notes: str = ""
+    received: int = 0
+    unconfirmed: int = 0
+    queued: int = 0
+    ids: set[str] | None = None
+
+
+def _scheduled_at(message_id: str) -> float:
+    return int(message_id.rsplit("@", 1)[1].split(".", maxsplit=1)[0]) / 1000
+
+
+def tally(
+    scenario: str,
+    amqp_url: str,
+    stats: Any,
+    interval: float | None,
+    recovery_s: float | None,
+    notes: str = "",
+) -> Row:
+    """Consume queue ``text`` and read Redis: account for every message beat scheduled.
+
+    A message is delivered (in the queue), failed (counted, with a reason) or
+    returned (unroutable); anything else is lost. With ``interval``, every grid
+    point between the first and the last tick must also be there.
+    """
+    received = drain(amqp_url, "text")
+    snap = stats.snapshot()
+    ids = [m.properties["message_id"] for m in received]
+    unique = set(ids)
+    failed_ids = {
+        key.removeprefix(stats.keys.failed(""))
+        for key in stats.client.scan_iter(match=stats.keys.failed("*"), count=1000)
+    }
+    t = snap.totals
+    waiting = queued_messages(stats.client, stats.keys.prefix)
+    lost = snap.last_message_number - len(unique | failed_ids) - t.returned - waiting
+    if interval is not None and unique:
+        times = sorted({scheduled_at_of(i) for i in unique | failed_ids})
+        expected = round((times[-1] - times[0]) / interval) + 1
+        lost = max(lost, expected - len(times))
+    return Row(
+        scenario=scenario,
+        scheduled=snap.last_message_number,
+        delivered=len(unique),
+        duplicates=len(ids) - len(unique),
+        lost=lost,
+        failed=t.failed,
+        reason=snap.last_error.get("reason", "") if t.failed else "",
+        invariant=t.invariant_holds and t.pending == 0,
+        recovery_s=recovery_s,
+        notes=notes,
+        received=len(ids),
+        unconfirmed=t.unconfirmed,
+        queued=waiting,
+        ids=unique,
+    )
+
+
+def queued_messages(client: Any, prefix: str) -> int:
+    """Messages of ticks still in Celery's Redis queue (fired, not yet run: a worker
+    stopped before it took them; the next worker publishes them)."""
+    raw = client.lrange(f"{prefix}celery", 0, -1) + [
+        json.loads(v)[0] for v in client.hvals(f"{prefix}unacked")
+    ]
+    total = 0
+    for item in raw:
+        message = json.loads(item) if isinstance(item, (str, bytes)) else item
+        kwargs = json.loads(base64.b64decode(message["body"]))[1]
+        total += int(kwargs.get("batch") or 1)
+    return total
+
+
+def record(row: Row) -> None:
+    """Append the row to $PUBTASKS_RELIABILITY_OUT (JSON lines), when it is set."""
+    out = os.environ.get("PUBTASKS_RELIABILITY_OUT")
+    if not out:
+        return
+    fields = {k: v for k, v in row.__dict__.items() if k != "ids"}
+    with open(out, "a") as f:
+        f.write(json.dumps(fields) + "\n")

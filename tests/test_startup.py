@@ -4,26 +4,47 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from kombu.connection import Connection
 from kombu.entity import Exchange
 
-from tests.helpers import Worker, write_config
+from tests.helpers import Row, Worker, record, write_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
 
 SECRET = "s3cretPW"
 
 
-def run_until_exit(worker: Worker) -> tuple[int, list[str]]:
+def run_until_exit(worker: Worker, case: str) -> tuple[int, list[str]]:
+    started = time.monotonic()
     code, output = worker.run_to_exit(timeout=90)
     errors = [line for line in output.splitlines() if line.startswith("pubtasks: error:")]
     assert "Traceback" not in output, output
     assert SECRET not in output, output
     assert len(errors) == 1, output
+    report(case, code, errors[0], time.monotonic() - started)
     return code, errors
+
+
+def report(case: str, code: int, line: str, took: float) -> None:
+    """A row for the reliability table: nothing scheduled, one line, the exit code."""
+    record(
+        Row(
+            scenario=f"fatal configuration at start: {case}",
+            scheduled=0,
+            delivered=0,
+            duplicates=0,
+            lost=0,
+            failed=0,
+            reason=line.removeprefix("pubtasks: error: "),
+            invariant=True,
+            recovery_s=None,
+            notes=f"exit {code} after {took:.1f} s, one line, no traceback, no password",
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -39,14 +60,14 @@ def test_bad_settings_exit_non_zero_naming_the_setting(
     worker: Worker, env: dict[str, str], expected: str
 ) -> None:
     worker.env.update(env)
-    code, [line] = run_until_exit(worker)
+    code, [line] = run_until_exit(worker, f"{next(iter(env))}={next(iter(env.values()))!r}")
     assert code != 0
     assert expected in line
 
 
 def test_wrong_credentials_stop_at_once(worker: Worker, amqp_url: str) -> None:
     worker.env["AMQP_URL"] = amqp_url.replace("guest:guest", f"guest:{SECRET}")
-    code, [line] = run_until_exit(worker)
+    code, [line] = run_until_exit(worker, "wrong RabbitMQ password")
     assert code != 0
     assert "refused the login: (403) ACCESS_REFUSED" in line
     assert "check the user and password in AMQP_URL" in line
@@ -57,7 +78,9 @@ def test_unreachable_rabbitmq_is_retried_one_line_per_attempt_then_exits(
 ) -> None:
     write_config(worker_dir, prefix, "STARTUP_RETRIES = 3\n")
     worker.env["AMQP_URL"] = f"amqp://guest:{SECRET}@127.0.0.1:1//"
+    started = time.monotonic()
     code, output = worker.run_to_exit(timeout=90)
+    report("RabbitMQ unreachable", code, output.splitlines()[-1], time.monotonic() - started)
     attempts = [line for line in output.splitlines() if "retrying in" in line]
     assert [a.rsplit("(", 1)[1] for a in attempts] == [f"attempt {n}/3)" for n in (1, 2, 3)]
     assert code != 0
@@ -72,7 +95,9 @@ def test_unreachable_redis_is_retried_then_exits(
 ) -> None:
     write_config(worker_dir, prefix, "STARTUP_RETRIES = 2\n")
     worker.env["REDIS_URL"] = f"redis://:{SECRET}@127.0.0.1:1/0"
+    started = time.monotonic()
     code, output = worker.run_to_exit(timeout=120)
+    report("Redis unreachable", code, output.splitlines()[-1], time.monotonic() - started)
     assert code != 0
     assert "(attempt 1/2)" in output
     assert output.splitlines()[-1].startswith(
@@ -86,7 +111,7 @@ def test_a_conflicting_exchange_at_start_names_it_and_quotes_rabbitmq(
 ) -> None:
     with Connection(amqp_url) as conn:
         Exchange("message", "direct", durable=True)(conn.default_channel).declare()
-    code, [line] = run_until_exit(worker)
+    code, [line] = run_until_exit(worker, "exchange exists as direct (406)")
     assert code != 0
     assert "cannot declare exchange 'message' (topic, durable)" in line
     assert "(406) PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'message'" in line

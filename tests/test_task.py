@@ -11,7 +11,7 @@ from celery import Celery
 
 from pubtasks import settings, tasks
 from pubtasks.stats import Stats
-from tests.helpers import drain, wait_for
+from tests.helpers import celery_isolation, drain, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +27,13 @@ def celery_app(
     monkeypatch.setenv("REDIS_URL", redis_url)
     overrides: dict[str, Any] = {
         "broker_url": redis_url,
-        "broker_transport_options": {"global_keyprefix": f"{prefix}celery:"},
+        **celery_isolation(prefix),
         "STATS_PREFIX": prefix,
         "CONFIRM_TIMEOUT": 2.0,
     }
     saved = {key: app.conf.get(key) for key in overrides}
     app.conf.update(overrides)
-    app._after_fork()  # drop Celery's pooled broker connections, made with another key prefix
+    forget_transport(app)
     settings.install(None)
     try:
         yield app
@@ -41,7 +41,13 @@ def celery_app(
         tasks.close_publisher()
         settings.install(None)
         app.conf.update(saved)
-        app._after_fork()
+        forget_transport(app)
+
+
+def forget_transport(app: Celery) -> None:
+    """Drop what Celery built from the previous test's settings: pools, queues, routes."""
+    app._after_fork()
+    app.__dict__.pop("amqp", None)
 
 
 @pytest.fixture

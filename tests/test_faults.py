@@ -1,0 +1,406 @@
+"""The fault suite: nothing is lost, the counters stay exact, whatever breaks.
+
+Each scenario drives the real ``celery -A pubtasks worker -B`` at a short
+interval, breaks something, then consumes the queue and reads Redis. Run it
+alone with ``scripts/test -m faults``; ``scripts/reliability`` runs it and
+writes the table in docs/reliability.md from what it records.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
+
+from pubtasks.bench import rss_of_group as process_group_rss
+from pubtasks.stats import Stats
+from tests.helpers import (
+    Worker,
+    close_connections,
+    rabbitmqctl,
+    record,
+    tally,
+    wait_for,
+    write_config,
+)
+from tests.proxy import Proxy
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
+
+INTERVAL = 0.2
+
+
+def acked(stats: Stats) -> int:
+    return stats.snapshot().totals.acked
+
+
+def more_acks(stats: Stats, n: int, timeout: float, what: str) -> float:
+    """Wait until ``n`` more publishes are acked; return when the first of them was seen."""
+    start = acked(stats)
+    first = wait_for(
+        lambda: acked(stats) > start and time.time(), timeout, f"an ack ({what})", 0.01
+    )
+    wait_for(lambda: acked(stats) >= start + n, timeout, f"{n} acks ({what})")
+    return float(first)
+
+
+def fired(stats: Stats) -> int:
+    return stats.snapshot().last_message_number
+
+
+def configure(worker: Worker, prefix: str, extra: str) -> None:
+    write_config(worker.cwd, prefix, extra)
+
+
+@pytest.fixture
+def proxy() -> Iterator[Proxy]:
+    p = Proxy()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def test_repeated_forced_closes(
+    worker: Worker, stats: Stats, amqp_url: str, vhost: str, redis_url: str, prefix: str
+) -> None:
+    # Given a worker publishing every 0.2 s
+    worker.start()
+    more_acks(stats, 3, 30, "start")
+    # When RabbitMQ closes its connections five times
+    recoveries = []
+    for round_ in range(5):
+        assert close_connections(vhost) >= 1
+        closed_at = time.time()
+        recoveries.append(more_acks(stats, 3, 30, f"close {round_}") - closed_at)
+    assert worker.stop() == 0
+    # Then every tick arrives (a tick cut mid-publish may arrive twice, same id)
+    row = tally("repeated forced closes (5)", amqp_url, stats, INTERVAL, max(recoveries))
+    assert row.lost == 0 and row.failed == 0 and row.invariant
+    record(row)
+
+
+@pytest.fixture
+def broker_app() -> Iterator[dict[str, Callable[[], float]]]:
+    """Stop and start the shared RabbitMQ's app; it is always started again afterwards.
+
+    ``start`` returns when RabbitMQ first accepted a TCP connection again.
+    """
+    state = {"stopped": False}
+
+    def stop() -> float:
+        state["stopped"] = True
+        rabbitmqctl("stop_app")
+        return time.time()
+
+    def start() -> float:
+        up: list[float] = []
+
+        def watch() -> None:  # note the first moment the listener accepts again
+            while not up:
+                try:
+                    socket.create_connection(("127.0.0.1", 5672), timeout=0.2).close()
+                    up.append(time.time())
+                except OSError:
+                    time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+        state["stopped"] = False
+        watcher.join(30)
+        return up[0]
+
+    try:
+        yield {"stop": stop, "start": start}
+    finally:
+        if state["stopped"]:
+            rabbitmqctl("start_app")
+
+
+def test_broker_outage(
+    worker: Worker, stats: Stats, amqp_url: str, broker_app: dict[str, Callable[[], float]]
+) -> None:
+    worker.start()
+    more_acks(stats, 3, 30, "start")
+    # When RabbitMQ's app is stopped for about 10 s (50 ticks fire meanwhile)
+    broker_app["stop"]()
+    during = fired(stats)
+    wait_for(lambda: fired(stats) >= during + 50, 30, "50 ticks during the outage", 0.1)
+    acked_before = acked(stats)
+    up_at = broker_app["start"]()
+    # Then the first confirmed publish follows within 2 s of RabbitMQ accepting again
+    seen = wait_for(
+        lambda: acked(stats) > acked_before and time.time(), 60, "a confirm after the outage", 0.01
+    )
+    recovery = seen - up_at
+    last = fired(stats)
+    wait_for(lambda: acked(stats) >= last, 60, "the backlog to be published")
+    assert worker.stop() == 0
+    # ... and the ticks that fell in the outage are published after it, each at its time
+    row = tally("broker outage (~10 s, stop_app)", amqp_url, stats, INTERVAL, recovery)
+    assert row.lost == 0 and row.failed == 0 and row.invariant
+    assert recovery <= 2.0, recovery
+    record(row)
+
+
+def test_silent_network_cut(
+    worker: Worker, stats: Stats, amqp_url: str, vhost: str, prefix: str, proxy: Proxy
+) -> None:
+    # Given a worker that reaches RabbitMQ through a proxy the test controls
+    configure(worker, prefix, "CONFIRM_TIMEOUT = 1.0\n")
+    worker.env["AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}"
+    worker.start()
+    more_acks(stats, 3, 30, "start")
+    # When every packet is dropped, with no FIN or RST, for about 4 s (20 ticks)
+    proxy.cut()
+    during = fired(stats)
+    wait_for(lambda: fired(stats) >= during + 20, 30, "20 ticks during the cut", 0.1)
+    # Then the publish in flight ends unconfirmed after CONFIRM_TIMEOUT...
+    wait_for(lambda: stats.snapshot().totals.unconfirmed >= 1, 10, "an unconfirmed publish")
+    proxy.restore()
+    restored_at = time.time()
+    # ... and publishing resumes once the cut ends
+    recovery = more_acks(stats, 20, 60, "after the cut") - restored_at
+    last = fired(stats)
+    wait_for(lambda: acked(stats) >= last, 30, "the backlog to be published")
+    assert worker.stop() == 0
+    row = tally("silent network cut (~4 s)", amqp_url, stats, INTERVAL, recovery)
+    assert row.lost == 0 and row.failed == 0 and row.invariant
+    assert row.unconfirmed >= 1
+    record(row)
+
+
+def test_nacks(worker: Worker, stats: Stats, amqp_url: str, prefix: str) -> None:
+    # Given ticks of 10 messages, 5 awaiting their confirm at once, and a second queue
+    # on the same key that takes 15 messages and nacks the rest (reject-publish)
+    configure(worker, prefix, "PUBLISH_BATCH = 10\nCONFIRM_WINDOW = 5\nPUBLISH_ATTEMPTS = 3\n")
+    worker.env["PUBLISH_INTERVAL"] = "0.5"
+    full = Queue(
+        "full",
+        Exchange("message", "topic", durable=True),
+        "example.text",
+        queue_arguments={"x-max-length": 15, "x-overflow": "reject-publish"},
+    )
+    with Connection(amqp_url) as conn:
+        full(conn.default_channel).declare()
+        worker.start()
+        # When the test empties that queue now and then, for 20 ticks
+        taken = 0
+        start = fired(stats)
+        while fired(stats) < start + 200:
+            wait_for(lambda: stats.snapshot().totals.nacked > 0, 30, "nacks", 0.1)
+            taken += full(conn.default_channel).purge() or 0
+            now_fired = fired(stats)
+            wait_for(lambda n=now_fired: fired(stats) >= n + 30, 30, "3 more ticks", 0.1)
+        assert worker.stop() == 0, worker.log[-5000:]
+        taken += full(conn.default_channel).purge() or 0
+    # Then RabbitMQ's count of messages the rejecting queue took equals acked, and
+    # every publish landed in `text`: nacked = published - acked, exactly
+    t = stats.snapshot().totals
+    assert taken == t.acked
+    row = tally("nacks (reject-publish queue, batches of 10)", amqp_url, stats, None, None)
+    assert row.received == t.published
+    assert t.nacked == t.published - t.acked - t.unconfirmed
+    assert t.nacked > 0 and row.invariant and row.lost == 0
+    # Each message ended acked, or failed after at most 3 attempts with its reason
+    assert t.published <= 3 * row.scheduled
+    if t.failed:
+        assert "nacked by RabbitMQ" in stats.snapshot().last_error["reason"]
+    record(row)
+
+
+def test_unroutable_messages(worker: Worker, stats: Stats, amqp_url: str) -> None:
+    worker.start()
+    more_acks(stats, 3, 30, "start")
+    with Connection(amqp_url) as conn:
+        # When the binding is removed for 10 ticks
+        conn.default_channel.queue_unbind("text", "message", "example.text")
+        wait_for(lambda: stats.snapshot().totals.returned >= 10, 30, "10 returned ticks")
+        conn.default_channel.queue_bind("text", "message", "example.text")
+        rebound_at = time.time()
+    recovery = more_acks(stats, 3, 30, "after rebinding") - rebound_at
+    assert worker.stop() == 0
+    # Then those ticks count as returned, not delivered, and none is lost
+    row = tally("unroutable (binding removed)", amqp_url, stats, None, recovery)
+    t = stats.snapshot().totals
+    assert t.returned >= 10 and row.lost == 0 and row.invariant
+    assert row.delivered == t.acked - t.returned
+    assert "NO_ROUTE" in stats.snapshot().last_error["reason"]
+    record(row)
+
+
+class RedisServer:
+    """A redis-server of the test's own, with append-only persistence, on a free port."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir()
+        with socket_free_port() as port:
+            self.port = port
+        self.args = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(directory), "--appendonly", "yes", "--appendfsync", "always",
+            "--save", "", "--logfile", str(directory / "redis.log"),
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args)
+        client = redis.Redis(port=self.port)
+        wait_for(lambda: _pings(client), 10, "the test Redis to answer")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # a clean shutdown writes the AOF out
+            self.proc.wait(20)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+class socket_free_port:  # noqa: N801 - used as a context manager
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return int(self.sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis-data")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_redis_restart(worker: Worker, amqp_url: str, prefix: str, own_redis: RedisServer) -> None:
+    # Given a worker whose Redis (transport and statistics) persists to an AOF
+    worker.env["REDIS_URL"] = own_redis.url
+    stats = Stats.from_url(own_redis.url, prefix)
+    worker.start()
+    more_acks(stats, 5, 30, "start")
+    # When Redis goes down (clean shutdown, AOF written) until beat has failed to send
+    # 5 ticks, then comes back
+    own_redis.stop()
+    down_at = time.time()
+    wait_for(lambda: worker.log.count("beat: cannot send the tick") >= 5, 30, "5 unsent ticks")
+    own_redis.start()
+    up_at = time.time()
+    # Then the worker reconnects and ticks flow again
+    recovery = more_acks(stats, 10, 60, "after the restart") - up_at
+    last = fired(stats)
+    wait_for(lambda: acked(stats) >= last, 30, "every fired tick to be published")
+    assert worker.stop() == 0
+    # ... with no tick lost (beat kept the ticks it could not send) and exact counts
+    row = tally(
+        f"Redis restart (down {up_at - down_at:.1f} s, AOF)", amqp_url, stats, INTERVAL, recovery
+    )
+    assert row.lost == 0 and row.failed == 0 and row.invariant
+    assert row.received == stats.snapshot().totals.acked
+    record(row)
+    stats.client.close()
+
+
+def test_killed_worker_process(
+    worker: Worker, stats: Stats, amqp_url: str, vhost: str, prefix: str, proxy: Proxy
+) -> None:
+    # Given a worker behind a proxy, with a publish held in flight by a cut
+    configure(worker, prefix, "CONFIRM_TIMEOUT = 2.0\n")
+    worker.env["AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}"
+    worker.start()
+    more_acks(stats, 3, 30, "start")
+    proxy.cut()
+    pending = wait_for(
+        lambda: stats.client.zrange(stats.keys.pending, 0, 0), 10, "a publish in flight", 0.01
+    )
+    # When the pool process doing that publish is killed with SIGKILL
+    message_id, publisher = pending[0].split("#")
+    pid = int(publisher.split(".")[-3])
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+    proxy.restore()
+    # Then the tick is delivered again (late ack + reject on worker lost), same id
+    recovery = more_acks(stats, 5, 60, "after the kill") - killed_at
+    # ... and the orphaned publish is counted as unconfirmed by a later task
+    wait_for(lambda: stats.snapshot().totals.pending == 0, 60, "the orphan to be reaped", 0.2)
+    assert worker.stop() == 0
+    row = tally("killed worker process (SIGKILL mid-publish)", amqp_url, stats, INTERVAL, recovery)
+    assert message_id in row.ids
+    assert row.lost == 0 and row.failed == 0 and row.invariant
+    assert "WorkerLostError" in worker.log or "Process" in worker.log
+    record(row)
+
+
+def test_conflicting_exchange_at_run_time(
+    worker: Worker, stats: Stats, amqp_url: str, vhost: str
+) -> None:
+    worker.start()
+    more_acks(stats, 3, 30, "start")
+    # When the exchange is replaced by a direct one and the publisher reconnects
+    with Connection(amqp_url) as conn:
+        conn.default_channel.exchange_delete("message")
+        Exchange("message", "direct", durable=True)(conn.default_channel).declare()
+    close_connections(vhost)
+    # Then each tick fails once, with the line naming the exchange; no retry loop
+    wait_for(lambda: stats.snapshot().totals.failed >= 5, 30, "5 failed ticks")
+    assert worker.stop() == 0
+    reason = stats.snapshot().last_error["reason"]
+    assert "cannot declare exchange 'message' (topic, durable)" in reason
+    assert "(406) PRECONDITION_FAILED" in reason
+    assert "Traceback" not in worker.log
+    declares = worker.log.count("PRECONDITION_FAILED")
+    row = tally("topology conflict (406) at run time", amqp_url, stats, None, None)
+    assert row.lost == 0 and row.invariant
+    assert declares <= 3 * row.failed  # a line or two per failed tick, not a loop
+    record(row)
+
+
+def test_load(worker: Worker, stats: Stats, amqp_url: str, prefix: str) -> None:
+    seconds = float(os.environ.get("PUBTASKS_LOAD_SECONDS", "120"))
+    interval = 0.05
+    # Given two worker processes and beat firing every 50 ms
+    worker.env["PUBLISH_INTERVAL"] = str(interval)
+    worker.start()
+    more_acks(stats, 20, 30, "start")
+    assert worker.proc is not None
+    # When it runs for `seconds` (counted in ticks), after 15 s of warm-up
+    begin = fired(stats)
+    wait_for(lambda: fired(stats) >= begin + 15 / interval, 30, "warm-up ticks", 0.5)
+    rss_start = process_group_rss(worker.proc.pid)
+    wait_for(lambda: fired(stats) >= begin + seconds / interval, seconds * 2, "the load run", 1.0)
+    rss_end = process_group_rss(worker.proc.pid)
+    last = fired(stats)
+    wait_for(lambda: acked(stats) >= last, 30, "the last ticks to be confirmed")
+    assert worker.stop() == 0
+    # Then no tick is lost or duplicated, the counters are exact, memory stays flat
+    row = tally(
+        f"load: {interval} s for {seconds:g} s, 2 processes", amqp_url, stats, interval, None,
+        notes=f"RSS of the worker's processes {rss_start / 2**20:.0f} MiB after warm-up, "
+        f"{rss_end / 2**20:.0f} MiB at the end",
+    )  # fmt: skip
+    assert row.lost == 0 and row.duplicates == 0 and row.failed == 0 and row.invariant
+    assert rss_end <= rss_start * 1.1 + 8 * 2**20, (rss_start, rss_end)
+    record(row)
