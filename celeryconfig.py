@@ -46,6 +46,6 @@ STATS_PREFIX = "pubtasks:"
 CONFIRM_TIMEOUT = 5.0  # seconds to wait for basic.ack / basic.nack
 PUBLISH_ATTEMPTS = 5  # basic.publish attempts per message before it counts as failed
 PUBLISH_BATCH = 1  # messages per tick
-CONFIRM_WINDOW = 1024  # publishes that may await their confirm at once
+CONFIRM_WINDOW = 4096  # publishes that may await their confirm at once
 TICK_DEADLINE = 600.0  # seconds after its scheduled time that a tick may still be published
 STARTUP_RETRIES = 20  # connection attempts at worker start before exiting

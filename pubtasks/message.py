@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from pubtasks import defaults
@@ -50,6 +51,10 @@ class Tick:
         """The tick's id; with a batch, message i's id is this plus ``.i``."""
         return message_id(self.entry, self.scheduled_at)
 
+    @cached_property
+    def body_template(self) -> bytes:
+        return body_template(self)
+
     def messages(self) -> list[Outgoing]:
         base = self.message_id
         if self.batch == 1:
@@ -58,17 +63,29 @@ class Tick:
 
 
 def body(tick: Tick, out: Outgoing, published_at: float) -> bytes:
-    """The JSON body: the example's text plus the number and the two times."""
-    return json.dumps(
-        {
-            "message_number": out.number,
-            "scheduled_at": tick.scheduled_at,
-            "published_at": published_at,
-            "entry": tick.entry,
-            "text": tick.text or f"The current epoch value is {int(tick.scheduled_at)}",
-        },
-        separators=(",", ":"),
-    ).encode()
+    """The JSON body: the example's text plus the number and the two times.
+
+    Formatted from a template made once per tick: this runs once per message, and
+    ``json.dumps`` of a dict costs more than the rest of the message together.
+    """
+    return tick.body_template % (out.number, published_at)
+
+
+def body_template(tick: Tick) -> bytes:
+    """The body with ``%d`` for the message number and ``%r`` for the publish time.
+
+    ``repr`` of a finite float is valid JSON; the strings go through ``json.dumps``.
+    """
+    text = tick.text or f"The current epoch value is {int(tick.scheduled_at)}"
+    return (
+        b'{"message_number":%d,"scheduled_at":'
+        + repr(float(tick.scheduled_at)).encode()
+        + b',"published_at":%r,"entry":'
+        + json.dumps(tick.entry).replace("%", "%%").encode()
+        + b',"text":'
+        + json.dumps(text).replace("%", "%%").encode()
+        + b"}"
+    )
 
 
 def properties(out: Outgoing, published_at: float) -> dict[str, Any]:

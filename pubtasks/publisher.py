@@ -111,6 +111,9 @@ class Publisher:
             heartbeat=0,
             transport_options={
                 "confirm_publish": True,
+                # A socket RabbitMQ stopped reading (a memory alarm, a dead peer) must not
+                # hang a publish: the kernel's send timeout (SO_SNDTIMEO) bounds each write.
+                "write_timeout": settings.confirm_timeout,
                 "client_properties": {
                     "connection_name": f"pubtasks {socket.gethostname()} pid {os.getpid()}",
                 },
@@ -385,16 +388,19 @@ class Publisher:
     ) -> None:
         """basic.publish each message through kombu's Producer; confirms come back later."""
         now = time.time()
+        props = message.properties(batch[0][0], now)  # the same for the batch but the id
+        track = self._tracker.published
         for out, delivery in batch:
             delivery.published_at = now
-            self._tracker.published(delivery)
+            track(delivery)
+            props["message_id"] = out.message_id
             producer.publish(
                 message.body(tick, out, now),
                 routing_key=tick.routing_key,
                 mandatory=True,
                 content_type=message.CONTENT_TYPE,
                 content_encoding=message.CONTENT_ENCODING,
-                **message.properties(out, now),
+                **props,
             )
 
     def _flush(self, into: dict[str, Settled]) -> None:

@@ -1,0 +1,59 @@
+"""`pubtasks bench` runs, end to end, on a small scale (the real figures: scripts/performance)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pubtasks.bench import grid_fidelity, timedelta_drift
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_json_carries_the_three_rates(amqp_url: str, redis_url: str) -> None:
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("pubtasks")), "bench", "--json",
+         "--messages", "300", "--tick-seconds", "0"],
+        env={"AMQP_URL": amqp_url, "REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    got = json.loads(out.stdout)
+    for key in ("pika_msgs_per_s", "kombu_confirm_msgs_per_s", "pubtasks_batch_msgs_per_s"):
+        assert got[key] > 0, key
+    assert got["pubtasks_batch_counted"] == {
+        "published": 300,
+        "acked": 300,
+        "invariant_holds": True,
+    }
+    ratio = got["pubtasks_batch_msgs_per_s"] / got["pika_msgs_per_s"]
+    assert got["pubtasks_vs_pika"] == pytest.approx(ratio, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("times", "expected"),
+    [
+        ([10.0, 10.1, 10.2, 10.3], {"expected": 4, "delivered": 4, "missed": 0, "extra": 0}),
+        ([10.0, 10.1, 10.3], {"expected": 4, "delivered": 3, "missed": 1, "extra": 0}),
+        ([9.9, 10.0, 10.1, 10.2, 10.3], {"expected": 5, "delivered": 5, "missed": 0, "extra": 1}),
+        ([10.0, 10.1, 10.1, 10.2, 10.3], {"expected": 4, "delivered": 5, "missed": 0, "extra": 1}),
+    ],
+)
+def test_grid_fidelity(times: list[float], expected: dict[str, int]) -> None:
+    got = grid_fidelity(times, 0.1, spawned=9.95, stopped=10.3)
+    assert (got["expected"], got["delivered"], got["missed"], got["extra_at_startup"]) == (
+        expected["expected"],
+        expected["delivered"],
+        expected["missed"],
+        expected["extra"],
+    )
+    assert got["max_drift_ms"] < 1e-6
+
+
+def test_timedelta_drift_measures_how_far_ticks_fall_behind() -> None:
+    got = timedelta_drift([0.0, 0.1002, 0.2004, 0.3006], 0.1)
+    assert got["drift_ms_total"] == pytest.approx(0.6)
+    assert got["drift_ms_per_tick"] == pytest.approx(0.2)
