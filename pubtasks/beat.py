@@ -24,14 +24,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from celery.beat import PersistentScheduler, ScheduleEntry, SchedulingError
 
 from pubtasks import defaults, settings
 from pubtasks.errors import StatsUnavailable
+from pubtasks.lock import BeatLock, owner_id
 from pubtasks.schedule import every
 from pubtasks.stats import Stats
 
 log = logging.getLogger(__name__)
+
+#: Seconds the beat lock lives without renewal: another beat takes over within this.
+LOCK_TTL = 10.0
+#: A beat taking the lock goes on from the last fired tick if it is this recent.
+RESUME_WITHIN = 120.0
 
 
 def due_time(entry: ScheduleEntry, now: float) -> float:
@@ -66,14 +73,74 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         self._tick_times: dict[str, float] = {}
         self._stats: Stats | None = None
         self._unsent: deque[Unsent] = deque()
+        self._lock: BeatLock | None = None
+        self._leading = False
+        self._renewed = 0.0
         super().__init__(*args, **kwargs)
 
-    def next_number(self, count: int) -> int:
-        """Allocate the tick's first message number in Redis."""
+    @property
+    def stats(self) -> Stats:
         if self._stats is None:
             s = settings.current()
             self._stats = Stats.from_url(s.redis_url, s.stats_prefix, retries=2)
-        return self._stats.next_number(count)
+        return self._stats
+
+    def next_number(self, count: int) -> int:
+        """Allocate the tick's first message number in Redis."""
+        return self.stats.next_number(count)
+
+    # -- one beat at a time ---------------------------------------------------------------
+
+    def leading(self) -> bool:
+        """Hold (or take) the beat lock; only its holder fires ticks."""
+        now = time.monotonic()
+        if self._leading and now - self._renewed < LOCK_TTL / 5:
+            return True
+        if self._lock is None:
+            self._lock = BeatLock(
+                self.stats.client, self.stats.keys.beat_lock, LOCK_TTL, owner_id()
+            )
+        try:
+            if self._leading:
+                self._leading = self._lock.renew()
+                if not self._leading:
+                    log.warning("beat: lost the beat lock to %s; standing by", self._lock.holder())
+            elif self._lock.acquire():
+                log.warning("beat: took the beat lock (%s); firing ticks", self._lock.owner)
+                self._leading = True
+                self._resume()
+        except redis.RedisError as exc:
+            if self._leading and now - self._renewed > LOCK_TTL:
+                log.warning("beat: cannot renew the beat lock (%s); standing by", exc)
+                self._leading = False
+            return self._leading
+        if self._leading:
+            self._renewed = now
+        return self._leading
+
+    def _resume(self) -> None:
+        """Go on from the last tick the previous holder fired, so none is skipped
+        (ticks due since then fire at once); after a long silence start from now."""
+        now = time.time()
+        for entry in self.schedule.values():
+            if not isinstance(entry.schedule, every):
+                continue
+            last = self.stats.client.get(self.stats.keys.beat_last(entry.name))
+            if last is not None and 0 <= now - float(last) <= RESUME_WITHIN:
+                entry.last_run_at = datetime.fromtimestamp(float(last), UTC)
+
+    def close(self) -> None:
+        if self._lock is not None and self._leading:
+            # A clean stop: the next beat starts from its own start, with no burst of
+            # the ticks due meanwhile. Only a beat that died leaves "last" behind.
+            try:
+                names = [e.name for e in self.schedule.values() if isinstance(e.schedule, every)]
+                if names:
+                    self.stats.client.delete(*(self.stats.keys.beat_last(n) for n in names))
+                self._lock.release()
+            except redis.RedisError:
+                log.debug("beat: could not release the beat lock", exc_info=True)
+        super().close()
 
     def setup_schedule(self) -> None:
         super().setup_schedule()
@@ -89,12 +156,18 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         if self._unsent:
             self._send_unsent(self.producer)
+        if not self.leading():
+            return 1.0
         wait: float = super().tick(*args, **kwargs)
-        return min(wait, 0.5) if self._unsent else wait
+        return min(wait, 0.5, LOCK_TTL / 5) if self._unsent else min(wait, LOCK_TTL / 5)
 
     def reserve(self, entry: ScheduleEntry) -> ScheduleEntry:
         tick_at = due_time(entry, time.time())
         self._tick_times[entry.name] = tick_at
+        try:  # where the next holder of the beat lock goes on from
+            self.stats.client.set(self.stats.keys.beat_last(entry.name), tick_at)
+        except redis.RedisError:
+            log.debug("beat: could not record the last tick of %s", entry.name)
         if isinstance(entry.schedule, every):
             new = entry._next_instance(last_run_at=datetime.fromtimestamp(tick_at, UTC))
         else:

@@ -1,4 +1,4 @@
-"""The ``pubtasks`` command: ``pubtasks stats [--json]``."""
+"""The ``pubtasks`` command: ``stats [--json | --watch]``, ``metrics``, ``health``, ``bench``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -63,17 +64,89 @@ def _prefix() -> str:
     return str(app.conf.get("STATS_PREFIX") or defaults.STATS_PREFIX)
 
 
-def stats_command(args: argparse.Namespace) -> int:
+def _stats(args: argparse.Namespace) -> tuple[Stats, str, str]:
+    """The statistics REDIS_URL and the prefix point at, like the worker's."""
     url = check_url("REDIS_URL", os.environ.get("REDIS_URL") or defaults.REDIS_URL, REDIS_SCHEMES)
-    prefix = args.prefix or _prefix()
-    stats = Stats.from_url(url, prefix)
-    snap = stats.snapshot()
-    now = time.time()
-    if args.json:
-        print(json.dumps(snap.as_json(now), sort_keys=True))
-    else:
-        print(render_table(snap, mask_url(url), prefix, now))
+    prefix = getattr(args, "prefix", None) or _prefix()
+    return Stats.from_url(url, prefix), mask_url(url), prefix
+
+
+class Rate:
+    """Acked per second over the last minute, from samples of the ``acked`` counter."""
+
+    def __init__(self, window: float = 60.0) -> None:
+        self.window = window
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def add(self, at: float, acked: int) -> float | None:
+        self.samples.append((at, acked))
+        while self.samples and at - self.samples[0][0] > self.window:
+            self.samples.popleft()
+        first_at, first = self.samples[0]
+        return None if at <= first_at else (acked - first) / (at - first_at)
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    stats, where, prefix = _stats(args)
+    if not args.watch:
+        snap = stats.snapshot()
+        if args.json:
+            print(json.dumps(snap.as_json(time.time()), sort_keys=True))
+        else:
+            print(render_table(snap, where, prefix, time.time()))
+        return 0
+    rate = Rate()
+    shown = 0
+    try:
+        while args.count is None or shown < args.count:
+            snap = stats.snapshot()
+            now = time.time()
+            per_second = rate.add(now, snap.totals.acked)
+            text = render_table(snap, where, prefix, now)
+            speed = "-" if per_second is None else f"{per_second:.2f}"
+            print(f"\x1b[H\x1b[2J{text}\nacked per second    {speed} (last minute)", flush=True)
+            shown += 1
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
     return 0
+
+
+def metrics_command(args: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+    from prometheus_client.registry import CollectorRegistry
+
+    from pubtasks.metrics import StatsCollector
+
+    stats, where, prefix = _stats(args)
+    stats.ping()
+    registry = CollectorRegistry()
+    registry.register(StatsCollector(stats))
+    start_http_server(args.port, addr=args.address, registry=registry)
+    print(
+        f"pubtasks: serving http://{args.address}:{args.port}/metrics from {where} "
+        f"(prefix {prefix!r})",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
+def health_command(args: argparse.Namespace) -> int:
+    from pubtasks.app import app
+    from pubtasks.health import check
+    from pubtasks.settings import Settings
+
+    settings = Settings.load(os.environ, app.conf)
+    stats, _, _ = _stats(args)
+    snap = stats.snapshot()
+    healthy, lines = check(app.conf.beat_schedule or {}, settings.publish_interval, snap.entries)
+    print(("healthy: " if healthy else "unhealthy: ") + "; ".join(lines))
+    return 0 if healthy else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -86,7 +159,24 @@ def parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.add_argument("--prefix", help="key prefix (default: STATS_PREFIX, else 'pubtasks:')")
+    stats.add_argument(
+        "--watch", action="store_true", help="refresh every second, with acked per second"
+    )
+    stats.add_argument("--count", type=int, help="with --watch: stop after this many screens")
     stats.set_defaults(run=stats_command)
+    metrics = sub.add_parser(
+        "metrics", help="serve the counters as Prometheus metrics on /metrics (reads REDIS_URL)"
+    )
+    metrics.add_argument("--port", type=int, default=9808, help="port (default 9808)")
+    metrics.add_argument("--address", default="0.0.0.0", help="address (default 0.0.0.0)")
+    metrics.add_argument("--prefix", help="key prefix (default: STATS_PREFIX)")
+    metrics.set_defaults(run=metrics_command)
+    health = sub.add_parser(
+        "health",
+        help="exit 0 when every interval entry was confirmed within 3 of its intervals",
+    )
+    health.add_argument("--prefix", help="key prefix (default: STATS_PREFIX)")
+    health.set_defaults(run=health_command)
     bench = sub.add_parser(
         "bench",
         help="measure confirmed-publish throughput against the pika example's pattern, "

@@ -13,6 +13,8 @@ key                       type    holds
 ``pending``               zset    publishes awaiting a confirm -> publish time
 ``last_error``            hash    at, entry, message_id, reason
 ``failed:<message_id>``   string  marks a tick already counted as failed (kept 1 day)
+``beat:lock``             string  the beat firing ticks (host.pid.id), expires in 10 s
+``beat:last:<entry>``     string  the scheduled time of the entry's last fired tick
 ========================  ======  ==================================================
 
 At any quiet moment ``published == acked + nacked + unconfirmed + pending``,
@@ -173,6 +175,13 @@ class Keys:
 
     def failed(self, message_id: str) -> str:
         return f"{self.prefix}failed:{message_id}"
+
+    @property
+    def beat_lock(self) -> str:
+        return f"{self.prefix}beat:lock"
+
+    def beat_last(self, entry: str) -> str:
+        return f"{self.prefix}beat:last:{entry}"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ def test_the_worker_runs_the_documented_command_after_healthy_services() -> None
     text = COMPOSE.read_text()
     assert 'command: ["celery", "-A", "pubtasks", "worker", "-B", "-l", "info"]' in text
     assert text.count("condition: service_healthy") == 2
-    assert text.count("healthcheck:") == 2
+    assert text.count("healthcheck:") == 3
+    assert 'test: ["CMD", "pubtasks", "health"]' in text
     assert '"--appendonly", "yes"' in text  # Redis keeps the counters across restarts
 
 

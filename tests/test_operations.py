@@ -1,0 +1,163 @@
+"""Operating it: two workers share one Redis and one RabbitMQ; the CLI for operators."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pubtasks.confirms import Delivery, Outcome, Settled
+from pubtasks.stats import Stats
+from tests.helpers import Worker, record, tally, wait_for, write_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+
+def group_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def holder_group(stats: Stats) -> int | None:
+    """The process group (worker) whose beat holds the beat lock."""
+    value = stats.client.get(stats.keys.beat_lock)
+    return None if value is None else group_of(int(value.split(".")[-2]))
+
+
+@pytest.mark.faults
+def test_two_workers_fire_each_tick_once_and_one_takes_over(
+    tmp_path: Path, prefix: str, worker_env: dict[str, str], stats: Stats, amqp_url: str
+) -> None:
+    # Given two real workers with embedded beat, sharing Redis, RabbitMQ and the config
+    workers = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        write_config(tmp_path / name, prefix)
+        workers.append(Worker(tmp_path / name, dict(worker_env)))
+    try:
+        for w in workers:
+            w.start()
+        wait_for(lambda: stats.snapshot().totals.acked >= 20, 30, "20 acked ticks")
+        # Then only one beat fires (the lock holder), and each tick is published once
+        leader = wait_for(lambda: holder_group(stats), 10, "a beat lock holder")
+        [dead] = [w for w in workers if w.proc is not None and w.proc.pid == leader]
+        [alive] = [w for w in workers if w is not dead]
+        assert dead.log.count("took the beat lock") == 1
+        assert "took the beat lock" not in alive.log
+        # When the worker holding the lock dies (SIGKILL, the whole worker)
+        assert dead.proc is not None
+        os.killpg(dead.proc.pid, signal.SIGKILL)
+        killed_at = time.time()
+        # Then the other takes over within 20 s, and ticks go on
+        assert alive.proc is not None
+        survivor = alive.proc.pid
+        wait_for(lambda: holder_group(stats) == survivor, 20, "the other beat to take over", 0.1)
+        took_over = time.time() - killed_at
+        acked = stats.snapshot().totals.acked
+        wait_for(lambda: stats.snapshot().totals.acked >= acked + 10, 30, "10 more ticks")
+        assert alive.stop() == 0
+    finally:
+        for w in workers:
+            w.stop()
+    row = tally("two workers, the beat holder killed", amqp_url, stats, 0.2, took_over)
+    # No tick twice, none missing on the grid (the new holder went on from the last
+    # tick fired), the invariant exact; the dead worker's reserved ticks wait in Redis.
+    assert row.duplicates == 0 and row.lost <= 0 and row.failed == 0 and row.invariant
+    assert took_over <= 20
+    record(row)
+
+
+def pubtasks(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("pubtasks")), *args]
+
+
+def seed(stats: Stats) -> None:
+    """Real counters in Redis, through the same calls the publisher makes."""
+    ds = [Delivery(f"a@{n}#t.{n}", f"a@{n}", "a", n) for n in (1, 2, 3)]
+    ds.append(Delivery("b@1#t.4", "b@1", "b", 4))
+    stats.begin(ds, time.time())
+    stats.settle([Settled(d, Outcome.ACKED) for d in ds[:2]], time.time())
+    stats.settle([Settled(ds[3], Outcome.NACKED)], time.time())
+    stats.fail("b", ["b@1"], "nacked by RabbitMQ", time.time())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_metrics_are_served_over_http(stats: Stats, redis_url: str, prefix: str) -> None:
+    seed(stats)
+    port = free_port()
+    env = {"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"}
+    cmd = pubtasks("metrics", "--port", str(port), "--address", "127.0.0.1", "--prefix", prefix)
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    try:
+
+        def scrape() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    return str(r.read().decode())
+            except OSError:
+                return None
+
+        text = wait_for(scrape, 20, "/metrics to answer", 0.1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert 'pubtasks_published_total{entry="a"} 3.0' in text
+    assert 'pubtasks_published_total{entry="b"} 1.0' in text
+    assert 'pubtasks_acked_total{entry="a"} 2.0' in text
+    assert 'pubtasks_nacked_total{entry="b"} 1.0' in text
+    assert 'pubtasks_failed_total{entry="b"} 1.0' in text
+    for name in ("returned", "unconfirmed"):
+        assert f'pubtasks_{name}_total{{entry="a"}} 0.0' in text
+    assert 'pubtasks_pending{entry="a"} 1.0' in text
+    assert "pubtasks_oldest_pending_age_seconds " in text
+    assert 'pubtasks_last_confirmed_timestamp_seconds{entry="a"}' in text
+
+
+def test_stats_watch_refreshes_with_a_rate(stats: Stats, redis_url: str, prefix: str) -> None:
+    seed(stats)
+    env = {"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        pubtasks("stats", "--watch", "--count", "2", "--prefix", prefix),
+        env=env, capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    screens = out.split("\x1b[H\x1b[2J")[1:]
+    assert len(screens) == 2
+    assert "acked per second    0.00 (last minute)" in screens[1]
+    assert "oldest pending" in screens[1] and "nacked by RabbitMQ" in screens[1]
+
+
+def test_health_follows_the_last_confirm(
+    worker: Worker, stats: Stats, redis_url: str, worker_env: dict[str, str]
+) -> None:
+    def health() -> tuple[int, str]:
+        run = subprocess.run(
+            pubtasks("health"), cwd=worker.cwd, env=worker_env,
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        return run.returncode, run.stdout.strip()
+
+    # Before any confirm: unhealthy, and it says why
+    code, line = health()
+    assert (code, line) == (1, "unhealthy: publish-text: no confirmed publish yet")
+    # While the worker publishes every 0.2 s: healthy
+    worker.start()
+    wait_for(lambda: health()[0] == 0, 30, "a healthy verdict", 0.2)
+    assert health()[1].startswith("healthy: publish-text: last confirm")
+    # Once it stops, more than 3 intervals (0.6 s) later: unhealthy
+    assert worker.stop() == 0
+    code, line = wait_for(lambda: (r := health())[0] == 1 and r, 10, "unhealthy", 0.2)
+    assert "more than 3 x 0.2 s" in line
