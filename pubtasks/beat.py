@@ -3,15 +3,17 @@
 Celery beat sends a task with the arguments of its schedule entry and
 nothing about *when* it was due. This scheduler adds ``entry`` (the entry's
 name) and ``scheduled_at`` (the tick's time on the schedule, not the time beat
-happened to wake) to every ``pubtasks.publish`` it sends, ``number``, the
-first message number, which it allocates in Redis, and ``batch``. The publish task derives the
-message's stable ``message_id`` from the first two; a retry or redelivery of
-the task carries the same three.
+happened to wake) to every ``pubtasks.publish`` it sends, with ``number``
+(the first message number, which it allocates in Redis) and ``batch``. The
+task derives the message's stable ``message_id`` from the first two; a retry
+or a redelivery of the task carries the same arguments.
 
 For ``every`` entries the scheduler records the tick's grid time as the
 entry's ``last_run_at``, so the next tick is the next grid point and a late
-wake-up neither drifts nor skips a tick. At start, grid entries begin from
-"now": no burst of ticks that fell due while beat was down.
+wake-up neither drifts nor skips a tick. When a beat takes the beat lock (at
+start, or from a holder that died) it goes on from the last tick fired, if that
+was within a minute; after a longer silence it begins from "now", with no
+burst of the ticks that fell due meanwhile.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds the beat lock lives without renewal: another beat takes over within this.
 LOCK_TTL = 10.0
-#: A beat taking the lock goes on from the last fired tick if it is this recent.
-RESUME_WITHIN = 120.0
+#: A beat taking the lock goes on from the last fired tick if it is this recent;
+#: after a longer silence it starts from now instead of firing a burst.
+RESUME_WITHIN = 60.0
 
 
 def due_time(entry: ScheduleEntry, now: float) -> float:
@@ -119,8 +122,9 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         return self._leading
 
     def _resume(self) -> None:
-        """Go on from the last tick the previous holder fired, so none is skipped
-        (ticks due since then fire at once); after a long silence start from now."""
+        """Go on from the last tick fired by any beat (this one before a restart, or a
+        holder that died), so no tick is skipped: ticks due since then fire at once,
+        each with its own time. After a longer silence, start from now: no burst."""
         now = time.time()
         for entry in self.schedule.values():
             if not isinstance(entry.schedule, every):
@@ -128,16 +132,13 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             last = self.stats.client.get(self.stats.keys.beat_last(entry.name))
             if last is not None and 0 <= now - float(last) <= RESUME_WITHIN:
                 entry.last_run_at = datetime.fromtimestamp(float(last), UTC)
+            else:
+                entry.last_run_at = datetime.fromtimestamp(now, UTC)
 
     def close(self) -> None:
         if self._lock is not None and self._leading:
-            # A clean stop: the next beat starts from its own start, with no burst of
-            # the ticks due meanwhile. Only a beat that died leaves "last" behind.
             try:
-                names = [e.name for e in self.schedule.values() if isinstance(e.schedule, every)]
-                if names:
-                    self.stats.client.delete(*(self.stats.keys.beat_last(n) for n in names))
-                self._lock.release()
+                self._lock.release()  # a standby takes over at once, from the last tick
             except redis.RedisError:
                 log.debug("beat: could not release the beat lock", exc_info=True)
         super().close()

@@ -33,7 +33,7 @@ import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,6 +48,7 @@ from pubtasks.message import Tick, scheduled_at_of
 from pubtasks.publisher import Publisher
 from pubtasks.settings import Settings, mask_url
 from pubtasks.stats import Stats
+from pubtasks.waiting import wait_for
 
 PIKA_WINDOW = 256
 
@@ -348,17 +349,6 @@ def running_worker(env: dict[str, str], directory: Path) -> Iterator[subprocess.
         log.close()
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"bench: timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
-
-
 def broker_port_open(host: str, port: int) -> bool:
     try:
         socket.create_connection((host, port), timeout=0.5).close()
@@ -400,7 +390,7 @@ def worker_run(
                         raise PubtasksError(f"bench: the worker exited:\n{tail}")
                     return " ready." in log_path.read_text(errors="replace")
 
-                wait_until(ready, 60, "the worker to be ready")
+                wait_for(ready, 60, "the worker to be ready")
                 time.sleep(seconds)  # the measured window itself, not a wait for a condition
                 stopped = time.time()
                 result["rss_mib"] = round(rss_of_group(proc.pid) / 2**20, 1)
@@ -443,10 +433,10 @@ def broker_restart_recovery(settings: Settings, stats: Stats) -> float:
         time.sleep(2)  # the outage itself
     finally:
         subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, capture_output=True)
-    wait_until(lambda: broker_port_open(host or "127.0.0.1", port or 5672), 120, "RabbitMQ")
+    wait_for(lambda: broker_port_open(host or "127.0.0.1", port or 5672), 120, "RabbitMQ")
     up = time.time()
     before = stats.snapshot().totals.acked
-    wait_until(lambda: stats.snapshot().totals.acked > before, 60, "a confirm", 0.005)
+    wait_for(lambda: stats.snapshot().totals.acked > before, 60, "a confirm", 0.005)
     return round(time.time() - up, 3)
 
 

@@ -11,34 +11,20 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from kombu.connection import Connection
 
 from pubtasks.message import scheduled_at_of
-
-T = TypeVar("T")
+from pubtasks.waiting import wait_for
 
 RABBIT = os.environ.get("PUBTASKS_TEST_RABBIT", "amqp://guest:guest@127.0.0.1:5672")
 REDIS = os.environ.get("PUBTASKS_TEST_REDIS", "redis://127.0.0.1:6379")
 #: The Redis database the tests use; every key they write is under their own prefix too.
 REDIS_DB = int(os.environ.get("PUBTASKS_TEST_REDIS_DB", "14"))
 CELERY = str(Path(sys.executable).with_name("celery"))
-
-
-def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll ``condition`` until it returns something truthy, or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def rabbitmqctl(*args: str) -> str:

@@ -24,13 +24,13 @@ from kombu.entity import Exchange, Queue
 
 from pubtasks.bench import rss_of_group as process_group_rss
 from pubtasks.stats import Stats
+from pubtasks.waiting import wait_for
 from tests.helpers import (
     Worker,
     close_connections,
     rabbitmqctl,
     record,
     tally,
-    wait_for,
     write_config,
 )
 from tests.proxy import Proxy

@@ -15,7 +15,8 @@ import pytest
 
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.stats import Stats
-from tests.helpers import Worker, record, tally, wait_for, write_config
+from pubtasks.waiting import wait_for
+from tests.helpers import Worker, record, tally, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -11,7 +11,8 @@ from celery import Celery
 
 from pubtasks import settings, tasks
 from pubtasks.stats import Stats
-from tests.helpers import celery_isolation, drain, wait_for
+from pubtasks.waiting import wait_for
+from tests.helpers import celery_isolation, drain
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pubtasks.stats import Stats
+from pubtasks.waiting import wait_for
 from tests.helpers import (
     Received,
     Worker,
@@ -18,7 +19,6 @@ from tests.helpers import (
     drain,
     queue_depth,
     queued_messages,
-    wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
