@@ -165,10 +165,6 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
     def reserve(self, entry: ScheduleEntry) -> ScheduleEntry:
         tick_at = due_time(entry, time.time())
         self._tick_times[entry.name] = tick_at
-        try:  # where the next holder of the beat lock goes on from
-            self.stats.client.set(self.stats.keys.beat_last(entry.name), tick_at)
-        except redis.RedisError:
-            log.debug("beat: could not record the last tick of %s", entry.name)
         if isinstance(entry.schedule, every):
             new = entry._next_instance(last_run_at=datetime.fromtimestamp(tick_at, UTC))
         else:
@@ -210,11 +206,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                     "batch": tick.batch,
                 }
                 result = super().apply_async(entry, producer=producer, advance=False, **kwargs)
-            except (
-                StatsUnavailable,
-                SchedulingError,
-                *self.app.connection_for_write().connection_errors,
-            ) as exc:
+            except (StatsUnavailable, SchedulingError) as exc:  # Celery wraps transport errors
                 log.warning(
                     "beat: cannot send the tick of %s at %.3f yet (%d waiting): %s",
                     tick.entry.name,
@@ -224,4 +216,8 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                 )
                 return None
             self._unsent.popleft()
+            try:  # sent: where the next holder of the beat lock goes on from
+                self.stats.client.set(self.stats.keys.beat_last(tick.entry.name), tick.scheduled_at)
+            except redis.RedisError:
+                log.debug("beat: could not record the last tick of %s", tick.entry.name)
         return result

@@ -17,7 +17,7 @@ from typing import Any
 
 from kombu.connection import Connection
 
-from pubtasks.message import scheduled_at_of
+from pubtasks.message import Tick, scheduled_at_of
 from pubtasks.waiting import wait_for
 
 RABBIT = os.environ.get("PUBTASKS_TEST_RABBIT", "amqp://guest:guest@127.0.0.1:5672")
@@ -220,12 +220,21 @@ def tally(
         for key in stats.client.scan_iter(match=stats.keys.failed("*"), count=1000)
     }
     t = snap.totals
-    waiting = queued_messages(stats.client, stats.keys.prefix)
-    lost = snap.last_message_number - len(unique | failed_ids) - t.returned - waiting
+    queued = queued_ids(stats.client, stats.keys.prefix)
+    known = unique | failed_ids | queued
+    lost = snap.last_message_number - len(known) - t.returned
     if interval is not None and unique:
-        times = sorted({scheduled_at_of(i) for i in unique | failed_ids})
-        expected = round((times[-1] - times[0]) / interval) + 1
-        lost = max(lost, expected - len(times))
+        # Ticks are grid points: every one from the first to the last beat sent must be
+        # known. (A number a killed beat allocated for a tick it never sent is not a
+        # tick: the next beat fires that grid point again, with a new number.)
+        times = sorted({scheduled_at_of(i) for i in known})
+        sent = stats.client.get(stats.keys.beat_last("publish-text"))
+        last = max(times[-1], float(sent) if sent else 0.0)
+        missing = round((last - times[0]) / interval) + 1 - len(times)
+        orphans = max(lost, 0)
+        lost = missing
+        if orphans:
+            notes += f"{'; ' if notes else ''}{orphans} message numbers allocated by a killed beat"
     return Row(
         scenario=scenario,
         scheduled=snap.last_message_number,
@@ -239,23 +248,24 @@ def tally(
         notes=notes,
         received=len(ids),
         unconfirmed=t.unconfirmed,
-        queued=waiting,
+        queued=len(queued),
         ids=unique,
     )
 
 
-def queued_messages(client: Any, prefix: str) -> int:
-    """Messages of ticks still in Celery's Redis queue (fired, not yet run: a worker
+def queued_ids(client: Any, prefix: str) -> set[str]:
+    """Message ids of ticks still in Celery's Redis queue (fired, not yet run: a worker
     stopped before it took them; the next worker publishes them)."""
     raw = client.lrange(f"{prefix}celery", 0, -1) + [
         json.loads(v)[0] for v in client.hvals(f"{prefix}unacked")
     ]
-    total = 0
+    ids: set[str] = set()
     for item in raw:
-        message = json.loads(item) if isinstance(item, (str, bytes)) else item
+        message = json.loads(item) if isinstance(item, str | bytes) else item
         kwargs = json.loads(base64.b64decode(message["body"]))[1]
-        total += int(kwargs.get("batch") or 1)
-    return total
+        tick = Tick(kwargs["entry"], kwargs["scheduled_at"], "", 0, int(kwargs.get("batch") or 1))
+        ids.update(out.message_id for out in tick.messages())
+    return ids
 
 
 def record(row: Row) -> None:

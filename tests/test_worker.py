@@ -18,7 +18,7 @@ from tests.helpers import (
     close_connections,
     drain,
     queue_depth,
-    queued_messages,
+    queued_ids,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -70,7 +70,7 @@ def test_the_worker_publishes_every_tick_once_and_the_counters_agree(
     assert t.invariant_holds
     # Beat fires until the very end of a warm shutdown; those ticks wait in Redis
     # for the next start (tally() in the fault suite counts them the same way).
-    assert snap.last_message_number == len(ticks) + queued_messages(stats.client, stats.keys.prefix)
+    assert snap.last_message_number == len(ticks) + len(queued_ids(stats.client, stats.keys.prefix))
     assert t.last_confirmed_number == len(ticks)
     assert snap.entries["publish-text"].acked == len(ticks)
     for m in ticks:
@@ -125,7 +125,7 @@ def test_stats_cli_agrees_with_the_queue(
     assert got["acked"] == got["published"] == depth
     for key in ("nacked", "returned", "unconfirmed", "pending", "failed"):
         assert got[key] == 0, key
-    queued = queued_messages(stats.client, prefix)
+    queued = len(queued_ids(stats.client, prefix))
     assert got["last_message_number"] == depth + queued
     table = subprocess.run(
         [str(Path(sys.executable).with_name("pubtasks")), "stats", "--prefix", prefix],
