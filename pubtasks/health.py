@@ -26,7 +26,7 @@ INTERVALS = 3
 def interval_of(spec: Any, publish_interval: float) -> float | None:
     """Seconds between an entry's ticks, or None when it has no fixed interval."""
     if isinstance(spec, every):
-        return spec._seconds if spec._seconds is not None else publish_interval
+        return spec.fixed if spec.fixed is not None else publish_interval
     if isinstance(spec, int | float):
         return float(spec)
     if isinstance(spec, timedelta):

@@ -77,6 +77,11 @@ class every(BaseSchedule):  # type: ignore[misc]  # noqa: N801 - named like cele
         self._seconds = seconds
 
     @property
+    def fixed(self) -> float | None:
+        """The interval given to ``every(seconds)``; None for ``every()`` (PUBLISH_INTERVAL)."""
+        return self._seconds
+
+    @property
     def seconds(self) -> float:
         if self._seconds is not None:
             return self._seconds

@@ -49,11 +49,11 @@ def main(path: str) -> None:
         notes = r["notes"]
         if r.get("queued"):
             notes += (
-                f"{'; ' if notes else ''}{r['queued']} fired during the worker's shutdown, "
-                "still queued in Redis for the next start"
+                f"{'; ' if notes else ''}{r['queued']} still queued in Redis when the worker "
+                "stopped (beat fires until the end of a warm shutdown), for the next start"
             )
         if r.get("unconfirmed"):
-            notes += f"{'; ' if notes else ''}{r['unconfirmed']} publishes unconfirmed, retried"
+            notes += f"{'; ' if notes else ''}{r['unconfirmed']} publish(es) unconfirmed, retried"
         print(
             f"| {cell(r['scenario'])} | {r['scheduled']} | {r['delivered']} | {r['duplicates']} "
             f"| {r['lost']} | {cell(failed)} | {'yes' if r['invariant'] else 'NO'} "

@@ -11,6 +11,7 @@ import pytest
 from kombu.connection import Connection
 from kombu.entity import Exchange
 
+from pubtasks.settings import mask_url
 from tests.helpers import Row, Worker, record, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
@@ -60,7 +61,8 @@ def test_bad_settings_exit_non_zero_naming_the_setting(
     worker: Worker, env: dict[str, str], expected: str
 ) -> None:
     worker.env.update(env)
-    code, [line] = run_until_exit(worker, f"{next(iter(env))}={next(iter(env.values()))!r}")
+    [(name, value)] = env.items()
+    code, [line] = run_until_exit(worker, f"{name}={mask_url(value)!r}")
     assert code != 0
     assert expected in line
 
