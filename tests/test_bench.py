@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_bench_json_carries_the_three_rates(amqp_url: str, redis_url: str) -> None:
     out = subprocess.run(
         [str(Path(sys.executable).with_name("pubtasks")), "bench", "--json",
-         "--messages", "300", "--tick-seconds", "0"],
+         "--messages", "300", "--rounds", "2", "--tick-seconds", "0"],
         env={"AMQP_URL": amqp_url, "REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
@@ -29,6 +29,7 @@ def test_bench_json_carries_the_three_rates(amqp_url: str, redis_url: str) -> No
         "acked": 300,
         "invariant_holds": True,
     }
+    assert len(got["rounds"]["pika"]) == len(got["rounds"]["pubtasks_batch"]) == 2
     ratio = got["pubtasks_batch_msgs_per_s"] / got["pika_msgs_per_s"]
     assert got["pubtasks_vs_pika"] == pytest.approx(ratio, abs=0.01)
 
