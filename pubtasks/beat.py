@@ -19,8 +19,11 @@ burst of the ticks that fell due meanwhile.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from copy import copy
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +35,7 @@ from celery.beat import PersistentScheduler, ScheduleEntry, SchedulingError
 from pubtasks import defaults, settings
 from pubtasks.errors import StatsUnavailable
 from pubtasks.lock import BeatLock, owner_id
+from pubtasks.message import message_id
 from pubtasks.schedule import every
 from pubtasks.stats import Stats
 
@@ -51,6 +55,22 @@ def due_time(entry: ScheduleEntry, now: float) -> float:
         return now if tick_at is None else tick_at
     remaining: float = entry.schedule.remaining_estimate(entry.last_run_at).total_seconds()
     return now + min(remaining, 0.0)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT while a tick is numbered and sent, so that stopping beat
+    cannot leave a number allocated for a tick that was never sent."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (ValueError, OSError):  # not the main thread of a process: nothing to hold
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass
@@ -87,10 +107,6 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             s = settings.current()
             self._stats = Stats.from_url(s.redis_url, s.stats_prefix, retries=2)
         return self._stats
-
-    def next_number(self, count: int) -> int:
-        """Allocate the tick's first message number in Redis."""
-        return self.stats.next_number(count)
 
     # -- one beat at a time ---------------------------------------------------------------
 
@@ -191,12 +207,17 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
 
     def _send_unsent(self, producer: Any, **kwargs: Any) -> Any:
         """Send the waiting ticks in order; stop at the first that cannot go yet."""
+        with signals_held():
+            return self._send_each(producer, **kwargs)
+
+    def _send_each(self, producer: Any, **kwargs: Any) -> Any:
         result = None
         while self._unsent:
             tick = self._unsent[0]
             try:
                 if tick.number is None:
-                    tick.number = self.next_number(tick.batch)
+                    tick_id = message_id(tick.entry.name, tick.scheduled_at)
+                    tick.number = self.stats.tick_number(tick.entry.name, tick_id, tick.batch)
                 entry = copy(tick.entry)
                 entry.kwargs = {
                     **(entry.kwargs or {}),

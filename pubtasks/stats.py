@@ -14,7 +14,8 @@ key                       type    holds
 ``last_error``            hash    at, entry, message_id, reason
 ``failed:<message_id>``   string  marks a tick already counted as failed (kept 1 day)
 ``beat:lock``             string  the beat firing ticks (host.pid.id), expires in 10 s
-``beat:last:<entry>``     string  the scheduled time of the entry's last fired tick
+``beat:last:<entry>``     string  the scheduled time of the entry's last sent tick
+``beat:number:<entry>``   string  the entry's latest tick and its first number
 ========================  ======  ==================================================
 
 At any quiet moment ``published == acked + nacked + unconfirmed + pending``,
@@ -132,6 +133,21 @@ redis.call('HSET', last_error, 'at', ARGV[2], 'entry', ARGV[3], 'message_id', AR
 return failed
 """
 
+# KEYS: totals, beat:number:<entry>.  ARGV: the tick's id, how many numbers.
+# The numbers of the entry's latest tick are kept with its id, so asking again for the
+# same tick (a retried write, or a beat that died before sending it and the next
+# holder firing it again) returns the same numbers: no gap, no double allocation.
+_NUMBER = """
+local held = redis.call('GET', KEYS[2])
+if held then
+  local id, first = string.match(held, '^(.*) (%d+)$')
+  if id == ARGV[1] then return tonumber(first) end
+end
+local first = redis.call('HINCRBY', KEYS[1], 'last_message_number', ARGV[2]) - ARGV[2] + 1
+redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. first)
+return first
+"""
+
 # KEYS: pending, totals.  ARGV: cutoff, entry key prefix, limit.
 # Publishes left pending by a publisher that died (SIGKILL, lost host) become unconfirmed.
 _REAP = (
@@ -182,6 +198,9 @@ class Keys:
 
     def beat_last(self, entry: str) -> str:
         return f"{self.prefix}beat:last:{entry}"
+
+    def beat_number(self, entry: str) -> str:
+        return f"{self.prefix}beat:number:{entry}"
 
 
 @dataclass(frozen=True)
@@ -300,6 +319,7 @@ class Stats:
         self._settle = client.register_script(_SETTLE)
         self._fail = client.register_script(_FAIL)
         self._reap = client.register_script(_REAP)
+        self._number = client.register_script(_NUMBER)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, retries: int = 10) -> Stats:
@@ -310,10 +330,16 @@ class Stats:
             self.client.ping()
 
     def next_number(self, count: int = 1) -> int:
-        """Allocate ``count`` message numbers (beat does, once per tick); return the first."""
+        """Allocate ``count`` message numbers; return the first (a task called by hand)."""
         with _converted(self._url):
             last = int(self.client.hincrby(self.keys.totals, "last_message_number", count))
         return last - count + 1
+
+    def tick_number(self, entry: str, tick_id: str, count: int = 1) -> int:
+        """The first of the ``count`` numbers of tick ``tick_id``: allocated once (beat)."""
+        k = self.keys
+        with _converted(self._url):
+            return int(self._number(keys=[k.totals, k.beat_number(entry)], args=[tick_id, count]))
 
     def begin(self, deliveries: Iterable[Delivery], now: float) -> int:
         """Count basic.publishes as published and pending, before they are sent."""

@@ -98,3 +98,12 @@ def test_unreachable_redis_is_one_clear_error_without_the_password() -> None:
         s.snapshot()
     assert "redis://:**@127.0.0.1:1/0" in str(err.value)
     assert "s3cret" not in str(err.value)
+
+
+def test_a_tick_keeps_its_numbers_when_asked_again(stats: Stats) -> None:
+    # Beat numbers a tick, dies before sending it; the next beat fires it again
+    assert stats.tick_number("e", "e@1000", 3) == 1
+    assert stats.tick_number("e", "e@1000", 3) == 1  # the same numbers, no gap
+    assert stats.tick_number("e", "e@2000", 1) == 4
+    assert stats.tick_number("other", "other@2000", 1) == 5
+    assert stats.snapshot().last_message_number == 5
