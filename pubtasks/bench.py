@@ -440,6 +440,20 @@ def broker_restart_recovery(settings: Settings, stats: Stats) -> float:
     return round(time.time() - up, 3)
 
 
+def forget_celery_keys(url: str, prefix: str) -> None:
+    """Delete the worker run's Celery transport keys, all named after the bench prefix."""
+    client = Stats.from_url(url, prefix).client
+    try:
+        keys = list(client.scan_iter(match=f"_kombu.binding*.{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        ours = [m for m, _ in client.zscan_iter("_kombu.binding_deadlines") if prefix in m]
+        if ours:
+            client.zrem("_kombu.binding_deadlines", *ours)
+    finally:
+        client.close()
+
+
 def purge_and_delete(url: str, names: Names, queues: list[str]) -> None:
     with Connection(url) as conn:
         channel = conn.channel()
@@ -459,6 +473,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "confirm_window": settings.confirm_window,
     }
     queues = [names.queue(p) for p in ("pika", "kombu", "pubtasks")]
+    every_queue = [*queues, names.queue("ticks")]
     try:
         # pika and pubtasks take turns, each on a fresh queue, `rounds` times: on a
         # shared 2-core machine one run of either varies by 10-20 %; the medians do not.
@@ -491,9 +506,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 settings, names, args.interval, args.tick_seconds, restart=not args.no_restart
             )
     finally:
-        purge_and_delete(settings.amqp_url, names, queues)
+        purge_and_delete(settings.amqp_url, names, every_queue)
         with Connection(settings.amqp_url) as conn:
             conn.channel().exchange_delete(names.exchange)
+        forget_celery_keys(settings.redis_url, names.prefix)
     return report
 
 
