@@ -67,6 +67,8 @@ def celery_isolation(prefix: str) -> dict[str, object]:
     """
     return {
         "task_default_queue": f"{prefix}celery",
+        # Remote control (celery inspect) would share Celery's pidbox keys between tests.
+        "worker_enable_remote_control": False,
         "broker_transport_options": {
             "visibility_timeout": 3600,
             "unacked_key": f"{prefix}unacked",
