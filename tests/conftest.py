@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
+from pubtasks.bench import forget_celery_keys
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 from tests.helpers import RABBIT, REDIS, REDIS_DB, Worker, rabbitmqctl, write_config
@@ -42,16 +42,10 @@ def prefix(redis_url: str) -> Iterator[str]:
     """A Redis key prefix of this test's own; every key under it is deleted afterwards."""
     name = f"pubtasks-test:{uuid.uuid4().hex[:10]}:"
     yield name
-    client = redis.Redis.from_url(redis_url)
-    for pattern in (f"{name}*", f"_kombu.binding*.{name}*"):
-        keys = list(client.scan_iter(match=pattern, count=1000))
-        if keys:
-            client.delete(*keys)
-    # kombu's shared index of binding deadlines names our bindings too
-    ours = [m for m, _ in client.zscan_iter("_kombu.binding_deadlines") if name.encode() in m]
-    if ours:
-        client.zrem("_kombu.binding_deadlines", *ours)
-    client.close()
+    stats = Stats.from_url(redis_url, name)
+    stats.clear()  # the statistics and Celery's queues, all named after the prefix
+    stats.client.close()
+    forget_celery_keys(redis_url, name)  # kombu's binding keys that name them
 
 
 @pytest.fixture

@@ -62,6 +62,13 @@ def configure(worker: Worker, prefix: str, extra: str) -> None:
     write_config(worker.cwd, prefix, extra)
 
 
+def start_behind(proxy: Proxy, worker: Worker, stats: Stats, vhost: str) -> None:
+    """Start the worker reaching RabbitMQ through ``proxy``; return once it publishes."""
+    worker.env["AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}"
+    worker.start()
+    more_acks(stats, 3, 30, "start")
+
+
 @pytest.fixture
 def proxy() -> Iterator[Proxy]:
     p = Proxy()
@@ -90,6 +97,14 @@ def test_repeated_forced_closes(
     record(row)
 
 
+def accepting() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def broker_app() -> Iterator[dict[str, Callable[[], float]]]:
     """Stop and start the shared RabbitMQ's app; it is always started again afterwards.
@@ -107,12 +122,7 @@ def broker_app() -> Iterator[dict[str, Callable[[], float]]]:
         up: list[float] = []
 
         def watch() -> None:  # note the first moment the listener accepts again
-            while not up:
-                try:
-                    socket.create_connection(("127.0.0.1", 5672), timeout=0.2).close()
-                    up.append(time.time())
-                except OSError:
-                    time.sleep(0.005)
+            up.append(wait_for(lambda: accepting() and time.time(), 60, "RabbitMQ", 0.005))
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -160,9 +170,7 @@ def test_silent_network_cut(
 ) -> None:
     # Given a worker that reaches RabbitMQ through a proxy the test controls
     configure(worker, prefix, "CONFIRM_TIMEOUT = 1.0\n")
-    worker.env["AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}"
-    worker.start()
-    more_acks(stats, 3, 30, "start")
+    start_behind(proxy, worker, stats, vhost)
     # When every packet is dropped, with no FIN or RST, for about 4 s (20 ticks)
     proxy.cut()
     during = fired(stats)
@@ -329,9 +337,7 @@ def test_killed_worker_process(
 ) -> None:
     # Given a worker behind a proxy, with a publish held in flight by a cut
     configure(worker, prefix, "CONFIRM_TIMEOUT = 2.0\n")
-    worker.env["AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}"
-    worker.start()
-    more_acks(stats, 3, 30, "start")
+    start_behind(proxy, worker, stats, vhost)
     proxy.cut()
     pending = wait_for(
         lambda: stats.client.zrange(stats.keys.pending, 0, 0), 10, "a publish in flight", 0.01
