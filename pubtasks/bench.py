@@ -570,7 +570,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--messages", type=int, default=20000, help="messages for part a")
     parser.add_argument("--size", type=int, default=200, help="bytes per message")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="pika and pubtasks runs, in turn (medians shown)"
+        "--rounds", type=int, default=5, help="pika and pubtasks runs, in turn (medians shown)"
     )
     parser.add_argument("--interval", type=float, default=0.1, help="PUBLISH_INTERVAL for b")
     parser.add_argument(

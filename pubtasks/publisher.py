@@ -47,10 +47,14 @@ from pubtasks.errors import (
     TopologyError,
     Unreachable,
 )
+from pubtasks.framing import Frames
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 
 log = logging.getLogger(__name__)
+
+#: Publishes whose frames go to the socket in one write (kombu's ``Producer.batch`` size).
+WRITE_BATCH = 128
 
 #: Backoff between connection attempts: kombu's interval_start, interval_step, interval_max.
 RECONNECT = {"interval_start": 0.0, "interval_step": 0.25, "interval_max": 1.0}
@@ -87,6 +91,64 @@ class Result:
     outcome: str  # "acked" or "returned"
     attempts: int
     confirmed_at: float  # when the last confirm of the tick was counted
+
+
+class PublishBatch:
+    """kombu's publish-batch session (``with producer.batch():``) for a py-amqp channel.
+
+    kombu 5.7 lets a transport buffer the ``Producer.publish`` calls made inside
+    ``producer.batch()``; py-amqp has no such session, so this one keeps the frames
+    of up to ``max_size`` publishes (encoded by ``framing.Frames``) and writes them
+    to the socket in one go. Leaving the block writes the rest; an exception
+    inside it discards what was not written yet.
+    """
+
+    def __init__(self, channel: Any, frames: Frames, max_size: int) -> None:
+        self.channel = channel
+        self.frames = frames
+        self.max_size = max_size
+        self._frames: list[bytes] = []
+
+    def publish(
+        self,
+        message: Any,
+        exchange: str = "",
+        routing_key: str = "",
+        mandatory: bool = False,
+        immediate: bool = False,
+        **_: Any,  # timeout and confirm_timeout: the socket's write timeout bounds a write
+    ) -> None:
+        self._frames.append(
+            self.frames.publish(
+                message.body,
+                message.properties,
+                exchange,
+                routing_key,
+                mandatory=mandatory,
+                immediate=immediate,
+            )
+        )
+        if len(self._frames) >= self.max_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._frames:
+            return
+        data, self._frames = b"".join(self._frames), []
+        connection = self.channel.connection
+        if connection is None:
+            raise amqp.exceptions.RecoverableConnectionError("basic_publish: connection closed")
+        try:
+            connection.transport.write(data)
+        except TimeoutError as exc:  # as py-amqp's basic_publish: the socket is dead
+            raise amqp.exceptions.RecoverableConnectionError("basic_publish: timed out") from exc
+        connection.bytes_sent += 1  # what py-amqp's heartbeat check looks at
+
+    def discard(self) -> None:
+        self._frames = []
+
+    def close(self) -> None:
+        self._frames = []
 
 
 class Publisher:
@@ -197,6 +259,8 @@ class Publisher:
             )
         )
         self._channel, self._tracker = channel, tracker
+        frames = Frames(channel.channel_id, self.connection.connection.frame_max)
+        channel.create_publish_batch = lambda max_size: PublishBatch(channel, frames, max_size)
         try:
             self.declare(channel)
         except TopologyError:
@@ -354,8 +418,9 @@ class Publisher:
         except (*self.connection.connection_errors, OSError) as exc:
             error = f"connection lost: {describe(exc)}"
             self._reset()
-        # Counted but never sent: no answer will come for them either.
-        self._settled += [Settled(d, Outcome.UNCONFIRMED) for _, d in counted]
+        finally:
+            # Counted but never sent: no answer will come for them either.
+            self._settled += [Settled(d, Outcome.UNCONFIRMED) for _, d in counted]
         self._flush(sent)
         return Sent(sent, error, permanent)
 
@@ -386,22 +451,37 @@ class Publisher:
         tick: message.Tick,
         batch: list[tuple[message.Outgoing, Delivery]],
     ) -> None:
-        """basic.publish each message through kombu's Producer; confirms come back later."""
+        """basic.publish each message through kombu's Producer; confirms come back later.
+
+        Inside ``producer.batch()`` the frames go to the socket WRITE_BATCH messages
+        at a time (``PublishBatch``). Every delivery is tracked before the first is
+        handed over: if the block fails half-way, the channel is thrown away, which
+        counts the whole batch as unconfirmed.
+        """
         now = time.time()
         props = message.properties(batch[0][0], now)  # the same for the batch but the id
-        track = self._tracker.published
-        for out, delivery in batch:
+        for _, delivery in batch:
             delivery.published_at = now
-            track(delivery)
-            props["message_id"] = out.message_id
-            producer.publish(
-                message.body(tick, out, now),
-                routing_key=tick.routing_key,
-                mandatory=True,
-                content_type=message.CONTENT_TYPE,
-                content_encoding=message.CONTENT_ENCODING,
-                **props,
-            )
+            self._tracker.published(delivery)
+        try:
+            with producer.batch(max_size=WRITE_BATCH):
+                for out, _ in batch:
+                    props["message_id"] = out.message_id
+                    producer.publish(
+                        message.body(tick, out, now),
+                        routing_key=tick.routing_key,
+                        mandatory=True,
+                        content_type=message.CONTENT_TYPE,
+                        content_encoding=message.CONTENT_ENCODING,
+                        **props,
+                    )
+        except (*self.connection.connection_errors, OSError):
+            raise  # _send resets the connection, and the channel with it
+        except Exception:
+            # Some of the batch never reached the socket, so the channel's delivery
+            # tags no longer match the tracker's: only a new channel can be trusted.
+            self._drop_channel()
+            raise
 
     def _flush(self, into: dict[str, Settled]) -> None:
         """Count the outcomes settled since the last flush, in one Redis round trip."""

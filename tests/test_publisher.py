@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
+from pubtasks import message
 from pubtasks.errors import TickFailed, TopologyError
 from pubtasks.message import Tick
 from pubtasks.publisher import Publisher
@@ -207,3 +209,36 @@ def test_nacks_with_the_multiple_flag_are_each_counted_once(
     assert (t_.published, t_.acked, t_.nacked, t_.unconfirmed, t_.pending) == (550, 50, 500, 0, 0)
     assert t_.failed == 250
     assert t_.invariant_holds
+
+
+def test_a_batch_that_fails_half_way_counts_as_unconfirmed_on_a_new_channel(
+    settings: Settings, stats: Stats, amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a bug that strikes on the 10th message of a batch, before any is written
+    real_body = message.body
+    calls = 0
+
+    def body(*args: Any) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 10:
+            raise RuntimeError("a bug")
+        return real_body(*args)
+
+    monkeypatch.setattr(message, "body", body)
+    p = batch_publisher(settings, stats, confirm_window=64)
+    try:
+        p.connect()
+        broken = p._channel
+        with pytest.raises(RuntimeError, match="a bug"):
+            p.publish_tick(Tick("bulk", time.time(), "example.text", stats.next_number(100), 100))
+        # Then the channel, whose delivery tags no longer match, is not used again...
+        assert p._channel is None
+        # ... and the next tick goes out on a new one and settles the 64 as unconfirmed
+        assert p.publish_tick(tick(stats)).outcome == "acked"
+        assert p._channel is not broken
+    finally:
+        p.close()
+    assert [m.body["message_number"] for m in drain(amqp_url, "text")] == [101]
+    t = stats.snapshot().totals
+    assert (t.published, t.acked, t.unconfirmed, t.pending) == (65, 1, 64, 0)
