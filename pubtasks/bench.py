@@ -240,6 +240,9 @@ broker_transport_options = {{
     "unacked_mutex_key": {prefix!r} + "unacked_mutex",
 }}
 worker_concurrency = 2
+# No remote control: its pidbox binding would stay behind in Redis's shared
+# _kombu.binding_deadlines after the run; the bench does not use it.
+worker_enable_remote_control = False
 """
 
 
