@@ -170,6 +170,15 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         # Celery wakes 10 ms early and then spins until the tick is due; wake on time instead.
         return n
 
+    def _when(self, entry: ScheduleEntry, next_time_to_run: float, *args: Any) -> float:
+        # Celery adds the wait that is_due measured *before* sending the tick to the time
+        # *after* sending it, so beat would wake late by the send (a few ms, two Redis
+        # round trips). For a grid entry, the next wake is the next grid point, exactly.
+        if next_time_to_run and isinstance(entry.schedule, every):
+            return entry.schedule.next_at(entry.last_run_at, time.time())
+        when: float = super()._when(entry, next_time_to_run, *args)
+        return when
+
     def tick(self, *args: Any, **kwargs: Any) -> float:
         if self._unsent:
             self._send_unsent(self.producer)

@@ -66,6 +66,12 @@ def plan(last_tick: float, now: float, interval: float) -> Plan:
     return Plan(False, None, (following * iv - now_us) / US)
 
 
+def next_at(last_tick: float, now: float, interval: float) -> float:
+    """When the tick after ``last_tick`` is due: its grid time, or ``now`` if that has come."""
+    p = plan(last_tick, now, interval)
+    return now if p.due else now + p.wait
+
+
 class every(BaseSchedule):  # type: ignore[misc]  # noqa: N801 - named like celery's own ``crontab`` and ``schedule``
     """Fire every ``seconds`` on the wall-clock grid; ``every()`` uses PUBLISH_INTERVAL.
 
@@ -91,6 +97,9 @@ class every(BaseSchedule):  # type: ignore[misc]  # noqa: N801 - named like cele
 
     def plan(self, last_run_at: datetime, now: float | None = None) -> Plan:
         return plan(last_run_at.timestamp(), time.time() if now is None else now, self.seconds)
+
+    def next_at(self, last_run_at: datetime, now: float) -> float:
+        return next_at(last_run_at.timestamp(), now, self.seconds)
 
     def is_due(self, last_run_at: datetime) -> schedstate:
         p = self.plan(last_run_at)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pubtasks.schedule import MAX_CATCH_UP, Plan, every, plan
+from pubtasks.schedule import MAX_CATCH_UP, Plan, every, next_at, plan
 
 
 @pytest.mark.parametrize(
@@ -35,6 +35,18 @@ def test_plan(last: float, now: float, interval: float, expected: Plan) -> None:
     assert got.due == expected.due
     assert got.tick_at == (None if expected.tick_at is None else pytest.approx(expected.tick_at))
     assert got.wait == pytest.approx(expected.wait, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("last", "now", "expected"),
+    [
+        (10.0, 10.3, 11.0),  # the next grid point, however long ago the wait was measured
+        (10.0, 10.9999, 10.9999),  # due now (within the early-wake allowance)
+        (10.0, 11.2, 11.2),  # overdue: now
+    ],
+)
+def test_next_at(last: float, now: float, expected: float) -> None:
+    assert next_at(last, now, 1.0) == pytest.approx(expected)
 
 
 def test_a_long_stall_skips_ahead_instead_of_bursting() -> None:
