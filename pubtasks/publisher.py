@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 #: Publishes whose frames go to the socket in one write (kombu's ``Producer.batch`` size).
 WRITE_BATCH = 128
 
+#: Seconds to wait for RabbitMQ's answer to channel.close and connection.close.
+CLOSE_TIMEOUT = 2.0
+
 #: Backoff between connection attempts: kombu's interval_start, interval_step, interval_max.
 RECONNECT = {"interval_start": 0.0, "interval_step": 0.25, "interval_max": 1.0}
 
@@ -317,6 +320,16 @@ class Publisher:
         self.connection.collect()
 
     def close(self) -> None:
+        """Close the channel and the connection, waiting at most CLOSE_TIMEOUT for each answer.
+
+        py-amqp waits for channel.close-ok and connection.close-ok with no time limit,
+        so a worker process stopping while RabbitMQ is silently unreachable would
+        otherwise never exit. On timeout the socket is simply dropped.
+        """
+        raw = self.connection._connection  # not .connection: that would connect
+        sock = getattr(getattr(raw, "transport", None), "sock", None)
+        if sock is not None:
+            sock.settimeout(CLOSE_TIMEOUT)
         self._drop_channel()
         self.connection.release()
 

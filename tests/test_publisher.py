@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,10 +16,11 @@ from kombu.entity import Exchange, Queue
 from pubtasks import message
 from pubtasks.errors import TickFailed, TopologyError
 from pubtasks.message import Tick
-from pubtasks.publisher import Publisher
+from pubtasks.publisher import CLOSE_TIMEOUT, Publisher
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 from tests.helpers import close_connections, drain
+from tests.proxy import Proxy
 
 pytestmark = pytest.mark.integration
 
@@ -242,3 +245,23 @@ def test_a_batch_that_fails_half_way_counts_as_unconfirmed_on_a_new_channel(
     assert [m.body["message_number"] for m in drain(amqp_url, "text")] == [101]
     t = stats.snapshot().totals
     assert (t.published, t.acked, t.unconfirmed, t.pending) == (65, 1, 64, 0)
+
+
+def test_closing_while_rabbitmq_is_silently_unreachable_returns(
+    settings: Settings, stats: Stats, vhost: str
+) -> None:
+    # Given a publisher that reaches RabbitMQ through a proxy, which then drops every byte
+    proxy = Proxy()
+    try:
+        url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}"
+        p = Publisher(replace(settings, amqp_url=url), stats)
+        assert p.publish_tick(tick(stats)).outcome == "acked"
+        proxy.cut()
+        # When the worker process stops and closes it (close-ok can never come)
+        closer = threading.Thread(target=p.close, daemon=True)
+        closer.start()
+        # Then close gives up waiting instead of holding the process forever
+        closer.join(timeout=4 * CLOSE_TIMEOUT + 5)
+        assert not closer.is_alive()
+    finally:
+        proxy.close()
