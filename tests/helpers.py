@@ -139,9 +139,14 @@ class Worker:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def stop(self, timeout: float = 30) -> int | None:
+    def stop(self, timeout: float = 45) -> int | None:
         """Warm shutdown (SIGTERM to the main process, as docker or systemd would send),
-        then SIGKILL to the whole group if it lingers."""
+        then SIGKILL to the whole group if it lingers.
+
+        45 s: a warm shutdown that begins as a pool process finishes a task can take
+        30 s, because billiard (4.3) then has that process wait up to 30 s for the
+        main process, which has stopped reading, to read its result.
+        """
         if self.proc is None:
             return None
         if self.proc.poll() is None:
