@@ -43,6 +43,7 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from kombu.messaging import Producer
 
+from pubtasks import defaults
 from pubtasks.errors import PubtasksError
 from pubtasks.message import Tick, scheduled_at_of
 from pubtasks.publisher import Publisher
@@ -189,7 +190,8 @@ def pubtasks_batch(
     try:
         publisher.connect()
         # The JSON body with its number and times, padded with "text" to `size` bytes.
-        probe = Tick("bench", time.time(), s.routing_key, 1, count, text="")
+        # The default entry's name, so the ids are as long as a user's by default.
+        probe = Tick(defaults.DEFAULT_ENTRY, time.time(), s.routing_key, 1, count, text="")
         from pubtasks.message import body
 
         overhead = len(body(probe, probe.messages()[0], time.time()))

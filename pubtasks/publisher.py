@@ -96,6 +96,19 @@ class Result:
     confirmed_at: float  # when the last confirm of the tick was counted
 
 
+def drop_fillers(properties: dict[str, Any]) -> None:
+    """Remove what kombu adds to every message without meaning anything by it.
+
+    kombu sends an empty headers table, and marks a bytes body whose caller named no
+    encoding as ``content_encoding="binary"``. Leaving both out says the same and
+    keeps the properties within ``message.PROPERTIES_BUDGET``.
+    """
+    if not properties.get("application_headers"):
+        properties.pop("application_headers", None)
+    if properties.get("content_encoding") == "binary":
+        del properties["content_encoding"]
+
+
 class PublishBatch:
     """kombu's publish-batch session (``with producer.batch():``) for a py-amqp channel.
 
@@ -121,6 +134,7 @@ class PublishBatch:
         immediate: bool = False,
         **_: Any,  # timeout and confirm_timeout: the socket's write timeout bounds a write
     ) -> None:
+        drop_fillers(message.properties)
         self._frames.append(
             self.frames.publish(
                 message.body,
@@ -472,7 +486,7 @@ class Publisher:
         counts the whole batch as unconfirmed.
         """
         now = time.time()
-        props = message.properties(batch[0][0], now)  # the same for the batch but the id
+        props = message.properties(batch[0][0])  # the same for the batch but the id
         for _, delivery in batch:
             delivery.published_at = now
             self._tracker.published(delivery)
@@ -485,7 +499,7 @@ class Publisher:
                         routing_key=tick.routing_key,
                         mandatory=True,
                         content_type=message.CONTENT_TYPE,
-                        content_encoding=message.CONTENT_ENCODING,
+                        priority=None,  # kombu sends priority 0 otherwise: see message.properties
                         **props,
                     )
         except (*self.connection.connection_errors, OSError):

@@ -14,6 +14,7 @@ from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 
 from pubtasks.framing import Frames
+from pubtasks.publisher import drop_fillers
 
 FRAME_MAX = 4096
 TYPICAL = {
@@ -112,3 +113,18 @@ def test_what_py_amqp_refuses_we_refuse_alike() -> None:
             amqp_frames(b"x", properties)
         with pytest.raises(error):
             ours(Frames(1, FRAME_MAX), b"x", properties)
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        ({"application_headers": {}, "content_encoding": "binary", "app_id": "a"}, {"app_id": "a"}),
+        ({"application_headers": None}, {}),
+        # Anything meant is kept.
+        ({"application_headers": {"k": 1}}, {"application_headers": {"k": 1}}),
+        ({"content_encoding": "utf-8"}, {"content_encoding": "utf-8"}),
+    ],
+)
+def test_kombu_s_fillers_are_dropped(given: dict[str, Any], sent: dict[str, Any]) -> None:
+    drop_fillers(given)
+    assert given == sent

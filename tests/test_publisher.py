@@ -50,7 +50,8 @@ def test_a_tick_is_published_persistent_confirmed_and_counted(
     assert got.properties["app_id"] == "pubtasks"
     assert got.properties["content_type"] == "application/json"
     assert got.properties["delivery_mode"] == 2
-    assert abs(got.properties["timestamp"] - time.time()) < 5
+    # Nothing else: within 64 bytes RabbitMQ takes a message faster (message.properties)
+    assert set(got.properties) == {"message_id", "app_id", "content_type", "delivery_mode"}
     snap = stats.snapshot()
     assert (snap.totals.published, snap.totals.acked, snap.totals.pending) == (1, 1, 0)
     assert snap.totals.last_confirmed_number == 1
