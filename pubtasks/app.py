@@ -58,11 +58,17 @@ def celery_defaults() -> dict[str, Any]:
 
 
 app = Celery("pubtasks", include=["pubtasks.tasks"])
-app.add_defaults(celery_defaults)
 
 
 @app.on_configure.connect  # type: ignore[untyped-decorator]
 def _load_celeryconfig(sender: Celery, **_: Any) -> None:
+    """Configure ``sender`` from celeryconfig laid over ``celery_defaults()``.
+
+    One mapping, so that celeryconfig wins: defaults given to Celery's
+    ``add_defaults`` would rank above it, and celeryconfig's own value of, say,
+    ``broker_transport_options`` or ``worker_prefetch_multiplier`` would be ignored.
+    """
+    settings = celery_defaults()
     try:
         module = import_from_cwd(CONFIG_MODULE)
     except ModuleNotFoundError as exc:
@@ -73,8 +79,9 @@ def _load_celeryconfig(sender: Celery, **_: Any) -> None:
             CONFIG_MODULE,
             os.getcwd(),
         )
-        return
-    sender.config_from_object(module)
+    else:
+        settings.update((k, v) for k, v in vars(module).items() if not k.startswith("_"))
+    sender.config_from_object(settings)
 
 
 @signals.worker_init.connect  # type: ignore[untyped-decorator]

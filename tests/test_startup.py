@@ -133,3 +133,24 @@ def test_without_celeryconfig_the_package_defaults_apply_with_one_line(tmp_path:
         f"pubtasks: no celeryconfig module in {tmp_path} or on sys.path; "
         "running on package defaults"
     ]
+
+
+def test_celeryconfig_overrides_the_package_s_celery_defaults(tmp_path: Path) -> None:
+    (tmp_path / "celeryconfig.py").write_text(
+        "worker_prefetch_multiplier = 4\n"
+        "broker_transport_options = {'visibility_timeout': 7200, 'unacked_key': 'x:unacked'}\n"
+    )
+    show = (
+        "import pubtasks; c = pubtasks.app.conf; "
+        "print(c.worker_prefetch_multiplier, c.broker_transport_options, c.task_acks_late)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", show],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    # celeryconfig's values win; what it leaves out keeps the package default
+    assert out.stdout.strip() == ("4 {'visibility_timeout': 7200, 'unacked_key': 'x:unacked'} True")
