@@ -99,12 +99,14 @@ class Result:
 def drop_fillers(properties: dict[str, Any]) -> None:
     """Remove what kombu adds to every message without meaning anything by it.
 
-    kombu sends an empty headers table, and marks a bytes body whose caller named no
-    encoding as ``content_encoding="binary"``. Leaving both out says the same and
-    keeps the properties within ``message.PROPERTIES_BUDGET``.
+    kombu sends an empty headers table and priority 0 (the lowest, as if unset), and
+    marks a bytes body whose caller named no encoding as ``content_encoding="binary"``.
+    Leaving them out says the same and keeps the properties within
+    ``message.PROPERTIES_BUDGET``.
     """
-    if not properties.get("application_headers"):
-        properties.pop("application_headers", None)
+    for name in ("application_headers", "priority"):
+        if not properties.get(name):
+            properties.pop(name, None)
     if properties.get("content_encoding") == "binary":
         del properties["content_encoding"]
 
@@ -123,7 +125,7 @@ class PublishBatch:
         self.channel = channel
         self.frames = frames
         self.max_size = max_size
-        self._frames: list[bytes] = []
+        self._unwritten: list[bytes] = []
 
     def publish(
         self,
@@ -135,7 +137,7 @@ class PublishBatch:
         **_: Any,  # timeout and confirm_timeout: the socket's write timeout bounds a write
     ) -> None:
         drop_fillers(message.properties)
-        self._frames.append(
+        self._unwritten.append(
             self.frames.publish(
                 message.body,
                 message.properties,
@@ -145,13 +147,13 @@ class PublishBatch:
                 immediate=immediate,
             )
         )
-        if len(self._frames) >= self.max_size:
+        if len(self._unwritten) >= self.max_size:
             self.flush()
 
     def flush(self) -> None:
-        if not self._frames:
+        if not self._unwritten:
             return
-        data, self._frames = b"".join(self._frames), []
+        data, self._unwritten = b"".join(self._unwritten), []
         connection = self.channel.connection
         if connection is None:
             raise amqp.exceptions.RecoverableConnectionError("basic_publish: connection closed")
@@ -162,10 +164,10 @@ class PublishBatch:
         connection.bytes_sent += 1  # what py-amqp's heartbeat check looks at
 
     def discard(self) -> None:
-        self._frames = []
+        self._unwritten = []
 
     def close(self) -> None:
-        self._frames = []
+        self._unwritten = []
 
 
 class Publisher:
@@ -261,6 +263,8 @@ class Publisher:
         # py-amqp then blocks each basic.publish until its own confirm arrives. This
         # channel streams instead: it publishes up to CONFIRM_WINDOW messages ahead and
         # settles them as the acks and nacks (with `multiple`) come back (confirms.py).
+        # Publishes go through PublishBatch below; plain basic_publish, should anything
+        # call it, must not wait for (and swallow) an ack the tracker is owed either.
         channel.basic_publish = channel._basic_publish
         channel.confirm_select()
         channel._confirm_selected = True
@@ -499,7 +503,6 @@ class Publisher:
                         routing_key=tick.routing_key,
                         mandatory=True,
                         content_type=message.CONTENT_TYPE,
-                        priority=None,  # kombu sends priority 0 otherwise: see message.properties
                         **props,
                     )
         except (*self.connection.connection_errors, OSError):

@@ -120,6 +120,8 @@ def test_what_py_amqp_refuses_we_refuse_alike() -> None:
     [
         ({"application_headers": {}, "content_encoding": "binary", "app_id": "a"}, {"app_id": "a"}),
         ({"application_headers": None}, {}),
+        ({"priority": 0, "app_id": "a"}, {"app_id": "a"}),
+        ({"priority": 5}, {"priority": 5}),
         # Anything meant is kept.
         ({"application_headers": {"k": 1}}, {"application_headers": {"k": 1}}),
         ({"content_encoding": "utf-8"}, {"content_encoding": "utf-8"}),
