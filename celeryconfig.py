@@ -43,9 +43,10 @@ BINDING_KEY = "example.text"  # e.g. "example.#" to bind every routing key above
 
 # -- Statistics and publishing ------------------------------------------------------
 STATS_PREFIX = "pubtasks:"
-CONFIRM_TIMEOUT = 5.0  # seconds to wait for basic.ack / basic.nack
+CONFIRM_TIMEOUT = 5.0  # seconds to wait for basic.ack / basic.nack (and any reply)
 PUBLISH_ATTEMPTS = 5  # basic.publish attempts per message before it counts as failed
 PUBLISH_BATCH = 1  # messages per tick
 CONFIRM_WINDOW = 4096  # publishes that may await their confirm at once
+BATCH_WRITES = True  # write a tick's frames in batches; False: py-amqp's basic_publish
 TICK_DEADLINE = 600.0  # seconds after its scheduled time that a tick may still be published
-STARTUP_RETRIES = 20  # connection attempts at worker start before exiting
+STARTUP_RETRIES = 20  # connection attempts per service at worker start before exiting

@@ -8,12 +8,19 @@ happened to wake) to every ``pubtasks.publish`` it sends, with ``number``
 task derives the message's stable ``message_id`` from the first two; a retry
 or a redelivery of the task carries the same arguments.
 
-For ``every`` entries the scheduler records the tick's grid time as the
-entry's ``last_run_at``, so the next tick is the next grid point and a late
-wake-up neither drifts nor skips a tick. When a beat takes the beat lock (at
-start, or from a holder that died) it goes on from the last tick fired, if that
-was within a minute; after a longer silence it begins from "now", with no
-burst of the ticks that fell due meanwhile.
+It uses Celery's public scheduler hooks only (``setup_schedule``, ``tick``,
+``adjust``, ``reserve``, ``apply_async``):
+
+- For ``every`` entries the tick's grid time becomes the entry's ``last_run_at``,
+  so the next tick is the next grid point and a late wake-up neither drifts nor
+  skips a tick.
+- ``apply_async`` only queues the tick; the next ``tick`` sends it. Celery measures
+  an entry's wait before it sends and adds it to the time after, so sending
+  inside ``apply_async`` would make every wake-up late by the send (two Redis
+  round trips). Queued, the send happens after Celery has recorded the next wake.
+- When a beat takes the beat lock (at start, or from a holder that died) it goes
+  on from the last tick fired, if that was within ``CATCH_UP_WITHIN``; after a
+  longer silence it begins from "now", with no burst of the ticks that fell due.
 """
 
 from __future__ import annotations
@@ -24,7 +31,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from copy import copy
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,20 +38,18 @@ from typing import Any
 import redis
 from celery.beat import PersistentScheduler, ScheduleEntry, SchedulingError
 
-from pubtasks import defaults, settings
+from pubtasks import defaults
 from pubtasks.errors import StatsUnavailable
 from pubtasks.lock import BeatLock, owner_id
 from pubtasks.message import message_id
 from pubtasks.schedule import every
+from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 
 log = logging.getLogger(__name__)
 
 #: Seconds the beat lock lives without renewal: another beat takes over within this.
 LOCK_TTL = 10.0
-#: A beat taking the lock goes on from the last fired tick if it is this recent;
-#: after a longer silence it starts from now instead of firing a burst.
-RESUME_WITHIN = 60.0
 
 
 def due_time(entry: ScheduleEntry, now: float) -> float:
@@ -55,6 +59,16 @@ def due_time(entry: ScheduleEntry, now: float) -> float:
         return now if tick_at is None else tick_at
     remaining: float = entry.schedule.remaining_estimate(entry.last_run_at).total_seconds()
     return now + min(remaining, 0.0)
+
+
+def at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def changed(entry: ScheduleEntry, **fields: Any) -> ScheduleEntry:
+    """A copy of ``entry`` with some of its fields replaced (as Celery's ``entry.next`` makes
+    one with a new ``last_run_at``), so that an entry in use is never altered."""
+    return type(entry)(**{**dict(entry), **fields})
 
 
 @contextmanager
@@ -93,7 +107,6 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._tick_times: dict[str, float] = {}
         self._stats: Stats | None = None
         self._unsent: deque[Unsent] = deque()
         self._lock: BeatLock | None = None
@@ -102,9 +115,15 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
 
     @property
+    def settings(self) -> Settings:
+        """The settings of beat's process (``pubtasks.celery.App.settings``)."""
+        settings: Settings = self.app.settings
+        return settings
+
+    @property
     def stats(self) -> Stats:
         if self._stats is None:
-            s = settings.current()
+            s = self.settings
             self._stats = Stats.from_url(s.redis_url, s.stats_prefix, retries=2)
         return self._stats
 
@@ -142,16 +161,20 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         holder that died), so no tick is skipped: ticks due since then fire at once,
         each with its own time. After a longer silence, start from now: no burst."""
         now = time.time()
-        for entry in self.schedule.values():
+        for name, entry in list(self.schedule.items()):
             if not isinstance(entry.schedule, every):
                 continue
-            last = self.stats.client.get(self.stats.keys.beat_last(entry.name))
-            if last is not None and 0 <= now - float(last) <= RESUME_WITHIN:
-                entry.last_run_at = datetime.fromtimestamp(float(last), UTC)
+            last = self.stats.client.get(self.stats.keys.beat_last(name))
+            if last is not None and 0 <= now - float(last) <= defaults.CATCH_UP_WITHIN:
+                self.schedule[name] = changed(entry, last_run_at=at(float(last)))
             else:
-                entry.last_run_at = datetime.fromtimestamp(now, UTC)
+                self.schedule[name] = changed(entry, last_run_at=at(now))
+        # Celery compares entries without their last_run_at: have it read them again.
+        self.populate_heap()
 
     def close(self) -> None:
+        if self._unsent:  # fired as beat was stopping: send them if Redis takes them
+            self._send_unsent(self.producer)
         if self._lock is not None and self._leading:
             try:
                 self._lock.release()  # a standby takes over at once, from the last tick
@@ -159,83 +182,73 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                 log.debug("beat: could not release the beat lock", exc_info=True)
         super().close()
 
+    # -- Celery's scheduler hooks -----------------------------------------------------------
+
     def setup_schedule(self) -> None:
         super().setup_schedule()
         started = self.app.now()
-        for entry in self.schedule.values():
+        interval = self.settings.publish_interval
+        for name, entry in list(self.schedule.items()):
             if isinstance(entry.schedule, every):
-                entry.last_run_at = started
+                # every() is PUBLISH_INTERVAL; the first tick is the next grid point.
+                self.schedule[name] = changed(
+                    entry, schedule=entry.schedule.with_default(interval), last_run_at=started
+                )
 
     def adjust(self, n: float, drift: float = 0.0) -> float:
         # Celery wakes 10 ms early and then spins until the tick is due; wake on time instead.
         return n
-
-    def _when(self, entry: ScheduleEntry, next_time_to_run: float, *args: Any) -> float:
-        # Celery adds the wait that is_due measured *before* sending the tick to the time
-        # *after* sending it, so beat would wake late by the send (a few ms, two Redis
-        # round trips). For a grid entry, the next wake is the next grid point, exactly.
-        if next_time_to_run and isinstance(entry.schedule, every):
-            return entry.schedule.next_at(entry.last_run_at, time.time())
-        when: float = super()._when(entry, next_time_to_run, *args)
-        return when
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         if self._unsent:
             self._send_unsent(self.producer)
         if not self.leading():
             return 1.0
-        wait: float = super().tick(*args, **kwargs)
+        wait: float = super().tick(*args, **kwargs)  # 0 when it fired: sent on the next call
         return min(wait, 0.5, LOCK_TTL / 5) if self._unsent else min(wait, LOCK_TTL / 5)
 
     def reserve(self, entry: ScheduleEntry) -> ScheduleEntry:
+        if not isinstance(entry.schedule, every):
+            new: ScheduleEntry = super().reserve(entry)
+            return new
         tick_at = due_time(entry, time.time())
-        self._tick_times[entry.name] = tick_at
-        if isinstance(entry.schedule, every):
-            new = entry._next_instance(last_run_at=datetime.fromtimestamp(tick_at, UTC))
-        else:
-            new = next(entry)
-        self.schedule[entry.name] = new
+        new = self.schedule[entry.name] = entry.next(last_run_at=at(tick_at))
         return new
 
     def apply_async(
         self, entry: ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any
     ) -> Any:
+        if entry.task != defaults.TASK_NAME:
+            return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+        # The tick being fired is the one due now: due_time() of the entry as it was
+        # before reserve() (Celery passes that one here, with advance=False).
+        tick_at = due_time(entry, time.time())
         if advance:
             self.reserve(entry)
-        if entry.task != defaults.TASK_NAME:
-            return super().apply_async(entry, producer=producer, advance=False, **kwargs)
-        tick_at = self._tick_times.pop(entry.name, None)
-        self._unsent.append(
-            Unsent(
-                entry=entry,
-                scheduled_at=time.time() if tick_at is None else tick_at,
-                batch=settings.current().publish_batch,
-            )
-        )
-        return self._send_unsent(producer, **kwargs)
+        self._unsent.append(Unsent(entry, tick_at, self.settings.publish_batch))
+        return None
 
-    def _send_unsent(self, producer: Any, **kwargs: Any) -> Any:
+    def _send_unsent(self, producer: Any) -> None:
         """Send the waiting ticks in order; stop at the first that cannot go yet."""
         with signals_held():
-            return self._send_each(producer, **kwargs)
+            self._send_each(producer)
 
-    def _send_each(self, producer: Any, **kwargs: Any) -> Any:
-        result = None
+    def _send_each(self, producer: Any) -> None:
         while self._unsent:
             tick = self._unsent[0]
             try:
                 if tick.number is None:
                     tick_id = message_id(tick.entry.name, tick.scheduled_at)
                     tick.number = self.stats.tick_number(tick.entry.name, tick_id, tick.batch)
-                entry = copy(tick.entry)
-                entry.kwargs = {
-                    **(entry.kwargs or {}),
-                    "entry": entry.name,
+                kwargs = {
+                    **(tick.entry.kwargs or {}),
+                    "entry": tick.entry.name,
                     "scheduled_at": tick.scheduled_at,
                     "number": tick.number,
                     "batch": tick.batch,
                 }
-                result = super().apply_async(entry, producer=producer, advance=False, **kwargs)
+                entry = changed(tick.entry, kwargs=kwargs)
+                super().apply_async(entry, producer=producer, advance=False)
             except (StatsUnavailable, SchedulingError) as exc:  # Celery wraps transport errors
                 log.warning(
                     "beat: cannot send the tick of %s at %.3f yet (%d waiting): %s",
@@ -244,10 +257,9 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                     len(self._unsent),
                     exc,
                 )
-                return None
+                return
             self._unsent.popleft()
             try:  # sent: where the next holder of the beat lock goes on from
                 self.stats.client.set(self.stats.keys.beat_last(tick.entry.name), tick.scheduled_at)
             except redis.RedisError:
                 log.debug("beat: could not record the last tick of %s", tick.entry.name)
-        return result

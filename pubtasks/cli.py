@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from pubtasks import defaults
+from prometheus_client import start_http_server
+from prometheus_client.registry import CollectorRegistry
+
+from pubtasks.bench import command as bench
+from pubtasks.celery import app
 from pubtasks.errors import PubtasksError
-from pubtasks.settings import REDIS_SCHEMES, check_url, mask_url
+from pubtasks.health import check
+from pubtasks.metrics import StatsCollector
+from pubtasks.settings import mask_url
 from pubtasks.stats import COUNTERS, Counts, Snapshot, Stats
 
 COLUMNS = (*COUNTERS[:-1], "pending", "failed")
@@ -57,18 +62,11 @@ def render_table(snap: Snapshot, where: str, prefix: str, now: float) -> str:
     return "\n".join(lines)
 
 
-def _prefix() -> str:
-    """STATS_PREFIX from celeryconfig when there is one, as the worker would read it."""
-    from pubtasks.app import app
-
-    return str(app.conf.get("STATS_PREFIX") or defaults.STATS_PREFIX)
-
-
 def _stats(args: argparse.Namespace) -> tuple[Stats, str, str]:
-    """The statistics REDIS_URL and the prefix point at, like the worker's."""
-    url = check_url("REDIS_URL", os.environ.get("REDIS_URL") or defaults.REDIS_URL, REDIS_SCHEMES)
-    prefix = getattr(args, "prefix", None) or _prefix()
-    return Stats.from_url(url, prefix), mask_url(url), prefix
+    """The statistics the worker writes: REDIS_URL and STATS_PREFIX read as it reads them."""
+    settings = app.settings
+    prefix = getattr(args, "prefix", None) or settings.stats_prefix
+    return Stats.from_url(settings.redis_url, prefix), mask_url(settings.redis_url), prefix
 
 
 class Rate:
@@ -113,11 +111,6 @@ def stats_command(args: argparse.Namespace) -> int:
 
 
 def metrics_command(args: argparse.Namespace) -> int:
-    from prometheus_client import start_http_server
-    from prometheus_client.registry import CollectorRegistry
-
-    from pubtasks.metrics import StatsCollector
-
     stats, where, prefix = _stats(args)
     stats.ping()
     registry = CollectorRegistry()
@@ -137,14 +130,10 @@ def metrics_command(args: argparse.Namespace) -> int:
 
 
 def health_command(args: argparse.Namespace) -> int:
-    from pubtasks.app import app
-    from pubtasks.health import check
-    from pubtasks.settings import Settings
-
-    settings = Settings.load(os.environ, app.conf)
     stats, _, _ = _stats(args)
     snap = stats.snapshot()
-    healthy, lines = check(app.conf.beat_schedule or {}, settings.publish_interval, snap.entries)
+    interval = app.settings.publish_interval
+    healthy, lines = check(app.conf.beat_schedule or {}, interval, snap.entries)
     print(("healthy: " if healthy else "unhealthy: ") + "; ".join(lines))
     return 0 if healthy else 1
 
@@ -177,26 +166,14 @@ def parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--prefix", help="key prefix (default: STATS_PREFIX)")
     health.set_defaults(run=health_command)
-    bench = sub.add_parser(
+    bench_parser = sub.add_parser(
         "bench",
         help="measure confirmed-publish throughput against the pika example's pattern, "
         "tick fidelity, broker-restart recovery and memory (reads AMQP_URL, REDIS_URL)",
     )
-    bench_args(bench)
-    bench.set_defaults(run=bench_command)
+    bench.add_arguments(bench_parser)
+    bench_parser.set_defaults(run=bench.command)
     return top
-
-
-def bench_args(parser: argparse.ArgumentParser) -> None:
-    from pubtasks import bench
-
-    bench.add_arguments(parser)
-
-
-def bench_command(args: argparse.Namespace) -> int:
-    from pubtasks import bench
-
-    return bench.command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

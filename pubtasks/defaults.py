@@ -14,7 +14,8 @@ QUEUE: Final = "text"
 ROUTING_KEY: Final = "example.text"
 
 STATS_PREFIX: Final = "pubtasks:"
-#: Seconds to wait for RabbitMQ's basic.ack/basic.nack before counting the publish unconfirmed.
+#: Seconds to wait for any answer from RabbitMQ: a confirm (basic.ack/basic.nack), or the
+#: reply to a declaration or a close. A publish unanswered this long counts unconfirmed.
 CONFIRM_TIMEOUT: Final = 5.0
 #: basic.publish attempts per tick (nacks, lost connections, confirm timeouts) before it fails.
 PUBLISH_ATTEMPTS: Final = 5
@@ -23,10 +24,17 @@ PUBLISH_BATCH: Final = 1
 #: Publishes that may await their confirm at once on a channel (the pika example: 256).
 #: A wide window lets RabbitMQ confirm each fsync of the queue in large groups.
 CONFIRM_WINDOW: Final = 4096
+#: Frame a tick's messages once and write them to the socket in batches (kombu's
+#: ``Producer.batch()``); False sends each through py-amqp's own ``basic_publish``.
+BATCH_WRITES: Final = True
 #: Seconds after its scheduled time by which a tick must be confirmed, or it fails.
 TICK_DEADLINE: Final = 600.0
-#: Connection attempts at worker start before it exits non-zero.
+#: Connection attempts, per service, at worker start before it exits non-zero.
 STARTUP_RETRIES: Final = 20
+#: Ticks missed for up to this many seconds (beat stalled, restarted, or taken over by
+#: another worker) are fired late, each with its own time; after a longer silence beat
+#: goes on from the next tick instead.
+CATCH_UP_WITHIN: Final = 60.0
 
 APP_ID: Final = "pubtasks"
 TASK_NAME: Final = "pubtasks.publish"

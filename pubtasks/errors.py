@@ -1,8 +1,21 @@
 """The exceptions pubtasks raises: one small tree, each with a one-line reason.
 
-Library errors (kombu, py-amqp, redis-py) are converted at the boundary, in
-``publisher.py`` and ``stats.py``, and raised ``from`` the original error, so a
-caller only ever handles these.
+Library errors are converted at the boundary, and raised ``from`` the original:
+kombu's and py-amqp's in ``rabbitmq.py``, redis-py's in ``stats.py``. A caller
+only ever handles these.
+
+::
+
+    PubtasksError
+    ├── ConfigError
+    ├── BrokerError
+    │   ├── Unreachable
+    │   ├── AccessRefused
+    │   ├── ChannelLost
+    │   └── StatsUnavailable
+    └── PublishError
+        ├── TopologyError
+        └── TickFailed
 """
 
 from __future__ import annotations
@@ -28,6 +41,16 @@ class AccessRefused(BrokerError):
     """RabbitMQ refused the credentials (ACCESS_REFUSED); retrying will not help."""
 
 
+class ChannelLost(BrokerError):
+    """The channel or its connection went away mid-publish; what it had in flight is
+    unconfirmed. ``permanent`` when RabbitMQ closed it for a reason retrying cannot fix."""
+
+    def __init__(self, reason: str, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
 class StatsUnavailable(BrokerError):
     """Redis did not take a statistics update, so the tick cannot be accounted for."""
 
@@ -37,7 +60,7 @@ class PublishError(PubtasksError):
 
 
 class TopologyError(PublishError):
-    """RabbitMQ closed the channel (404, 403, 406...): permanent, never retried."""
+    """RabbitMQ refused a declaration (404, 403, 406...): permanent, never retried."""
 
 
 class TickFailed(PublishError):

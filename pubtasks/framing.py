@@ -10,9 +10,10 @@ showed that this, and above all serialising the properties, was most of the
 time a publish takes. A tick's messages share everything but a few bytes:
 the method frame is the same for one exchange and routing key, and the
 properties differ only in ``message_id`` (and ``timestamp`` once a second).
-So ``Frames`` serialises with py-amqp's own code once per distinct value and
-splices the ``message_id`` into the cached bytes; what goes on the wire is
-identical (``tests/test_framing.py`` compares it with py-amqp's writer).
+So ``Frames`` serialises once per distinct value and splices the
+``message_id`` into the cached bytes; what goes on the wire is identical
+(``tests/test_framing.py`` compares it with py-amqp's writer). Only py-amqp's
+public encoder (``amqp.serialization.dumps``) and its spec constants are used.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from struct import pack
 from typing import Any
 
 from amqp import spec
-from amqp.basic_message import Message
 from amqp.serialization import dumps
 
 FRAME_END = b"\xce"
@@ -35,12 +35,42 @@ _MARKER = bytes((len(_PLACEHOLDER),)) + _PLACEHOLDER
 _CACHE_SIZE = 64
 
 
+#: The basic class's content properties, in wire order, with their field types
+#: (AMQP 0-9-1, section 1.8): s shortstr, F table, o octet, L 64-bit timestamp.
+BASIC_PROPERTIES = (
+    ("content_type", "s"),
+    ("content_encoding", "s"),
+    ("application_headers", "F"),
+    ("delivery_mode", "o"),
+    ("priority", "o"),
+    ("correlation_id", "s"),
+    ("reply_to", "s"),
+    ("expiration", "s"),
+    ("message_id", "s"),
+    ("timestamp", "L"),
+    ("type", "s"),
+    ("user_id", "s"),
+    ("app_id", "s"),
+    ("cluster_id", "s"),
+)
+
+
 def serialize_properties(properties: Mapping[str, Any]) -> bytes:
-    """The property flags and list of a content header, by py-amqp's own code."""
-    message = Message()
-    message.properties = dict(properties)
-    result: bytes = message._serialize_properties()
-    return result
+    """The property flags and property list of a content header.
+
+    One flag bit per property present, from the highest bit down (14 properties
+    fit in one 16-bit word, so the continuation bit stays 0), then the present
+    values in order. A value of None counts as absent, as in py-amqp.
+    """
+    flags, formats, values = 0, [], []
+    for bit, (name, kind) in zip(range(15, 1, -1), BASIC_PROPERTIES, strict=True):
+        value = properties.get(name)
+        if value is not None:
+            flags |= 1 << bit
+            formats.append(kind)
+            values.append(value)
+    encoded: bytes = dumps("".join(formats), values)
+    return pack(">H", flags) + encoded
 
 
 _CONTAINERS = (dict, list, tuple)

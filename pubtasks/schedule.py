@@ -19,11 +19,11 @@ from typing import Any
 
 from celery.schedules import BaseSchedule, schedstate
 
+from pubtasks.defaults import CATCH_UP_WITHIN
+
 US = 1_000_000
 #: Beat may wake this early (timer granularity) and still fire the tick.
 EARLY_US = 200
-#: When beat is this many ticks behind (it was down, not merely slow), skip to the next tick.
-MAX_CATCH_UP = 1000
 
 
 def to_us(seconds: float) -> int:
@@ -44,21 +44,24 @@ class Plan:
     wait: float
 
 
-def plan(last_tick: float, now: float, interval: float) -> Plan:
+def plan(
+    last_tick: float, now: float, interval: float, catch_up_within: float = CATCH_UP_WITHIN
+) -> Plan:
     """Decide the next tick after the one fired at (or the start recorded as) ``last_tick``.
 
-    Ticks missed while beat was briefly busy are fired one after another, each
-    with its own grid time, so none is lost; after a long stall (more than
-    ``MAX_CATCH_UP`` ticks) beat moves on to the next future tick instead of bursting.
+    Ticks missed while beat was busy or stalled are fired one after another,
+    each with its own grid time, so none is lost. When the last tick is more
+    than ``catch_up_within`` seconds old, beat was down rather than slow: it moves
+    on to the next future tick instead of bursting, whatever the interval.
     """
     iv = to_us(interval)
     if iv <= 0:
         raise ValueError(f"interval must be positive, got {interval!r}")
-    now_us = to_us(now)
+    now_us, last_us = to_us(now), to_us(last_tick)
     current = slot(now_us, iv)
-    following = slot(to_us(last_tick), iv) + 1
-    if current - following > MAX_CATCH_UP:
-        following = current + 1
+    following = slot(last_us, iv) + 1
+    if now_us - last_us > to_us(catch_up_within):
+        following = max(following, current + 1)
     if following <= current:
         behind = following < current
         wait_us = 0 if behind else (current + 1) * iv - now_us
@@ -66,16 +69,12 @@ def plan(last_tick: float, now: float, interval: float) -> Plan:
     return Plan(False, None, (following * iv - now_us) / US)
 
 
-def next_at(last_tick: float, now: float, interval: float) -> float:
-    """When the tick after ``last_tick`` is due: its grid time, or ``now`` if that has come."""
-    p = plan(last_tick, now, interval)
-    return now if p.due else now + p.wait
-
-
 class every(BaseSchedule):  # type: ignore[misc]  # noqa: N801 - named like celery's own ``crontab`` and ``schedule``
-    """Fire every ``seconds`` on the wall-clock grid; ``every()`` uses PUBLISH_INTERVAL.
+    """Fire every ``seconds`` on the wall-clock grid; ``every()`` means PUBLISH_INTERVAL.
 
-    ``PUBLISH_INTERVAL`` is read when beat starts, not when celeryconfig is imported.
+    ``every()`` is resolved by pubtasks' beat scheduler when it starts
+    (``with_default``), so PUBLISH_INTERVAL is read then, not when celeryconfig is
+    imported.
     """
 
     def __init__(self, seconds: float | None = None, **kwargs: Any) -> None:
@@ -87,19 +86,21 @@ class every(BaseSchedule):  # type: ignore[misc]  # noqa: N801 - named like cele
         """The interval given to ``every(seconds)``; None for ``every()`` (PUBLISH_INTERVAL)."""
         return self._seconds
 
+    def with_default(self, seconds: float) -> every:
+        """This schedule, with ``seconds`` standing in for PUBLISH_INTERVAL if it has none."""
+        return self if self._seconds is not None else every(seconds)
+
     @property
     def seconds(self) -> float:
-        if self._seconds is not None:
-            return self._seconds
-        from pubtasks import settings
-
-        return settings.current().publish_interval
+        if self._seconds is None:
+            raise RuntimeError(
+                "every() takes PUBLISH_INTERVAL from pubtasks' beat scheduler; set "
+                "beat_scheduler = 'pubtasks.beat:Scheduler' or give every() its seconds"
+            )
+        return self._seconds
 
     def plan(self, last_run_at: datetime, now: float | None = None) -> Plan:
         return plan(last_run_at.timestamp(), time.time() if now is None else now, self.seconds)
-
-    def next_at(self, last_run_at: datetime, now: float) -> float:
-        return next_at(last_run_at.timestamp(), now, self.seconds)
 
     def is_due(self, last_run_at: datetime) -> schedstate:
         p = self.plan(last_run_at)

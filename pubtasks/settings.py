@@ -5,6 +5,9 @@ when the worker, beat or a CLI command starts, never at import. The rest comes
 from ``celeryconfig.py`` (upper-case names, see ``pubtasks.defaults``).
 Every error names the setting and says what to do; no URL is ever shown with
 its password.
+
+Settings are loaded once per process, where it starts (the worker, beat, a CLI
+command: see ``pubtasks.celery.App.settings``), and passed down from there.
 """
 
 from __future__ import annotations
@@ -72,6 +75,12 @@ def _positive(name: str, value: Any, kind: type[int] | type[float]) -> Any:
     return number
 
 
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} in celeryconfig.py must be True or False")
+    return value
+
+
 def _name(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 255:
         raise ConfigError(f"{name}={value!r} in celeryconfig.py must be a non-empty string")
@@ -95,6 +104,7 @@ class Settings:
     publish_attempts: int = defaults.PUBLISH_ATTEMPTS
     publish_batch: int = defaults.PUBLISH_BATCH
     confirm_window: int = defaults.CONFIRM_WINDOW
+    batch_writes: bool = defaults.BATCH_WRITES
     tick_deadline: float = defaults.TICK_DEADLINE
     startup_retries: int = defaults.STARTUP_RETRIES
 
@@ -159,6 +169,7 @@ class Settings:
             confirm_window=_positive(
                 "CONFIRM_WINDOW", opt("CONFIRM_WINDOW", defaults.CONFIRM_WINDOW), int
             ),
+            batch_writes=_flag("BATCH_WRITES", opt("BATCH_WRITES", defaults.BATCH_WRITES)),
             tick_deadline=_positive(
                 "TICK_DEADLINE", opt("TICK_DEADLINE", defaults.TICK_DEADLINE), float
             ),
@@ -166,22 +177,3 @@ class Settings:
                 "STARTUP_RETRIES", opt("STARTUP_RETRIES", defaults.STARTUP_RETRIES), int
             ),
         )
-
-
-_current: Settings | None = None
-
-
-def current() -> Settings:
-    """The settings of this process, loaded on first use from the environment and app config."""
-    global _current  # noqa: PLW0603 - one settings object per process, read once
-    if _current is None:
-        from pubtasks.app import app
-
-        _current = Settings.load(os.environ, app.conf)
-    return _current
-
-
-def install(settings: Settings | None) -> None:
-    """Replace this process's settings (worker start, tests); None forgets them."""
-    global _current  # noqa: PLW0603
-    _current = settings

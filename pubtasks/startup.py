@@ -1,18 +1,23 @@
-"""Checks at worker and beat start: fail fast, in one line, on what retrying cannot fix."""
+"""Checks at worker and beat start: fail fast, in one line, on what retrying cannot fix.
+
+Each service gets ``STARTUP_RETRIES`` connection attempts in all. Each failed
+attempt but the last logs one line; after the last, the process exits with one
+error line on stderr and a non-zero code. No traceback, no password.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
-from pubtasks import settings
 from pubtasks.errors import BrokerError, ConfigError, PubtasksError, StatsUnavailable
-from pubtasks.publisher import RECONNECT, Publisher
+from pubtasks.rabbitmq import RECONNECT, ConfirmStream, Options
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
+from pubtasks.topology import Topology
 
 log = logging.getLogger("pubtasks")
 
@@ -23,59 +28,57 @@ def exit_with(line: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
-def settings_or_exit(app: Any) -> Settings:
-    """Load and check the settings once for this process, or exit naming the bad setting."""
+def settings_or_exit(load: Callable[[], Settings]) -> Settings:
+    """Load and check this process's settings, or exit naming the bad setting."""
     try:
-        loaded = Settings.load(os.environ, app.conf)
+        return load()
     except ConfigError as exc:
         exit_with(str(exc))
-    settings.install(loaded)
-    return loaded
 
 
-def wait_for_redis(stats: Stats, s: Settings) -> None:
-    """Ping Redis until it answers, one log line per failed attempt, at most STARTUP_RETRIES."""
+def retry_line(service: str, reason: str, interval: float, attempt: int, attempts: int) -> None:
+    log.warning(
+        "pubtasks: %s: %s; retrying in %.2f s (attempt %d/%d)",
+        service,
+        reason,
+        interval,
+        attempt,
+        attempts,
+    )
+
+
+def wait_for_redis(stats: Stats, attempts: int) -> None:
+    """Ping Redis until it answers, at most ``attempts`` times, one line per failed attempt."""
     interval = RECONNECT["interval_start"]
-    for attempt in range(1, s.startup_retries + 1):
+    for attempt in range(1, attempts + 1):
         try:
             stats.ping()
             return
         except StatsUnavailable as exc:
-            if attempt == s.startup_retries:
+            if attempt == attempts:
                 raise
-            interval = min(interval + RECONNECT["interval_step"], RECONNECT["interval_max"] * 2)
-            log.warning(
-                "pubtasks: %s; retrying in %.2f s (attempt %d/%d)",
-                exc,
-                interval,
-                attempt,
-                s.startup_retries,
-            )
+            interval = min(interval + RECONNECT["interval_step"], RECONNECT["interval_max"])
+            retry_line("Redis", str(exc), interval, attempt, attempts)
             time.sleep(interval)
 
 
-def check_or_exit(app: Any) -> None:
-    """At worker start: settings, Redis, RabbitMQ and the topology, or exit non-zero."""
-    s = settings_or_exit(app)
+def check_or_exit(s: Settings) -> None:
+    """At worker start: Redis, RabbitMQ and the topology, or exit non-zero."""
     log.info("pubtasks: %s", s)
-    stats = Stats.from_url(s.redis_url, s.stats_prefix)
-    publisher = Publisher(s, stats)
-    attempts = {"n": 0}
+    # One connection attempt per ping: the attempts are counted here, not inside redis-py.
+    stats = Stats.from_url(s.redis_url, s.stats_prefix, retries=0)
+    stream = ConfirmStream(Options.from_settings(s), Topology.from_settings(s))
+    failed = 0
 
     def on_retry(reason: str, interval: float) -> None:
-        attempts["n"] += 1
-        log.warning(
-            "pubtasks: RabbitMQ at %s: %s; retrying in %.2f s (attempt %d/%d)",
-            s.amqp_url_masked,
-            reason,
-            interval,
-            attempts["n"],
-            s.startup_retries,
-        )
+        nonlocal failed
+        failed += 1
+        retry_line(f"RabbitMQ at {s.amqp_url_masked}", reason, interval, failed, s.startup_retries)
 
     try:
-        wait_for_redis(stats, s)
-        publisher.connect(max_retries=s.startup_retries, on_retry=on_retry)
+        wait_for_redis(stats, s.startup_retries)
+        # kombu's max_retries counts the attempts after the first.
+        stream.ensure(max_retries=s.startup_retries - 1, on_retry=on_retry)
     except BrokerError as exc:
         exit_with(str(exc))
     except PubtasksError as exc:  # TopologyError: the declaration conflicts
@@ -83,7 +86,7 @@ def check_or_exit(app: Any) -> None:
     except Exception as exc:  # at start, anything else is one line too
         exit_with(f"cannot start: {type(exc).__name__}: {exc}")
     finally:
-        publisher.close()
+        stream.close()
         stats.client.close()
     log.info(
         "pubtasks: exchange %r, queue %r and their binding are declared on %s",

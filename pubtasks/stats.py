@@ -418,7 +418,7 @@ class Stats:
         )
 
     def clear(self) -> int:
-        """Delete every key under the prefix (tests, and ``pubtasks stats --reset``)."""
+        """Delete every key under the prefix (the tests and the bench clear their own)."""
         with _converted(self._url):
             keys = list(self.client.scan_iter(match=f"{self.keys.prefix}*", count=1000))
             return int(self.client.delete(*keys)) if keys else 0

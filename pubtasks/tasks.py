@@ -4,60 +4,56 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any
 
-from celery import Task
+from celery import Task, signals
 
-from pubtasks import defaults, settings
-from pubtasks.app import app
+from pubtasks import defaults
+from pubtasks.celery import app
 from pubtasks.errors import BrokerError, PublishError, StatsUnavailable
 from pubtasks.message import Tick
 from pubtasks.publisher import Publisher
-from pubtasks.stats import Stats
 
 log = logging.getLogger(__name__)
 
-_publisher: Publisher | None = None
-_owner_pid = 0
-_last_reap = 0.0
 
+class PublishTask(Task):  # type: ignore[misc]
+    """The publish task's class: one publisher for each thread that runs it.
 
-def publisher() -> Publisher:
-    """This worker process's publisher, created on first use (after the pool forked)."""
-    global _publisher, _owner_pid  # noqa: PLW0603 - one connection per worker process
-    if _publisher is None or _owner_pid != os.getpid():
-        s = settings.current()
-        _publisher = Publisher(s, Stats.from_url(s.redis_url, s.stats_prefix))
-        _owner_pid = os.getpid()
-    return _publisher
-
-
-def close_publisher() -> None:
-    """Close this process's connection (worker shutdown)."""
-    global _publisher  # noqa: PLW0603
-    if _publisher is not None and _owner_pid == os.getpid():
-        _publisher.close()
-    _publisher = None
-
-
-def reap_abandoned(p: Publisher, now: float) -> None:
-    """Now and then, count publishes left pending by a dead publisher as unconfirmed.
-
-    A live publisher settles every publish within CONFIRM_TIMEOUT, so anything
-    pending much longer belongs to a process that was killed mid-publish.
+    A publisher is one long-lived connection with one confirm channel, whose delivery
+    tags and socket writes cannot be shared, so the prefork pool's processes and the
+    threads pool's threads each get their own, made on first use (after the fork).
     """
-    global _last_reap  # noqa: PLW0603
-    older_than = 2 * p.settings.confirm_timeout + 10
-    if now - _last_reap < older_than / 2:
-        return
-    _last_reap = now
-    reaped = p.stats.reap(older_than, now)
-    if reaped:
-        log.warning("counted %d publishes left pending by a dead publisher as unconfirmed", reaped)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._publishers: dict[tuple[int, int], Publisher] = {}
+        self._guard = threading.Lock()
+
+    def publisher(self) -> Publisher:
+        """The publisher of this process and thread."""
+        key = (os.getpid(), threading.get_ident())
+        with self._guard:
+            found = self._publishers.get(key)
+            if found is None:
+                # A forked child inherits its parent's: not its own to use, nor to close.
+                self._publishers = {k: p for k, p in self._publishers.items() if k[0] == key[0]}
+                found = self._publishers[key] = Publisher(self.app.settings)
+        return found
+
+    def close_publishers(self) -> None:
+        """Close this process's publishers (the worker process is shutting down)."""
+        with self._guard:
+            mine = [p for (pid, _), p in self._publishers.items() if pid == os.getpid()]
+            self._publishers = {}
+        for p in mine:
+            p.close()
 
 
 @app.task(  # type: ignore[untyped-decorator]
+    base=PublishTask,
     name=defaults.TASK_NAME,
     bind=True,
     acks_late=True,
@@ -66,7 +62,7 @@ def reap_abandoned(p: Publisher, now: float) -> None:
     throws=(PublishError, BrokerError),
 )
 def publish(
-    self: Task,
+    self: PublishTask,
     *,
     entry: str = defaults.DEFAULT_ENTRY,
     scheduled_at: float | None = None,
@@ -80,21 +76,21 @@ def publish(
     (PUBLISH_BATCH); a retry or a redelivery of the same tick publishes the same
     message ids and numbers.
     """
-    p = publisher()
-    size = p.settings.publish_batch if batch is None else int(batch)
+    p = self.publisher()
+    s = p.settings
+    size = s.publish_batch if batch is None else int(batch)
     try:
         tick = Tick(
             entry=entry,
             scheduled_at=time.time() if scheduled_at is None else float(scheduled_at),
-            routing_key=routing_key or p.settings.routing_key,
+            routing_key=routing_key or s.routing_key,
             number=p.stats.next_number(size) if number is None else int(number),
             batch=size,
         )
-        reap_abandoned(p, time.time())
         result = p.publish_tick(tick)
     except StatsUnavailable as exc:
         # Nothing can be counted, so nothing more is published: try the tick again later.
-        if scheduled_at is not None and time.time() + 1 > scheduled_at + p.settings.tick_deadline:
+        if scheduled_at is not None and time.time() + 1 > scheduled_at + s.tick_deadline:
             raise
         log.warning("tick of %s at %s: %s; retrying in 1 s", entry, scheduled_at, exc)
         raise self.retry(countdown=1, max_retries=None, exc=exc) from exc
@@ -105,3 +101,10 @@ def publish(
         "attempts": result.attempts,
         "confirmed_at": result.confirmed_at,
     }
+
+
+@signals.worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+@signals.worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _close_on_shutdown(**_: Any) -> None:
+    """A prefork pool's process closes its own; the solo and threads pools, the worker's."""
+    publish.close_publishers()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pubtasks.bench import forget_celery_keys
+from pubtasks.bench.services import forget_celery_keys
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 from tests.helpers import RABBIT, REDIS, REDIS_DB, Worker, rabbitmqctl, write_config

@@ -3,35 +3,35 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kombu.connection import Connection
 
+from pubtasks.bench.services import rabbitmqctl
+from pubtasks.bench.worker import Worker, celery_isolation
+from pubtasks.bench.worker import write_config as write_worker_config
 from pubtasks.message import Tick, scheduled_at_of
 from pubtasks.waiting import wait_for
+
+__all__ = ["Worker", "celery_isolation", "rabbitmqctl"]
 
 RABBIT = os.environ.get("PUBTASKS_TEST_RABBIT", "amqp://guest:guest@127.0.0.1:5672")
 REDIS = os.environ.get("PUBTASKS_TEST_REDIS", "redis://127.0.0.1:6379")
 #: The Redis database the tests use; every key they write is under their own prefix too.
 REDIS_DB = int(os.environ.get("PUBTASKS_TEST_REDIS_DB", "14"))
-CELERY = str(Path(sys.executable).with_name("celery"))
 
+#: The test worker's configuration, before what a test adds and the isolation settings.
+CONFIG = """
+from pubtasks.schedule import every
 
-def rabbitmqctl(*args: str) -> str:
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
-    )
-    return out.stdout
+beat_schedule = {"publish-text": {"task": "pubtasks.publish", "schedule": every()}}
+CONFIRM_TIMEOUT = 2.0
+"""
 
 
 @dataclass
@@ -59,106 +59,9 @@ def queue_depth(amqp_url: str, queue: str) -> int:
         return int(conn.channel().queue_declare(queue, passive=True).message_count)
 
 
-def celery_isolation(prefix: str) -> dict[str, object]:
-    """Celery settings that keep a test's transport keys apart, all named after ``prefix``.
-
-    Not kombu's ``global_keyprefix``: with it, a task requeued after a lost worker
-    process was seen landing in the unprefixed ``celery`` list (kombu 5.7).
-    """
-    return {
-        "task_default_queue": f"{prefix}celery",
-        # Remote control (celery inspect) would share Celery's pidbox keys between tests.
-        "worker_enable_remote_control": False,
-        "broker_transport_options": {
-            "visibility_timeout": 3600,
-            "unacked_key": f"{prefix}unacked",
-            "unacked_index_key": f"{prefix}unacked_index",
-            "unacked_mutex_key": f"{prefix}unacked_mutex",
-        },
-    }
-
-
 def write_config(directory: Path, prefix: str, extra: str = "") -> None:
     """A celeryconfig.py for a test worker: its own stats prefix and Celery keys."""
-    isolation = "".join(f"{k} = {v!r}\n" for k, v in celery_isolation(prefix).items())
-    (directory / "celeryconfig.py").write_text(
-        textwrap.dedent(
-            f"""
-            from pubtasks.schedule import every
-
-            beat_schedule = {{"publish-text": {{"task": "pubtasks.publish", "schedule": every()}}}}
-            STATS_PREFIX = {prefix!r}
-            CONFIRM_TIMEOUT = 2.0
-            """
-        )
-        + isolation
-        + textwrap.dedent(extra)
-    )
-
-
-class Worker:
-    """The real ``celery -A pubtasks worker -B``, as a subprocess in its own session."""
-
-    def __init__(self, cwd: Path, env: dict[str, str], concurrency: int = 2) -> None:
-        self.cwd = cwd
-        self.env = env
-        self.log_path = cwd / "worker.log"
-        self.args = [
-            CELERY, "-A", "pubtasks", "worker", "-B", "-l", "info",
-            "-c", str(concurrency), "--without-mingle", "--without-gossip",
-            "-n", f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
-        ]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Worker:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.args,
-                cwd=self.cwd,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    def run_to_exit(self, timeout: float) -> tuple[int, str]:
-        """Run until the worker exits by itself; return its exit code and output."""
-        out = subprocess.run(
-            self.args,
-            check=False,
-            cwd=self.cwd,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        return out.returncode, out.stdout + out.stderr
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 45) -> int | None:
-        """Warm shutdown (SIGTERM to the main process, as docker or systemd would send),
-        then SIGKILL to the whole group if it lingers.
-
-        45 s: a warm shutdown that begins as a pool process finishes a task can take
-        30 s, because billiard (4.3) then has that process wait up to 30 s for the
-        main process, which has stopped reading, to read its result.
-        """
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        with contextlib.suppress(ProcessLookupError):  # pool children and beat left behind
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        return self.proc.returncode
+    write_worker_config(directory, prefix, CONFIG + textwrap.dedent(extra))
 
 
 def connections(vhost: str) -> list[str]:
@@ -198,10 +101,6 @@ class Row:
     unconfirmed: int = 0
     queued: int = 0
     ids: set[str] | None = None
-
-
-def _scheduled_at(message_id: str) -> float:
-    return int(message_id.rsplit("@", 1)[1].split(".", maxsplit=1)[0]) / 1000
 
 
 def tally(

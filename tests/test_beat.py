@@ -1,35 +1,74 @@
-"""Unit tests: when beat wakes for a grid entry (no services)."""
+"""Unit tests: when beat wakes for a grid entry, and which tick it hands over (no services)."""
 
 from __future__ import annotations
 
-import math
 import time
-from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-from celery import Celery
-from celery.beat import ScheduleEntry
+import pytest
 
 from pubtasks.beat import Scheduler
+from pubtasks.celery import App
 from pubtasks.schedule import every
+from pubtasks.settings import Settings
+
+#: How long handing a tick to Celery's transport takes here: far longer than in life.
+SEND = 0.1
 
 
-def test_after_a_tick_beat_wakes_at_the_next_grid_point_not_later() -> None:
-    # Given a grid entry whose tick was just fired, and a wait measured before the send
-    app = Celery("test_beat", set_as_current=False)
-    scheduler = Scheduler(app=app, lazy=True, schedule_filename="unused")
-    interval = 10.0  # long: the next grid point stays ahead while the test runs
-    fired = math.floor(time.time() / interval) * interval
-    entry = ScheduleEntry(
-        name="grid",
-        task="pubtasks.publish",
-        schedule=every(interval),
-        last_run_at=datetime.fromtimestamp(fired, UTC),
-        app=app,
-    )
-    stale_wait = fired + interval - (time.time() - 0.003)  # measured 3 ms before now
-    # When Celery asks when the entry is next due
-    when = scheduler._when(entry, stale_wait)
-    # Then it is the next grid point (Celery's own sum would be 3 ms past it)
-    assert abs(when - (fired + interval)) < 0.001
-    # ... and "now" (a wait of 0) is still Celery's own now
-    assert abs(scheduler._when(entry, 0) - time.time()) < 0.05
+class Recording(Scheduler):
+    """pubtasks' scheduler holding the beat lock, with a slow send that records each tick."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.sent: list[tuple[str, float]] = []
+        super().__init__(*args, **kwargs)
+
+    def leading(self) -> bool:
+        return True
+
+    def _send_each(self, producer: Any) -> None:
+        while self._unsent:
+            tick = self._unsent.popleft()
+            time.sleep(SEND)
+            self.sent.append((tick.entry.name, tick.scheduled_at))
+
+
+@pytest.fixture
+def scheduler(tmp_path: Path) -> Any:
+    app = App("test_beat", set_as_current=False, broker="memory://")
+    app.conf.beat_schedule = {"grid": {"task": "pubtasks.publish", "schedule": every()}}
+    app.use_settings(Settings(publish_interval=1.0))
+    s = Recording(app=app, schedule_filename=str(tmp_path / "beat-schedule"))
+    yield s
+    s.close()
+
+
+def run_until_sent(s: Recording, ticks: int) -> float:
+    """Drive beat as Celery's beat service does; return when it next wants to wake."""
+    deadline = time.monotonic() + 10
+    while True:
+        wait = s.tick()
+        if len(s.sent) >= ticks:
+            return time.time() + wait
+        assert time.monotonic() < deadline, "no tick fired"
+        time.sleep(max(wait, 0.0))
+
+
+def test_every_takes_publish_interval_and_fires_on_its_grid(scheduler: Recording) -> None:
+    run_until_sent(scheduler, 2)
+    [(name, first), (_, second)] = scheduler.sent
+    assert name == "grid"
+    assert first == pytest.approx(round(first), abs=1e-6)  # a point of the 1 s grid
+    assert second == pytest.approx(first + 1.0, abs=1e-6)  # the next one, none skipped
+
+
+def test_after_a_tick_beat_wakes_at_the_next_grid_point_however_long_the_send(
+    scheduler: Recording,
+) -> None:
+    # Given a tick whose hand-over to Celery's transport takes SEND seconds
+    wakes_at = run_until_sent(scheduler, 1)
+    [(_, fired)] = scheduler.sent
+    # Then beat next wakes at the next grid point, not SEND seconds after it (Celery
+    # measures the wait before the send and adds it to the time after)
+    assert wakes_at == pytest.approx(fired + 1.0, abs=SEND / 2)

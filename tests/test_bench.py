@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from pubtasks.bench import grid_fidelity, timedelta_drift
+from pubtasks.bench.fidelity import grid_fidelity, timedelta_drift
 
 pytestmark = pytest.mark.integration
 
 
-def test_bench_json_carries_the_three_rates(amqp_url: str, redis_url: str) -> None:
+def test_bench_json_carries_every_rate(amqp_url: str, redis_url: str) -> None:
     out = subprocess.run(
         [str(Path(sys.executable).with_name("pubtasks")), "bench", "--json",
          "--messages", "300", "--rounds", "2", "--tick-seconds", "0"],
@@ -22,14 +22,21 @@ def test_bench_json_carries_the_three_rates(amqp_url: str, redis_url: str) -> No
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     got = json.loads(out.stdout)
-    for key in ("pika_msgs_per_s", "kombu_confirm_msgs_per_s", "pubtasks_batch_msgs_per_s"):
+    for key in (
+        "pika_msgs_per_s",
+        "kombu_confirm_msgs_per_s",
+        "pubtasks_batch_msgs_per_s",
+        "pubtasks_public_msgs_per_s",
+    ):
         assert got[key] > 0, key
     assert got["pubtasks_batch_counted"] == {
         "published": 300,
         "acked": 300,
         "invariant_holds": True,
     }
-    assert len(got["rounds"]["pika"]) == len(got["rounds"]["pubtasks_batch"]) == 2
+    assert got["pubtasks_batch_exact_every_round"] and got["pubtasks_public_exact_every_round"]
+    assert [len(runs) for runs in got["rounds"].values()] == [2, 2, 2]
+    assert "ticks" not in got  # no worker run, and never a broker restart unless asked
     ratio = got["pubtasks_batch_msgs_per_s"] / got["pika_msgs_per_s"]
     assert got["pubtasks_vs_pika"] == pytest.approx(ratio, abs=0.01)
 

@@ -22,7 +22,7 @@ import redis
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
-from pubtasks.bench import rss_of_group as process_group_rss
+from pubtasks.bench.worker import rss_of_group as process_group_rss
 from pubtasks.stats import Stats
 from pubtasks.waiting import wait_for
 from tests.helpers import (
@@ -284,8 +284,6 @@ def _pings(client: redis.Redis) -> bool:
 
 class socket_free_port:  # noqa: N801 - used as a context manager
     def __enter__(self) -> int:
-        import socket
-
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         return int(self.sock.getsockname()[1])

@@ -1,4 +1,5 @@
-"""Integration tests: the publisher against the real RabbitMQ and Redis."""
+"""Integration tests: the publisher (confirm stream, tick policy, accounting) against the
+real RabbitMQ and Redis."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import pytest
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
-from pubtasks import message
 from pubtasks.errors import TickFailed, TopologyError
+from pubtasks.framing import Frames
 from pubtasks.message import Tick
-from pubtasks.publisher import CLOSE_TIMEOUT, Publisher
+from pubtasks.publisher import Publisher
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 from tests.helpers import close_connections, drain
@@ -36,11 +37,16 @@ def tick(stats: Stats, routing_key: str = "example.text") -> Tick:
     return Tick("publish-text", math.floor(time.time() * 10) / 10, routing_key, stats.next_number())
 
 
+@pytest.mark.parametrize("batch_writes", [True, False], ids=["batched", "basic_publish"])
 def test_a_tick_is_published_persistent_confirmed_and_counted(
-    publisher: Publisher, stats: Stats, amqp_url: str
+    settings: Settings, stats: Stats, amqp_url: str, batch_writes: bool
 ) -> None:
     t = tick(stats)
-    result = publisher.publish_tick(t)
+    p = Publisher(replace(settings, batch_writes=batch_writes), stats)
+    try:
+        result = p.publish_tick(t)
+    finally:
+        p.close()
     assert (result.outcome, result.attempts, result.message_number) == ("acked", 1, 1)
     [got] = drain(amqp_url, "text")
     assert got.body["message_number"] == 1
@@ -59,9 +65,9 @@ def test_a_tick_is_published_persistent_confirmed_and_counted(
 
 def test_the_connection_is_reused_across_ticks(publisher: Publisher, stats: Stats) -> None:
     publisher.publish_tick(tick(stats))
-    first = publisher.connection.connection
+    first = publisher.stream.connection.connection
     publisher.publish_tick(tick(stats))
-    assert publisher.connection.connection is first
+    assert publisher.stream.connection.connection is first
 
 
 def test_an_unroutable_message_counts_as_returned_not_delivered(
@@ -89,7 +95,7 @@ def test_nacks_are_counted_and_the_tick_fails_after_bounded_attempts(
             queue_arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
         )
         full(conn.default_channel).declare()
-    p = Publisher(Settings(**{**settings.__dict__, "publish_attempts": 3}), stats)
+    p = Publisher(replace(settings, publish_attempts=3), stats)
     # When a tick is published
     try:
         with pytest.raises(TickFailed, match="gave up after 3 attempts: nacked by RabbitMQ"):
@@ -155,18 +161,28 @@ def test_a_conflicting_exchange_at_run_time_fails_the_tick_naming_it(
 
 
 def batch_publisher(settings: Settings, stats: Stats, **overrides: int) -> Publisher:
-    return Publisher(Settings(**{**settings.__dict__, **overrides}), stats)
+    return Publisher(replace(settings, **overrides), stats)
+
+
+def watch_in_flight(p: Publisher) -> list[int]:
+    """Record how many publishes await their confirm after each publish call."""
+    seen: list[int] = []
+    publish = p.stream.publish
+
+    def recorded(*args: Any) -> None:
+        publish(*args)
+        seen.append(p.stream.in_flight)
+
+    p.stream.publish = recorded  # type: ignore[method-assign]
+    return seen
 
 
 def test_a_batch_streams_through_a_window_and_is_counted_exactly(
     settings: Settings, stats: Stats, amqp_url: str
 ) -> None:
     p = batch_publisher(settings, stats, confirm_window=32)
-    in_flight: list[int] = []
+    in_flight = watch_in_flight(p)
     try:
-        p.connect()
-        # Watch the real channel: how many publishes await their confirm at each ack.
-        p._channel.events["basic_ack"].add(lambda tag, multiple: in_flight.append(len(p._tracker)))
         t = Tick("bulk", math.floor(time.time()), "example.text", stats.next_number(500), 500)
         assert p.publish_tick(t).outcome == "acked"
     finally:
@@ -194,9 +210,10 @@ def test_nacks_with_the_multiple_flag_are_each_counted_once(
     p = batch_publisher(settings, stats, confirm_window=64, publish_attempts=2)
     answers: list[tuple[str, int, bool]] = []
     try:
-        p.connect()
+        p.stream.ensure()
+        # Listen on the stream's own channel (a private attribute: only the test looks).
         for kind in ("ack", "nack"):
-            p._channel.events[f"basic_{kind}"].add(
+            p.stream._channel.events[f"basic_{kind}"].add(  # type: ignore[union-attr]
                 lambda tag, multiple, kind=kind: answers.append((kind, tag, multiple))
             )
         # When a tick of 300 messages is published, 64 at a time
@@ -219,28 +236,29 @@ def test_a_batch_that_fails_half_way_counts_as_unconfirmed_on_a_new_channel(
     settings: Settings, stats: Stats, amqp_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a bug that strikes on the 10th message of a batch, before any is written
-    real_body = message.body
+    real_publish = Frames.publish
     calls = 0
 
-    def body(*args: Any) -> bytes:
+    def publish(self: Frames, *args: Any, **kwargs: Any) -> bytes:
         nonlocal calls
         calls += 1
         if calls == 10:
             raise RuntimeError("a bug")
-        return real_body(*args)
+        return real_publish(self, *args, **kwargs)
 
-    monkeypatch.setattr(message, "body", body)
+    monkeypatch.setattr(Frames, "publish", publish)
     p = batch_publisher(settings, stats, confirm_window=64)
     try:
-        p.connect()
-        broken = p._channel
+        p.stream.ensure()
+        broken = set(p.stream.connection.connection.channels.values())
         with pytest.raises(RuntimeError, match="a bug"):
             p.publish_tick(Tick("bulk", time.time(), "example.text", stats.next_number(100), 100))
-        # Then the channel, whose delivery tags no longer match, is not used again...
-        assert p._channel is None
-        # ... and the next tick goes out on a new one and settles the 64 as unconfirmed
+        # Then the next tick goes out on a new channel (the broken one's delivery tags no
+        # longer match) and settles the 64 as unconfirmed
         assert p.publish_tick(tick(stats)).outcome == "acked"
-        assert p._channel is not broken
+        assert not broken & set(p.stream.connection.connection.channels.values()) - {
+            p.stream.connection.connection  # channel 0 is the connection itself
+        }
     finally:
         p.close()
     assert [m.body["message_number"] for m in drain(amqp_url, "text")] == [101]
@@ -262,7 +280,7 @@ def test_closing_while_rabbitmq_is_silently_unreachable_returns(
         closer = threading.Thread(target=p.close, daemon=True)
         closer.start()
         # Then close gives up waiting instead of holding the process forever
-        closer.join(timeout=4 * CLOSE_TIMEOUT + 5)
+        closer.join(timeout=4 * settings.confirm_timeout + 5)
         assert not closer.is_alive()
     finally:
         proxy.close()

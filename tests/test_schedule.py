@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pubtasks.schedule import MAX_CATCH_UP, Plan, every, next_at, plan
+from pubtasks.defaults import CATCH_UP_WITHIN
+from pubtasks.schedule import Plan, every, plan
 
 
 @pytest.mark.parametrize(
@@ -37,22 +38,26 @@ def test_plan(last: float, now: float, interval: float, expected: Plan) -> None:
     assert got.wait == pytest.approx(expected.wait, abs=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("last", "now", "expected"),
-    [
-        (10.0, 10.3, 11.0),  # the next grid point, however long ago the wait was measured
-        (10.0, 10.9999, 10.9999),  # due now (within the early-wake allowance)
-        (10.0, 11.2, 11.2),  # overdue: now
-    ],
-)
-def test_next_at(last: float, now: float, expected: float) -> None:
-    assert next_at(last, now, 1.0) == pytest.approx(expected)
+@pytest.mark.parametrize("interval", [0.001, 0.05, 1.0, 30.0])
+def test_ticks_missed_within_the_catch_up_window_all_fire_whatever_the_interval(
+    interval: float,
+) -> None:
+    # Given the last tick fired just under CATCH_UP_WITHIN ago (beat stalled, or a new
+    # holder of the beat lock going on from it)
+    last = 1_795_000_000.0
+    now = last + CATCH_UP_WITHIN - interval / 2
+    # Then the tick after it is due now, with its own grid time: no tick is skipped
+    got = plan(last, now, interval)
+    assert got.due
+    assert got.tick_at == pytest.approx(last + interval)
 
 
-def test_a_long_stall_skips_ahead_instead_of_bursting() -> None:
-    got = plan(0.0, (MAX_CATCH_UP + 10) * 1.0, 1.0)
+@pytest.mark.parametrize("interval", [0.05, 1.0])
+def test_a_longer_silence_skips_ahead_instead_of_bursting(interval: float) -> None:
+    last = 1_795_000_000.0
+    got = plan(last, last + CATCH_UP_WITHIN + 10.3 * interval, interval)
     assert not got.due
-    assert got.wait == pytest.approx(1.0)
+    assert got.wait == pytest.approx(0.7 * interval)
 
 
 def test_ticks_follow_the_grid_without_drift_however_late_beat_wakes() -> None:
@@ -73,6 +78,13 @@ def test_ticks_follow_the_grid_without_drift_however_late_beat_wakes() -> None:
 def test_plan_rejects_a_non_positive_interval() -> None:
     with pytest.raises(ValueError, match="positive"):
         plan(0.0, 1.0, 0.0)
+
+
+def test_every_without_seconds_takes_publish_interval_from_beat() -> None:
+    assert every().with_default(0.5) == every(0.5)
+    assert every(2.0).with_default(0.5) == every(2.0)
+    with pytest.raises(RuntimeError, match="PUBLISH_INTERVAL"):
+        _ = every().seconds
 
 
 def test_every_survives_pickling_for_the_beat_schedule_file() -> None:

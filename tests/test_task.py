@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from pubtasks import settings, tasks
+from pubtasks import tasks
+from pubtasks.celery import app as pubtasks_app
 from pubtasks.stats import Stats
 from pubtasks.waiting import wait_for
 from tests.helpers import celery_isolation, drain
@@ -22,8 +23,7 @@ def celery_app(
     monkeypatch: pytest.MonkeyPatch, amqp_url: str, redis_url: str, prefix: str
 ) -> Iterator[Celery]:
     """The pubtasks app itself, pointed at this test's vhost, Redis prefix and Celery keys."""
-    from pubtasks.app import app
-
+    app = pubtasks_app
     monkeypatch.setenv("AMQP_URL", amqp_url)
     monkeypatch.setenv("REDIS_URL", redis_url)
     overrides: dict[str, Any] = {
@@ -35,12 +35,12 @@ def celery_app(
     saved = {key: app.conf.get(key) for key in overrides}
     app.conf.update(overrides)
     forget_transport(app)
-    settings.install(None)
+    app.use_settings(None)  # loaded again, from this test's environment and overrides
     try:
         yield app
     finally:
-        tasks.close_publisher()
-        settings.install(None)
+        tasks.publish.close_publishers()
+        app.use_settings(None)
         app.conf.update(saved)
         forget_transport(app)
 
@@ -84,7 +84,6 @@ def test_a_tick_past_its_deadline_fails_with_its_reason(
     celery_worker: Any, stats: Stats, amqp_url: str
 ) -> None:
     # Given a tick that waited in the queue longer than TICK_DEADLINE (600 s)
-    tasks.close_publisher()
     tasks.publish.apply_async(kwargs={"scheduled_at": time.time() - 601, "number": 1})
     # Then it is not published but counted as failed, with the reason
     snap = wait_for(

@@ -1,10 +1,12 @@
-"""The Celery app: configuration, and the checks that run when a worker starts.
+"""The Celery app, its configuration and its settings.
 
-``celery -A pubtasks worker -B`` finds ``pubtasks.app``. Its configuration is
-the top-level ``celeryconfig`` module (found on ``sys.path`` or in the current
-directory); without one, the package defaults below apply and one log line
-says so. Environment variables are read when the configuration is first
-needed (at start), never at import.
+``celery -A pubtasks worker -B`` finds ``app`` here: for a package, Celery looks
+in ``<package>.celery``. The configuration is the top-level ``celeryconfig``
+module (found on ``sys.path`` or in the current directory), laid over
+``celery_defaults()``; without one, the package defaults apply and one log line
+says so. pubtasks' own settings (``settings.Settings``) are loaded once per
+process from the environment and that configuration, by ``App.settings``, when
+the worker, beat or a ``pubtasks`` command starts, and passed down from here.
 """
 
 from __future__ import annotations
@@ -16,40 +18,40 @@ from typing import Any
 from celery import Celery, signals
 from celery.utils.imports import import_from_cwd
 
-from pubtasks import defaults
+from pubtasks import defaults, startup
 from pubtasks.errors import ConfigError
+from pubtasks.settings import REDIS_SCHEMES, Settings, check_url
 
 log = logging.getLogger("pubtasks")
 
 CONFIG_MODULE = "celeryconfig"
 
+#: Options of the publish task that pubtasks' promise rests on: they are set on the task
+#: itself, so Celery's global settings of the same name do not change them.
+TASK_OPTIONS = {
+    "task_acks_late": "acks_late=True",
+    "task_reject_on_worker_lost": "reject_on_worker_lost=True",
+    "task_ignore_result": "ignore_result=True",
+}
+
 
 def celery_defaults() -> dict[str, Any]:
     """Celery settings that celeryconfig may override."""
-    from pubtasks.settings import REDIS_SCHEMES, check_url
-
     try:
         redis_url = check_url(
             "REDIS_URL", os.environ.get("REDIS_URL") or defaults.REDIS_URL, REDIS_SCHEMES
         )
     except ConfigError as exc:  # Celery would parse it first and print a traceback
-        from pubtasks.startup import exit_with
-
-        exit_with(str(exc))
+        startup.exit_with(str(exc))
     return {
         # Celery's own transport is Redis, so beat keeps firing while RabbitMQ is down
         # and those ticks are published once it is back. CELERY_BROKER_URL overrides it.
         "broker_url": redis_url,
         "broker_connection_retry_on_startup": True,
-        # Acknowledge a tick only after it was published and confirmed, and hand it back
-        # to the queue when the worker process dies mid-publish (SIGKILL, OOM).
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         # Redis redelivers an unacknowledged task after this many seconds; it must stay
         # longer than a tick can take (TICK_DEADLINE) or a slow tick runs twice.
         "broker_transport_options": {"visibility_timeout": 3600},
-        "task_ignore_result": True,
         "beat_scheduler": "pubtasks.beat:Scheduler",
         "timezone": "UTC",
         "enable_utc": True,
@@ -57,7 +59,25 @@ def celery_defaults() -> dict[str, Any]:
     }
 
 
-app = Celery("pubtasks", include=["pubtasks.tasks"])
+class App(Celery):  # type: ignore[misc]
+    """The Celery app, carrying pubtasks' settings."""
+
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """This process's settings: read from the environment and the configuration on
+        first use (at worker, beat or command start), then kept. Raises ``ConfigError``."""
+        if self._settings is None:
+            self._settings = Settings.load(os.environ, self.conf)
+        return self._settings
+
+    def use_settings(self, settings: Settings | None) -> None:
+        """Replace this process's settings (the tests); None loads them again on next use."""
+        self._settings = settings
+
+
+app = App("pubtasks", include=["pubtasks.tasks"])
 
 
 @app.on_configure.connect  # type: ignore[untyped-decorator]
@@ -80,26 +100,23 @@ def _load_celeryconfig(sender: Celery, **_: Any) -> None:
             os.getcwd(),
         )
     else:
-        settings.update((k, v) for k, v in vars(module).items() if not k.startswith("_"))
+        given = {k: v for k, v in vars(module).items() if not k.startswith("_")}
+        for name in TASK_OPTIONS.keys() & given.keys():
+            log.warning(
+                "pubtasks: %s in %s does not apply to pubtasks.publish, which keeps %s",
+                name,
+                CONFIG_MODULE,
+                TASK_OPTIONS[name],
+            )
+        settings.update(given)
     sender.config_from_object(settings)
 
 
 @signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _check_on_worker_start(**_: Any) -> None:
-    from pubtasks import startup
-
-    startup.check_or_exit(app)
+    startup.check_or_exit(startup.settings_or_exit(lambda: app.settings))
 
 
 @signals.beat_init.connect  # type: ignore[untyped-decorator]
 def _check_on_beat_start(**_: Any) -> None:
-    from pubtasks import startup
-
-    startup.settings_or_exit(app)
-
-
-@signals.worker_process_shutdown.connect  # type: ignore[untyped-decorator]
-def _close_on_process_shutdown(**_: Any) -> None:
-    from pubtasks import tasks
-
-    tasks.close_publisher()
+    startup.settings_or_exit(lambda: app.settings)

@@ -1,0 +1,97 @@
+"""The accounting: every publish and outcome the tick policy reports, written to Redis.
+
+It listens to ``policy.TickPolicy`` (the ``policy.Listener`` protocol), much as
+dramatiq's middleware listens to its broker, and turns what it hears into the
+counter updates of ``stats.Stats``:
+
+- ``publishing``: each basic.publish about to be sent is counted as published and
+  pending, under a key unique to that publish;
+- ``settled``: each outcome is counted once (acked, nacked, returned, unconfirmed),
+  and a returned message becomes the last error;
+- ``failed``: each message given up is counted failed once, with its reason.
+
+Publishes left pending by a publisher that died are counted unconfirmed by the
+next publisher that looks (``reap_abandoned``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+from pubtasks.confirms import Delivery, Settled
+from pubtasks.message import Outgoing, Tick
+from pubtasks.stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+def publisher_id() -> str:
+    """Names one publisher in Redis's pending set: unique per process and stream."""
+    return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+
+
+class Accounting:
+    """Writes what the tick policy reports to the counters in Redis."""
+
+    def __init__(
+        self, stats: Stats, publisher: str, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.stats = stats
+        self.publisher = publisher
+        self.clock = clock
+        self._sequence = itertools.count(1)
+        self._last_reap = 0.0
+
+    def publishing(self, tick: Tick, outs: Sequence[Outgoing]) -> list[Delivery]:
+        """Count ``outs`` as published and pending, in one Redis round trip."""
+        now = self.clock()
+        deliveries = [
+            Delivery(
+                key=f"{out.message_id}#{self.publisher}.{next(self._sequence)}",
+                message_id=out.message_id,
+                entry=tick.entry,
+                number=out.number,
+                published_at=now,
+            )
+            for out in outs
+        ]
+        self.stats.begin(deliveries, now)
+        return deliveries
+
+    def settled(self, outcomes: Sequence[Settled]) -> None:
+        """Count each outcome once, in one Redis round trip; a return is the last error."""
+        now = self.clock()
+        self.stats.settle(outcomes, now)
+        for x in outcomes:
+            if x.returned:
+                d = x.delivery
+                self.stats.error(d.entry, d.message_id, str(d.returned), now)
+                log.warning("message %s %s", d.message_id, d.returned)
+
+    def failed(self, tick: Tick, message_ids: Sequence[str], reason: str) -> None:
+        """Count each message given up as failed, once, and make ``reason`` the last error."""
+        self.stats.fail(tick.entry, message_ids, reason, self.clock())
+
+    def reap_abandoned(self, confirm_timeout: float) -> int:
+        """Now and then, count publishes left pending by a dead publisher as unconfirmed.
+
+        A live publisher settles every publish within ``confirm_timeout``, so anything
+        pending much longer belongs to a process that was killed mid-publish.
+        """
+        now = self.clock()
+        older_than = 2 * confirm_timeout + 10
+        if now - self._last_reap < older_than / 2:
+            return 0
+        self._last_reap = now
+        reaped = self.stats.reap(older_than, now)
+        if reaped:
+            log.warning(
+                "counted %d publishes left pending by a dead publisher as unconfirmed", reaped
+            )
+        return reaped

@@ -1,0 +1,113 @@
+"""The ``pubtasks bench`` command line: its arguments, the run, and the output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from typing import Any
+
+from pubtasks.bench.names import Names
+from pubtasks.bench.report import render
+from pubtasks.bench.services import delete_queues, forget_celery_keys
+from pubtasks.bench.throughput import kombu_confirm, pika_baseline, pubtasks_tick
+from pubtasks.bench.ticks import worker_run
+from pubtasks.celery import app
+from pubtasks.settings import Settings, mask_url
+
+THROUGHPUT_PARTS = ("pika", "kombu", "pubtasks", "pubtasks-public")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--markdown", action="store_true", help="print docs/performance.md")
+    parser.add_argument("--messages", type=int, default=20000, help="messages for part a")
+    parser.add_argument("--size", type=int, default=200, help="bytes per message")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="pika and pubtasks runs, in turn (medians shown)"
+    )
+    parser.add_argument("--interval", type=float, default=0.1, help="PUBLISH_INTERVAL for b")
+    parser.add_argument(
+        "--tick-seconds", type=float, default=60.0, help="length of part b; 0 skips b, c, d"
+    )
+    parser.add_argument(
+        "--restart-broker",
+        action="store_true",
+        help="part c: stop and start the local RabbitMQ node's app with rabbitmqctl while "
+        "the worker runs (it cuts every client of that broker; off by default)",
+    )
+
+
+def exact(counts: list[dict[str, Any]], messages: int) -> bool:
+    """Whether Redis counted every message of every round exactly."""
+    return all(c["invariant_holds"] and c["published"] == c["acked"] == messages for c in counts)
+
+
+def throughput(settings: Settings, names: Names, args: argparse.Namespace) -> dict[str, Any]:
+    """Part a. pika and pubtasks (both ways) take turns, each on a fresh queue, ``rounds``
+    times: on a shared 2-core machine one run of either varies by 10-20 %; medians do not."""
+    url, n, size = settings.amqp_url, args.messages, args.size
+    rates: dict[str, list[float]] = {"pika": [], "pubtasks_batch": [], "pubtasks_public": []}
+    counts: dict[str, list[dict[str, Any]]] = {"pubtasks_batch": [], "pubtasks_public": []}
+    queues = [names.queue(part) for part in THROUGHPUT_PARTS]
+    for _ in range(args.rounds):
+        rates["pika"].append(pika_baseline(url, names, n, size))
+        for way, batch_writes in (("pubtasks_batch", True), ("pubtasks_public", False)):
+            rate, counted = pubtasks_tick(settings, names, n, size, batch_writes=batch_writes)
+            rates[way].append(rate)
+            counts[way].append(counted)
+        delete_queues(url, queues)
+    medians = {way: round(statistics.median(r)) for way, r in rates.items()}
+    return {
+        # Redis counted every message of every round exactly (the last round shown).
+        "pubtasks_batch_counted": counts["pubtasks_batch"][-1],
+        "pubtasks_batch_exact_every_round": exact(counts["pubtasks_batch"], n),
+        "pubtasks_public_exact_every_round": exact(counts["pubtasks_public"], n),
+        "pika_msgs_per_s": medians["pika"],
+        "pubtasks_batch_msgs_per_s": medians["pubtasks_batch"],
+        "pubtasks_public_msgs_per_s": medians["pubtasks_public"],
+        "rounds": {way: [round(r) for r in rs] for way, rs in rates.items()},
+        "pubtasks_vs_pika": round(medians["pubtasks_batch"] / medians["pika"], 2),
+        "pubtasks_public_vs_pika": round(medians["pubtasks_public"] / medians["pika"], 2),
+        "kombu_confirm_msgs_per_s": round(kombu_confirm(url, names, n, size)),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    settings = app.settings  # the environment and celeryconfig, as the worker reads them
+    names = Names()
+    report: dict[str, Any] = {
+        "broker": mask_url(settings.amqp_url),
+        "messages": args.messages,
+        "size": args.size,
+        "confirm_window": settings.confirm_window,
+    }
+    try:
+        report.update(throughput(settings, names, args))
+        if args.tick_seconds > 0:
+            report["ticks"] = worker_run(
+                settings, names, args.interval, args.tick_seconds, restart=args.restart_broker
+            )
+    finally:
+        queues = [names.queue(part) for part in (*THROUGHPUT_PARTS, "ticks")]
+        delete_queues(settings.amqp_url, queues, exchange=names.exchange)
+        forget_celery_keys(settings.redis_url, names.prefix)
+    return report
+
+
+def command(args: argparse.Namespace) -> int:
+    report = run(args)
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    elif args.markdown:
+        argv = " ".join(sys.argv[1:])
+        print("# Performance\n")
+        print(f"Produced by `pubtasks {argv}` (`scripts/performance`); do not edit by hand.\n")
+        print(render(report))
+        print("\n<details><summary>JSON</summary>\n\n```json")
+        print(json.dumps(report, indent=2, sort_keys=True))
+        print("```\n</details>")
+    else:
+        print(render(report))
+    return 0

@@ -1,0 +1,91 @@
+"""Parts b, c and d: the real worker at a short interval, judged from its log and memory."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pubtasks.bench.fidelity import confirmed_ticks, grid_fidelity, percentile, timedelta_drift
+from pubtasks.bench.names import Names
+from pubtasks.bench.services import broker_restart_recovery, delete_queues
+from pubtasks.bench.worker import Worker, rss_of_group, write_config
+from pubtasks.message import scheduled_at_of
+from pubtasks.settings import Settings
+from pubtasks.stats import Stats
+
+CONFIG = """
+from datetime import timedelta
+from pubtasks.schedule import every
+
+beat_schedule = {{
+    "grid": {{"task": "pubtasks.publish", "schedule": every()}},
+    # Celery's own interval schedule, for comparison: "interval after the last run".
+    "celery-timedelta": {{
+        "task": "pubtasks.publish",
+        "schedule": timedelta(seconds={interval!r}),
+        "kwargs": {{"routing_key": "bench.timedelta"}},
+    }},
+}}
+EXCHANGE = {exchange!r}
+QUEUE = {queue!r}
+ROUTING_KEY = "bench.grid"
+BINDING_KEY = "bench.#"
+worker_concurrency = 2
+"""
+
+
+def worker_run(
+    settings: Settings, names: Names, interval: float, seconds: float, restart: bool
+) -> dict[str, Any]:
+    """One run of the real worker: tick fidelity, memory and, with ``restart``, recovery."""
+    stats = Stats.from_url(settings.redis_url, names.prefix)
+    queue = names.queue("ticks")
+    result: dict[str, Any] = {"interval": interval, "seconds": seconds}
+    with tempfile.TemporaryDirectory(prefix="pubtasks-bench-") as tmp:
+        directory = Path(tmp)
+        config = CONFIG.format(interval=interval, exchange=names.exchange, queue=queue)
+        write_config(directory, names.prefix, config)
+        env = {
+            **os.environ,
+            "AMQP_URL": settings.amqp_url,
+            "REDIS_URL": settings.redis_url,
+            "PUBLISH_INTERVAL": str(interval),
+        }
+        spawned = time.time()
+        try:
+            with Worker(directory, env, name="bench") as worker:
+                assert worker.proc is not None
+                worker.wait_ready(60)
+                time.sleep(seconds)  # the measured window itself, not a wait for a condition
+                stopped = time.time()
+                result["rss_mib"] = round(rss_of_group(worker.proc.pid) / 2**20, 1)
+                if restart:
+                    result["recovery_s"] = broker_restart_recovery(settings.amqp_url, stats)
+            log = worker.log
+        finally:
+            stats.clear()
+            stats.client.close()
+            delete_queues(settings.amqp_url, [queue])
+    ticks = confirmed_ticks(log)
+    window = [t for t in ticks if scheduled_at_of(t["message_id"]) <= stopped]
+    grid = [t for t in window if t["message_id"].startswith("grid@")]
+    latencies = [t["confirmed_at"] - scheduled_at_of(t["message_id"]) for t in grid]
+    result["grid"] = grid_fidelity(
+        [scheduled_at_of(t["message_id"]) for t in grid], interval, spawned, stopped
+    )
+    if latencies:
+        result["grid"]["latency_p50_ms"] = round(statistics.median(latencies) * 1000, 2)
+        result["grid"]["latency_p99_ms"] = round(percentile(latencies, 0.99) * 1000, 2)
+    result["celery_timedelta"] = timedelta_drift(
+        [
+            scheduled_at_of(t["message_id"])
+            for t in window
+            if t["message_id"].startswith("celery-timedelta@")
+        ],
+        interval,
+    )
+    return result

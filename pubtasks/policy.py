@@ -1,0 +1,288 @@
+"""The tick policy: how hard to try a tick, and when to give up and say why.
+
+A tick is tried up to ``PUBLISH_ATTEMPTS`` times. Each attempt streams the
+tick's unacked messages through a confirm window: at most ``CONFIRM_WINDOW``
+await their answer at once, and the oldest may wait ``CONFIRM_TIMEOUT``. A
+nacked or unconfirmed message is published again, with the same
+``message_id``, after a short backoff when RabbitMQ nacked. What is still
+unacked after the last attempt, or when ``TICK_DEADLINE`` has passed, or at
+once on a permanent error (a refused login, a conflicting declaration, a
+channel RabbitMQ closed for good), fails, with its reason.
+
+The policy speaks to RabbitMQ only through a ``Stream`` (``rabbitmq.ConfirmStream``)
+and reports every step to a ``Listener`` (``accounting.Accounting`` writes them to
+Redis), so it runs against fakes of both in the unit tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
+
+from pubtasks import message
+from pubtasks.confirms import Delivery, Outcome, Settled
+from pubtasks.errors import (
+    AccessRefused,
+    ChannelLost,
+    PubtasksError,
+    TickFailed,
+    TopologyError,
+    Unreachable,
+)
+from pubtasks.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Stream(Protocol):
+    """A confirm-mode channel, as the policy sees it (``rabbitmq.ConfirmStream``)."""
+
+    @property
+    def blocked(self) -> str | None: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def ensure(self, timeout: float | None = None) -> None: ...
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        content_type: str,
+        properties: Mapping[str, Any],
+        items: Sequence[tuple[Delivery, bytes]],
+    ) -> None: ...
+
+    def wait(self, timeout: float) -> None: ...
+
+    def settled(self) -> list[Settled]: ...
+
+    def oldest(self) -> Delivery | None: ...
+
+    def abandon(self) -> None: ...
+
+
+class Listener(Protocol):
+    """Told of every publish and outcome (``accounting.Accounting``)."""
+
+    def publishing(
+        self, tick: message.Tick, outs: Sequence[message.Outgoing]
+    ) -> list[Delivery]: ...
+
+    def settled(self, outcomes: Sequence[Settled]) -> None: ...
+
+    def failed(self, tick: message.Tick, message_ids: Sequence[str], reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The settings the policy follows."""
+
+    attempts: int
+    confirm_timeout: float
+    confirm_window: int
+    tick_deadline: float
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Limits:
+        return cls(s.publish_attempts, s.confirm_timeout, s.confirm_window, s.tick_deadline)
+
+
+@dataclass(frozen=True)
+class Result:
+    """How a tick ended when it did not fail."""
+
+    message_id: str
+    message_number: int
+    outcome: str  # "acked" or "returned"
+    attempts: int
+    confirmed_at: float  # when the last confirm of the tick was counted
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one attempt at a tick's messages came to."""
+
+    settled: dict[str, Settled]  # message_id -> how its publish ended
+    error: str | None = None  # why the attempt stopped early
+    permanent: bool = False  # a channel error that retrying cannot fix
+
+
+def nack_backoff(attempt: int) -> float:
+    """Seconds to wait before attempt ``attempt + 1`` after a nack: 0.1, 0.2, 0.4... at most 2."""
+    return float(min(0.1 * 2 ** (attempt - 1), 2.0))
+
+
+class TickPolicy:
+    """Publishes ticks through a stream, reporting each step to a listener."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        listener: Listener,
+        limits: Limits,
+        exchange: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.stream = stream
+        self.listener = listener
+        self.limits = limits
+        self.exchange = exchange
+        self.clock = clock
+        self.sleep = sleep
+        self._unreported: list[Settled] = []
+
+    def publish(self, tick: message.Tick) -> Result:
+        """Publish the tick's message(s) until RabbitMQ acks each, or fail what is left.
+
+        Every basic.publish is reported before it is sent and settled exactly once
+        afterwards. Raises ``TickFailed``, ``TopologyError`` or ``AccessRefused``
+        after reporting what was given up as failed.
+        """
+        limits = self.limits
+        deadline = tick.scheduled_at + limits.tick_deadline
+        todo = tick.messages()
+        returned = 0
+        reason = "no attempt made"
+        attempt = 0
+        while todo and attempt < limits.attempts:
+            late = f"TICK_DEADLINE={limits.tick_deadline:g} s passed"
+            if self.clock() > deadline:
+                self._fail(tick, todo, f"{late} before it could be published (last: {reason})")
+            try:
+                self.stream.ensure(timeout=deadline - self.clock())
+            except Unreachable as exc:
+                self._fail(tick, todo, f"{late}: {exc}", exc)
+            except (AccessRefused, TopologyError) as exc:
+                self._fail(tick, todo, str(exc), exc, type(exc))
+            except ChannelLost as exc:
+                attempt += 1
+                reason = exc.reason
+                self._warn(tick, attempt, reason)
+                continue
+            attempt += 1
+            sent = self._attempt(tick, todo)
+            returned += sum(1 for x in sent.settled.values() if x.returned)
+            acked = {m for m, x in sent.settled.items() if x.outcome is Outcome.ACKED}
+            todo = [out for out in todo if out.message_id not in acked]
+            if not todo:
+                break
+            nacked = sum(1 for x in sent.settled.values() if x.outcome is Outcome.NACKED)
+            reason = sent.error or (f"{nacked} nacked by RabbitMQ" if nacked else "unconfirmed")
+            if tick.batch == 1 and nacked:
+                reason = "nacked by RabbitMQ"
+            if sent.permanent:
+                self._fail(tick, todo, reason, None, TopologyError)
+            self._warn(tick, attempt, reason)
+            if nacked and attempt < limits.attempts:
+                self.sleep(nack_backoff(attempt))
+        if todo:
+            self._fail(tick, todo, f"gave up after {attempt} attempts: {reason}")
+        outcome = "acked" if not returned else "returned"
+        return Result(tick.message_id, tick.number, outcome, attempt, self.clock())
+
+    def _attempt(self, tick: message.Tick, todo: list[message.Outgoing]) -> Attempt:
+        """Publish ``todo`` once, keeping at most CONFIRM_WINDOW unanswered; settle each.
+
+        Stops early when the stream is lost, or when the oldest publish has waited
+        CONFIRM_TIMEOUT: whatever is then unanswered is unconfirmed, and whatever
+        was not sent yet is left for the next attempt.
+        """
+        stream, limits = self.stream, self.limits
+        sent: dict[str, Settled] = {}
+        error: str | None = None
+        permanent = False
+        position = 0
+        # Reported as published but not sent yet: a window's worth is reported in one go
+        # ahead of sending, so the broker is never kept waiting on the listener.
+        reported: deque[tuple[message.Outgoing, Delivery]] = deque()
+        try:
+            while position < len(todo) or stream.in_flight:
+                room = limits.confirm_window - stream.in_flight
+                if room > 0 and position < len(todo):
+                    if not reported:
+                        outs = todo[position : position + limits.confirm_window]
+                        reported += zip(outs, self.listener.publishing(tick, outs), strict=True)
+                    batch = list(itertools.islice(reported, min(room, len(reported))))
+                    items = self._build(tick, batch)  # should it fail, all is still reported
+                    for _ in batch:
+                        reported.popleft()
+                    position += len(batch)
+                    self.stream.publish(
+                        self.exchange,
+                        tick.routing_key,
+                        message.CONTENT_TYPE,
+                        message.properties(batch[0][0]),  # the same for all but the message_id
+                        items,
+                    )
+                    continue
+                # The window is full, or all is sent: report outcomes while RabbitMQ works.
+                self._report(sent)
+                oldest = stream.oldest()
+                assert oldest is not None
+                wait = oldest.published_at + limits.confirm_timeout - self.clock()
+                if wait <= 0:
+                    error = self._timed_out()
+                    stream.abandon()  # it may be silently dead; a late ack must not count
+                    break
+                stream.wait(wait)
+        except ChannelLost as exc:
+            error, permanent = exc.reason, exc.permanent
+        finally:
+            # Reported but never sent: no answer will come for them either.
+            self._unreported += [Settled(d, Outcome.UNCONFIRMED) for _, d in reported]
+        self._report(sent)
+        return Attempt(sent, error, permanent)
+
+    def _build(
+        self, tick: message.Tick, batch: list[tuple[message.Outgoing, Delivery]]
+    ) -> list[tuple[Delivery, bytes]]:
+        """Each delivery with its body."""
+        now = self.clock()
+        return [(delivery, message.body(tick, out, now)) for out, delivery in batch]
+
+    def _timed_out(self) -> str:
+        error = f"no confirm within CONFIRM_TIMEOUT={self.limits.confirm_timeout:g} s"
+        blocked = self.stream.blocked
+        return error if blocked is None else f"{error}; RabbitMQ blocked publishing: {blocked}"
+
+    def _report(self, into: dict[str, Settled]) -> None:
+        """Report the outcomes settled since the last report."""
+        settled = self._unreported + self.stream.settled()
+        self._unreported = []
+        if not settled:
+            return
+        try:
+            self.listener.settled(settled)
+        except Exception:
+            # Reported again with the next report: the listener counts each outcome once.
+            self._unreported = settled + self._unreported
+            raise
+        for x in settled:
+            into[x.delivery.message_id] = x
+
+    def _warn(self, tick: message.Tick, attempt: int, reason: str) -> None:
+        log.warning(
+            "tick %s attempt %d/%d: %s", tick.message_id, attempt, self.limits.attempts, reason
+        )
+
+    def _fail(
+        self,
+        tick: message.Tick,
+        todo: list[message.Outgoing],
+        reason: str,
+        cause: BaseException | None = None,
+        error: type[PubtasksError] = TickFailed,
+    ) -> NoReturn:
+        """Report each message in ``todo`` as failed with ``reason``, and raise ``error``."""
+        self.listener.failed(tick, [out.message_id for out in todo], reason)
+        log.error("tick %s failed: %s", tick.message_id, reason)
+        raise error(f"tick {tick.message_id} failed: {reason}") from cause
