@@ -174,7 +174,10 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
 
     def close(self) -> None:
         if self._unsent:  # fired as beat was stopping: send them if Redis takes them
-            self._send_unsent(self.producer)
+            try:
+                self._send_unsent(self.producer)
+            except Exception as exc:  # a beat starting within CATCH_UP_WITHIN fires them
+                log.warning("beat: %d ticks not sent at shutdown: %s", len(self._unsent), exc)
         if self._lock is not None and self._leading:
             try:
                 self._lock.release()  # a standby takes over at once, from the last tick

@@ -24,7 +24,7 @@ from pubtasks.stats import COUNTERS, Counts, Snapshot, Stats
 COLUMNS = (*COUNTERS[:-1], "pending", "failed")
 
 
-def _when(at: float | None, now: float) -> str:
+def _moment(at: float | None, now: float) -> str:
     if at is None:
         return "-"
     stamp = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
@@ -45,7 +45,7 @@ def render_table(snap: Snapshot, where: str, prefix: str, now: float) -> str:
     confirmed = (
         "-"
         if t.last_confirmed_number is None
-        else f"#{t.last_confirmed_number} at {_when(t.last_confirmed_at, now)}"
+        else f"#{t.last_confirmed_number} at {_moment(t.last_confirmed_at, now)}"
     )
     error = (
         " ".join(f"{k}={v}" for k, v in sorted(snap.last_error.items())) if snap.last_error else "-"
@@ -55,7 +55,7 @@ def render_table(snap: Snapshot, where: str, prefix: str, now: float) -> str:
         "",
         f"last message number  {snap.last_message_number}",
         f"last confirmed       {confirmed}",
-        f"oldest pending       {_when(snap.oldest_pending_at, now)}",
+        f"oldest pending       {_moment(snap.oldest_pending_at, now)}",
         f"invariant            {verdict} (published = acked + nacked + unconfirmed + pending)",
         f"last error           {error}",
     ]
