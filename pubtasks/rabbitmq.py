@@ -184,7 +184,7 @@ class Channel(pyamqp.Channel):
         return self._frames
 
     def prepare_message(self, *args: Any, **kwargs: Any) -> Any:
-        message = pyamqp.Channel.prepare_message(self, *args, **kwargs)
+        message = super().prepare_message(*args, **kwargs)  # type: ignore[no-untyped-call]
         drop_fillers(message.properties)
         return message
 
@@ -213,13 +213,10 @@ class SSLTransport(pyamqp.SSLTransport):
 class Connection(KombuConnection):
     """A kombu Connection on pubtasks' transport, for every URL, failover alternates too."""
 
-    def __init__(self, url: str, **options: Any) -> None:
-        KombuConnection.__init__(self, url, **options)
-
     def get_transport_cls(self) -> type[pyamqp.Transport]:
         # kombu resolves the URL's scheme again on every failover (``switch``); keep its
         # choice between TLS and plain TCP, on pubtasks' subclass of it.
-        chosen = KombuConnection.get_transport_cls(self)
+        chosen = super().get_transport_cls()  # type: ignore[no-untyped-call]
         return SSLTransport if issubclass(chosen, pyamqp.SSLTransport) else Transport
 
 
@@ -252,7 +249,7 @@ class ConfirmStream:
         self.topology = topology
         self.where = mask_url(options.url)
         self.blocked: str | None = None  # why RabbitMQ blocked the connection, while it does
-        self.connection: KombuConnection = Connection(
+        self.connection: KombuConnection = Connection(  # type: ignore[no-untyped-call]
             options.url,
             connect_timeout=options.connect_timeout,
             heartbeat=0,
