@@ -169,7 +169,8 @@ def parser() -> argparse.ArgumentParser:
     bench_parser = sub.add_parser(
         "bench",
         help="measure confirmed-publish throughput against the pika example's pattern, "
-        "tick fidelity, broker-restart recovery and memory (reads AMQP_URL, REDIS_URL)",
+        "tick fidelity and memory, and with --restart-broker the recovery from a broker "
+        "restart (reads AMQP_URL, REDIS_URL)",
     )
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(run=bench.command)
