@@ -20,6 +20,7 @@ from celery.utils.imports import import_from_cwd
 
 from pubtasks import defaults, startup
 from pubtasks.errors import ConfigError
+from pubtasks.schedule import every
 from pubtasks.settings import REDIS_SCHEMES, Settings, check_url
 
 log = logging.getLogger("pubtasks")
@@ -53,6 +54,10 @@ def celery_defaults() -> dict[str, Any]:
         # longer than a tick can take (TICK_DEADLINE) or a slow tick runs twice.
         "broker_transport_options": {"visibility_timeout": 3600},
         "beat_scheduler": "pubtasks.beat:Scheduler",
+        # The pika example's one publish, every PUBLISH_INTERVAL, until celeryconfig says.
+        "beat_schedule": {
+            defaults.DEFAULT_ENTRY: {"task": defaults.TASK_NAME, "schedule": every()}
+        },
         "timezone": "UTC",
         "enable_utc": True,
         "worker_redirect_stdouts": False,
@@ -69,7 +74,7 @@ class App(Celery):  # type: ignore[misc]
         """This process's settings: read from the environment and the configuration on
         first use (at worker, beat or command start), then kept. Raises ``ConfigError``."""
         if self._settings is None:
-            self._settings = Settings.load(os.environ, self.conf)
+            self._settings = Settings.load(os.environ, self.conf, known_tasks=list(self.tasks))
         return self._settings
 
     def use_settings(self, settings: Settings | None) -> None:

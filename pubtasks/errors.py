@@ -15,6 +15,7 @@ only ever handles these.
     │   └── StatsUnavailable
     └── PublishError
         ├── TopologyError
+        ├── BodyError
         └── TickFailed
 """
 
@@ -61,6 +62,11 @@ class PublishError(PubtasksError):
 
 class TopologyError(PublishError):
     """RabbitMQ refused a declaration (404, 403, 406...): permanent, never retried."""
+
+
+class BodyError(PublishError):
+    """A message body could not be made: a payload function raised, or returned (or an
+    entry gave) a value its serializer cannot encode."""
 
 
 class TickFailed(PublishError):

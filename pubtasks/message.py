@@ -1,19 +1,41 @@
-"""The message a tick publishes: pure functions, no I/O.
+"""The messages a tick publishes: pure functions, no I/O.
 
 A tick is one firing of a schedule entry at its scheduled time. Its
 ``message_id`` is derived from the entry's name and that time, so every retry
 of the tick, a redelivery after a killed worker, and even a second beat firing
 the same tick publish the same id, and a consumer can drop duplicates.
+
+What an entry's messages carry, and where they go, is its ``Recipe``
+(``entries.py`` makes one from the entry's ``kwargs``): by default the example's
+JSON body, or a body of the entry's own (fixed, or made by a payload function at
+publish time), with the entry's headers and AMQP properties.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from kombu import serialization
+from kombu.exceptions import SerializerNotInstalled
+
 from pubtasks import defaults
+from pubtasks.errors import BodyError
+
+#: The content type of the default body.
+CONTENT_TYPE = "application/json"
+#: A ``str`` body, unless the entry names a serializer.
+TEXT = "text/plain"
+#: A ``bytes`` body, unless the entry's properties say otherwise.
+BINARY = "application/octet-stream"
+#: The serializer of any other body (kombu's registry: json, msgpack, yaml, pickle...).
+SERIALIZER = "json"
+#: Headers that carry the tick on a message with a body of the entry's own.
+NUMBER_HEADER = "x-message-number"
+SCHEDULED_HEADER = "x-scheduled-at"
 
 
 def message_id(entry: str, scheduled_at: float) -> str:
@@ -24,6 +46,98 @@ def message_id(entry: str, scheduled_at: float) -> str:
 def scheduled_at_of(message_id: str) -> float:
     """The scheduled time back from a message id (``<entry>@<ms>`` or ``<entry>@<ms>.<i>``)."""
     return int(message_id.rsplit("@", 1)[1].split(".", maxsplit=1)[0]) / 1000
+
+
+@dataclass(frozen=True)
+class Body:
+    """A message body, encoded, and what it is."""
+
+    data: bytes
+    content_type: str
+    content_encoding: str | None = None
+
+
+def encode(value: Any, serializer: str | None = None) -> Body:
+    """The body for ``value``, encoded as an entry's ``body`` or a payload's result is.
+
+    Without a serializer, a ``str`` is text/plain in UTF-8 and ``bytes`` go as they
+    are (application/octet-stream); anything else, and anything at all when a
+    serializer is named, goes through kombu's serialization registry (``json`` by
+    default). Raises ``BodyError`` naming the value's type and the serializer.
+    """
+    if serializer is None:
+        if isinstance(value, str):
+            return Body(value.encode("utf-8"), TEXT, "utf-8")
+        if isinstance(value, bytes | bytearray | memoryview):
+            return Body(bytes(value), BINARY)
+        serializer = SERIALIZER
+    try:
+        content_type, content_encoding, data = serialization.dumps(value, serializer=serializer)
+    except SerializerNotInstalled as exc:
+        raise BodyError(
+            f"serializer {serializer!r} is not available ({exc}); use one kombu's registry "
+            "has: json and pickle always, msgpack and yaml once their packages are installed"
+        ) from None
+    except Exception as exc:  # kombu's EncodeError, or whatever the serializer raised
+        cause = exc.__cause__ or exc
+        raise BodyError(
+            f"{serializer} cannot encode a {type(value).__name__}: {type(cause).__name__}: {cause}"
+        ) from exc
+    if isinstance(data, str):
+        data = data.encode(content_encoding or "utf-8")
+    # kombu says "binary" for a body that is bytes by nature (msgpack, pickle): say nothing.
+    encoding = None if content_encoding in (None, "binary") else content_encoding
+    return Body(bytes(data), content_type, encoding)
+
+
+#: A payload function: called with ``entry``, ``scheduled_at``, ``message_number`` and
+#: ``message_id``; returns the body (an object, a ``str`` or ``bytes``).
+Payload = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a schedule entry's messages carry and where they go (see ``entries.py``)."""
+
+    exchange: str = defaults.EXCHANGE
+    routing_key: str = defaults.ROUTING_KEY
+    body: Body | None = None  # a fixed body of the entry's own, encoded once
+    payload: Payload | None = None  # or one made at publish time by this function
+    payload_name: str = ""  # its "package.module:function", for reasons and logs
+    serializer: str | None = None  # for the payload's result (the fixed body is encoded)
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    properties: Mapping[str, Any] = field(default_factory=dict)  # AMQP names, checked
+
+    @property
+    def own_body(self) -> bool:
+        """Whether the messages carry the entry's body rather than the example's."""
+        return self.body is not None or self.payload is not None
+
+    def make(self, entry: str, scheduled_at: float, out: Outgoing) -> Body:
+        """The body of one message: the fixed one, or the payload's result, encoded.
+
+        Raises ``BodyError`` quoting what the payload raised, or why its result
+        cannot be encoded.
+        """
+        if self.payload is None:
+            if self.body is None:
+                raise ValueError("make() is for a recipe with a body of its own")
+            return self.body
+        try:
+            value = self.payload(
+                entry=entry,
+                scheduled_at=scheduled_at,
+                message_number=out.number,
+                message_id=out.message_id,
+            )
+        except Exception as exc:
+            raise BodyError(
+                f"payload {self.payload_name} raised {type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            return encode(value, self.serializer)
+        except BodyError as exc:
+            raise BodyError(f"payload {self.payload_name} returned a body that {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -41,15 +155,23 @@ class Tick:
 
     entry: str
     scheduled_at: float
-    routing_key: str
     number: int  # the first message number, allocated in Redis by beat once per tick
     batch: int = 1  # messages per tick (PUBLISH_BATCH)
-    text: str | None = None  # the body's "text"; by default the example's sentence
+    recipe: Recipe = Recipe()
+    text: str | None = None  # the default body's "text"; by default the example's sentence
 
     @property
     def message_id(self) -> str:
         """The tick's id; with a batch, message i's id is this plus ``.i``."""
         return message_id(self.entry, self.scheduled_at)
+
+    @property
+    def exchange(self) -> str:
+        return self.recipe.exchange
+
+    @property
+    def routing_key(self) -> str:
+        return self.recipe.routing_key
 
     @cached_property
     def body_template(self) -> bytes:
@@ -63,7 +185,7 @@ class Tick:
 
 
 def body(tick: Tick, out: Outgoing, published_at: float) -> bytes:
-    """The JSON body: the example's text plus the number and the two times.
+    """The default JSON body: the example's text plus the number and the two times.
 
     Formatted from a template made once per tick: this runs once per message, and
     ``json.dumps`` of a dict costs more than the rest of the message together.
@@ -88,28 +210,41 @@ def body_template(tick: Tick) -> bytes:
     )
 
 
-def properties(out: Outgoing) -> dict[str, Any]:
-    """AMQP basic properties for kombu's ``Producer.publish`` (with ``CONTENT_TYPE``).
+def properties(tick: Tick, out: Outgoing, published_at: float, own: Body | None) -> dict[str, Any]:
+    """The AMQP basic properties of one message (AMQP's names: ``application_headers``,
+    ``expiration`` in milliseconds as a string).
 
-    ``delivery_mode=2`` makes the message persistent in a durable queue.
-
-    Only properties that carry meaning are sent. RabbitMQ takes a message whose
-    serialised properties fit in ``PROPERTIES_BUDGET`` bytes markedly faster
-    (seen on RabbitMQ 3.10; 66 bytes is already the slow case), so there is no
-    ``timestamp`` (the body has ``published_at``, to the millisecond) and no
-    ``content_encoding`` (JSON is UTF-8, RFC 8259). That leaves room for a
-    ``message_id`` of ``MESSAGE_ID_ROOM`` bytes: an entry name of 15 characters
-    with batch ids up to ``.9999``.
+    Every message carries its ``message_id``, ``app_id``, ``timestamp`` (the publish
+    time, in whole epoch seconds, as AMQP has it), ``content_type`` and
+    ``delivery_mode=2`` (persistent in a durable queue). A message with a body of
+    the entry's own (``own``) also carries its number and scheduled time in the
+    headers ``x-message-number`` and ``x-scheduled-at``: the default body has them
+    inside. The entry's own headers and properties come last, and win.
     """
-    return {
+    recipe = tick.recipe
+    props: dict[str, Any] = {
         "message_id": out.message_id,
         "app_id": defaults.APP_ID,
         "delivery_mode": 2,
+        "timestamp": int(published_at),
+        "content_type": CONTENT_TYPE,
     }
+    if own is not None:
+        props["content_type"] = own.content_type
+        if own.content_encoding:
+            props["content_encoding"] = own.content_encoding
+        props["application_headers"] = {
+            **recipe.headers,
+            NUMBER_HEADER: out.number,
+            SCHEDULED_HEADER: tick.scheduled_at,
+        }
+    elif recipe.headers:
+        props["application_headers"] = dict(recipe.headers)
+    if recipe.properties:
+        props.update(recipe.properties)
+    return props
 
 
-CONTENT_TYPE = "application/json"
-#: What RabbitMQ handles fastest: the serialised properties of one message, in bytes.
+#: What RabbitMQ handles fastest: the serialised properties of one message, in bytes
+#: (``pubtasks bench`` measures the difference; see docs/performance.md).
 PROPERTIES_BUDGET = 64
-#: The longest message_id that keeps the properties within the budget.
-MESSAGE_ID_ROOM = 34

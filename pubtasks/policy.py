@@ -28,6 +28,7 @@ from pubtasks import message
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.errors import (
     AccessRefused,
+    BodyError,
     ChannelLost,
     PubtasksError,
     TickFailed,
@@ -54,9 +55,7 @@ class Stream(Protocol):
         self,
         exchange: str,
         routing_key: str,
-        content_type: str,
-        properties: Mapping[str, Any],
-        items: Sequence[tuple[Delivery, bytes]],
+        items: Sequence[tuple[Delivery, bytes, Mapping[str, Any]]],
     ) -> None: ...
 
     def wait(self, timeout: float) -> None: ...
@@ -127,7 +126,6 @@ class TickPolicy:
         stream: Stream,
         listener: Listener,
         limits: Limits,
-        exchange: str,
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -135,10 +133,11 @@ class TickPolicy:
         self.stream = stream
         self.listener = listener
         self.limits = limits
-        self.exchange = exchange
         self.clock = clock
         self.sleep = sleep
         self._unreported: list[Settled] = []
+        self._outcomes: dict[str, Settled] = {}  # of the tick being published, by message_id
+        self._tracebacks: set[str] = set()  # unexpected errors logged with a traceback
 
     def publish(self, tick: message.Tick) -> Result:
         """Publish the tick's message(s) until RabbitMQ acks each, or fail what is left.
@@ -146,10 +145,57 @@ class TickPolicy:
         Every basic.publish is reported before it is sent and settled exactly once
         afterwards. Raises ``TickFailed``, ``TopologyError`` or ``AccessRefused``
         after reporting what was given up as failed.
+
+        A body of the entry's own is made once, before the first attempt: a payload
+        function that raises, or returns what cannot be encoded, fails the tick with
+        nothing published. Any other exception (a bug, ours or a library's) also
+        ends the tick as failed, with its reason, after what was in flight is
+        settled as unconfirmed: no publish is left pending without an outcome.
         """
+        todo = tick.messages()
+        self._outcomes = {}
+        try:
+            bodies = self._bodies(tick, todo)
+        except BodyError as exc:
+            self._fail(tick, todo, str(exc), exc)
+        try:
+            return self._publish(tick, todo, bodies)
+        except PubtasksError:
+            raise
+        except Exception as exc:
+            self._contain(tick, todo, exc)
+
+    def _bodies(self, tick: message.Tick, todo: list[message.Outgoing]) -> dict[str, message.Body]:
+        """The entry's own body of each message, by message_id (none: the default body)."""
+        recipe = tick.recipe
+        if recipe.payload is not None:
+            return {out.message_id: recipe.make(tick.entry, tick.scheduled_at, out) for out in todo}
+        if recipe.body is not None:
+            return {out.message_id: recipe.body for out in todo}
+        return {}
+
+    def _contain(
+        self, tick: message.Tick, todo: list[message.Outgoing], exc: Exception
+    ) -> NoReturn:
+        """Fail a tick that an unexpected exception broke off, with that as its reason.
+
+        Its traceback is logged the first time only, so a bug that strikes every tick
+        is one traceback and then one line per tick.
+        """
+        reason = f"unexpected error: {type(exc).__name__}: {exc}"
+        first = reason not in self._tracebacks
+        self._tracebacks.add(reason)
+        log.error("tick %s: %s", tick.message_id, reason, exc_info=exc if first else None)
+        self.stream.abandon()  # what it had in flight can no longer be matched to answers
+        self._report({})
+        acked = {m for m, x in self._outcomes.items() if x.outcome is Outcome.ACKED}
+        self._fail(tick, [out for out in todo if out.message_id not in acked], reason, exc)
+
+    def _publish(
+        self, tick: message.Tick, todo: list[message.Outgoing], bodies: dict[str, message.Body]
+    ) -> Result:
         limits = self.limits
         deadline = tick.scheduled_at + limits.tick_deadline
-        todo = tick.messages()
         returned = 0
         reason = "no attempt made"
         attempt = 0
@@ -169,7 +215,7 @@ class TickPolicy:
                 self._warn(tick, attempt, reason)
                 continue
             attempt += 1
-            sent = self._attempt(tick, todo)
+            sent = self._attempt(tick, todo, bodies)
             returned += sum(1 for x in sent.settled.values() if x.returned)
             acked = {m for m, x in sent.settled.items() if x.outcome is Outcome.ACKED}
             todo = [out for out in todo if out.message_id not in acked]
@@ -189,7 +235,12 @@ class TickPolicy:
         outcome = "acked" if not returned else "returned"
         return Result(tick.message_id, tick.number, outcome, attempt, self.clock())
 
-    def _attempt(self, tick: message.Tick, todo: list[message.Outgoing]) -> Attempt:
+    def _attempt(
+        self,
+        tick: message.Tick,
+        todo: list[message.Outgoing],
+        bodies: dict[str, message.Body],
+    ) -> Attempt:
         """Publish ``todo`` once, keeping at most CONFIRM_WINDOW unanswered; settle each.
 
         Stops early when the stream is lost, or when the oldest publish has waited
@@ -212,17 +263,11 @@ class TickPolicy:
                         outs = todo[position : position + limits.confirm_window]
                         reported += zip(outs, self.listener.publishing(tick, outs), strict=True)
                     batch = list(itertools.islice(reported, min(room, len(reported))))
-                    items = self._build(tick, batch)  # should it fail, all is still reported
+                    items = self._build(tick, batch, bodies)  # should it fail, all is reported
                     for _ in batch:
                         reported.popleft()
                     position += len(batch)
-                    self.stream.publish(
-                        self.exchange,
-                        tick.routing_key,
-                        message.CONTENT_TYPE,
-                        message.properties(batch[0][0]),  # the same for all but the message_id
-                        items,
-                    )
+                    self.stream.publish(tick.exchange, tick.routing_key, items)
                     continue
                 # The window is full, or all is sent: report outcomes while RabbitMQ works.
                 self._report(sent)
@@ -243,11 +288,19 @@ class TickPolicy:
         return Attempt(sent, error, permanent)
 
     def _build(
-        self, tick: message.Tick, batch: list[tuple[message.Outgoing, Delivery]]
-    ) -> list[tuple[Delivery, bytes]]:
-        """Each delivery with its body."""
+        self,
+        tick: message.Tick,
+        batch: list[tuple[message.Outgoing, Delivery]],
+        bodies: dict[str, message.Body],
+    ) -> list[tuple[Delivery, bytes, dict[str, Any]]]:
+        """Each delivery with its body and properties, as of now (the publish time)."""
         now = self.clock()
-        return [(delivery, message.body(tick, out, now)) for out, delivery in batch]
+        items = []
+        for out, delivery in batch:
+            own = bodies.get(out.message_id)
+            data = message.body(tick, out, now) if own is None else own.data
+            items.append((delivery, data, message.properties(tick, out, now, own)))
+        return items
 
     def _timed_out(self) -> str:
         error = f"no confirm within CONFIRM_TIMEOUT={self.limits.confirm_timeout:g} s"
@@ -267,7 +320,7 @@ class TickPolicy:
             self._unreported = settled + self._unreported
             raise
         for x in settled:
-            into[x.delivery.message_id] = x
+            into[x.delivery.message_id] = self._outcomes[x.delivery.message_id] = x
 
     def _warn(self, tick: message.Tick, attempt: int, reason: str) -> None:
         log.warning(

@@ -29,14 +29,16 @@ class Publisher:
             Options.from_settings(settings), Topology.from_settings(settings)
         )
         self.accounting = Accounting(self.stats, publisher_id())
-        self.policy = TickPolicy(
-            self.stream, self.accounting, Limits.from_settings(settings), settings.exchange
-        )
+        self.policy = TickPolicy(self.stream, self.accounting, Limits.from_settings(settings))
 
     def publish_tick(self, tick: Tick) -> Result:
         """Publish one tick (see ``policy.TickPolicy.publish``), then look for orphans."""
         self.accounting.reap_abandoned(self.settings.confirm_timeout)
         return self.policy.publish(tick)
+
+    def refuse(self, tick: Tick, reason: str) -> None:
+        """Count a tick that cannot be published at all (its kwargs are wrong) as failed."""
+        self.accounting.failed(tick, [out.message_id for out in tick.messages()], reason)
 
     def close(self) -> None:
         self.stream.close()

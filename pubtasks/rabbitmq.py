@@ -5,9 +5,9 @@ Everything else talks to RabbitMQ through ``ConfirmStream``, whose API is small:
 - ``ensure(timeout, max_retries, on_retry)``: connect (kombu's ``ensure_connection``,
   with its retry), open a confirm-mode channel and declare the topology on it.
   Raises ``Unreachable``, ``AccessRefused``, ``TopologyError`` or ``ChannelLost``.
-- ``publish(exchange, routing_key, content_type, properties, items)``: one
-  basic.publish per ``(Delivery, body)`` through kombu's ``Producer``, each with
-  its delivery's ``message_id`` and ``mandatory`` set. Answers come back later.
+- ``publish(exchange, routing_key, items)``: one basic.publish per
+  ``(Delivery, body, properties)`` through kombu's ``Producer``, with ``mandatory``
+  set. Answers come back later.
 - ``wait(timeout)``: read RabbitMQ's answers for up to ``timeout`` seconds.
 - ``settled()``: the deliveries settled since the last call, as ``Settled``:
   acked, nacked (either with ``multiple``), returned (acked, but unroutable), or
@@ -92,6 +92,29 @@ def describe(exc: BaseException) -> str:
         return f"({exc.reply_code}) {exc.reply_text}"
     text = str(exc) or "no detail"
     return f"{type(exc).__name__}: {text}"
+
+
+#: The properties kombu's ``Producer.publish`` takes under names of its own.
+KOMBU_NAMES = {"application_headers": "headers"}
+
+
+def kombu_expiration(milliseconds: str) -> float:
+    """A message TTL in milliseconds, as kombu's ``Producer.publish`` takes it.
+
+    kombu takes seconds and sends ``str(int(seconds * 1000))``; ``m / 1000`` can come
+    back as ``m - 1`` (1001 / 1000 * 1000 is 1000.9999999999999), so half a
+    millisecond more is given, which the truncation removes: exact below 2**40 ms.
+    """
+    return (int(milliseconds) + 0.5) / 1000
+
+
+def publish_arguments(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """AMQP basic properties (``message.properties``) as ``Producer.publish`` keywords."""
+    arguments = {KOMBU_NAMES.get(k, k): v for k, v in properties.items()}
+    expiration = arguments.get("expiration")
+    if expiration is not None:
+        arguments["expiration"] = kombu_expiration(expiration)
+    return arguments
 
 
 def drop_fillers(properties: dict[str, Any]) -> None:
@@ -355,9 +378,7 @@ class ConfirmStream:
                 raise TopologyError(
                     f"cannot declare {declaration.what}: RabbitMQ replied {describe(exc)}"
                 ) from exc
-        producer = Producer(
-            channel, exchange=self.topology.exchange, auto_declare=False, on_return=self._on_return
-        )
+        producer = Producer(channel, auto_declare=False, on_return=self._on_return)
         self._batched = self.options.batch_writes and producer.supports_batch_publish
         if self.options.batch_writes and not self._batched:
             log.warning("kombu does not batch publishes here; each goes out on its own")
@@ -426,11 +447,10 @@ class ConfirmStream:
         self,
         exchange: str,
         routing_key: str,
-        content_type: str,
-        properties: Mapping[str, Any],
-        items: Sequence[tuple[Delivery, bytes]],
+        items: Sequence[tuple[Delivery, bytes, Mapping[str, Any]]],
     ) -> None:
-        """basic.publish each body, with ``mandatory`` and its delivery's ``message_id``.
+        """basic.publish each body with its properties (``message.properties``: AMQP's
+        names, ``message_id`` and ``content_type`` among them), and ``mandatory``.
 
         Every delivery is tracked before the first is handed over: if the publishing
         fails half-way, the channel is thrown away (its delivery tags would no longer
@@ -442,21 +462,18 @@ class ConfirmStream:
             raise RuntimeError("ConfirmStream.publish before ensure()")
         self._address = (exchange, routing_key)
         now = time.time()
-        for delivery, _ in items:
+        for delivery, _, _ in items:
             delivery.published_at = now
             self._tracker.published(delivery)
-        props = dict(properties)
         try:
             with self._writes(producer):
-                for delivery, body in items:
-                    props["message_id"] = delivery.message_id
+                for _, body, properties in items:
                     producer.publish(
                         body,
                         exchange=exchange,
                         routing_key=routing_key,
                         mandatory=True,
-                        content_type=content_type,
-                        **props,
+                        **publish_arguments(properties),
                     )
         except (*self.connection.connection_errors, *self.connection.channel_errors) as exc:
             self._lost(exc)

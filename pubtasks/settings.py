@@ -6,6 +6,11 @@ from ``celeryconfig.py`` (upper-case names, see ``pubtasks.defaults``).
 Every error names the setting and says what to do; no URL is ever shown with
 its password.
 
+The topology is kombu ``Queue`` and ``Exchange`` objects (``QUEUES`` and
+``EXCHANGES``), or the shorthand of one exchange and one queue (``EXCHANGE``,
+``EXCHANGE_TYPE``, ``QUEUE``, ``BINDING_KEY``) when there is no ``QUEUES``. The
+schedule's publish entries are checked against it (``entries.py``).
+
 Settings are loaded once per process, where it starts (the worker, beat, a CLI
 command: see ``pubtasks.celery.App.settings``), and passed down from there.
 """
@@ -15,17 +20,23 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from kombu.entity import Exchange, Queue, binding
+
 from pubtasks import defaults
+from pubtasks.entries import Context, check_schedule
 from pubtasks.errors import ConfigError
+from pubtasks.message import Recipe
 
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 EXCHANGE_TYPES = frozenset({"direct", "topic", "fanout", "headers"})
+#: The shorthand for one exchange and one queue, which QUEUES replaces.
+SHORTHAND = ("EXCHANGE_TYPE", "QUEUE", "BINDING_KEY")
 
 
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
@@ -94,11 +105,11 @@ class Settings:
     amqp_url: str = field(default=defaults.AMQP_URL, repr=False)
     redis_url: str = field(default=defaults.REDIS_URL, repr=False)
     publish_interval: float = defaults.PUBLISH_INTERVAL
-    exchange: str = defaults.EXCHANGE
-    exchange_type: str = defaults.EXCHANGE_TYPE
-    queue: str = defaults.QUEUE
-    routing_key: str = defaults.ROUTING_KEY
-    binding_key: str = defaults.ROUTING_KEY
+    exchange: str = defaults.EXCHANGE  # where an entry publishes unless it says otherwise
+    routing_key: str = defaults.ROUTING_KEY  # with this key, unless it says otherwise
+    exchanges: tuple[Exchange, ...] = field(default_factory=lambda: shorthand()[0])
+    queues: tuple[Queue, ...] = field(default_factory=lambda: shorthand()[1])
+    recipes: Mapping[str, Recipe] = field(default_factory=dict)  # the publish entries'
     stats_prefix: str = defaults.STATS_PREFIX
     confirm_timeout: float = defaults.CONFIRM_TIMEOUT
     publish_attempts: int = defaults.PUBLISH_ATTEMPTS
@@ -116,19 +127,32 @@ class Settings:
     def redis_url_masked(self) -> str:
         return mask_url(self.redis_url)
 
+    @property
+    def context(self) -> Context:
+        """What a schedule entry is checked against (``entries.recipe``)."""
+        return Context(frozenset(declared_exchanges(self)), self.exchange, self.routing_key)
+
     def __str__(self) -> str:
+        queues = ",".join(q.name for q in self.queues) or "none"
         return (
             f"AMQP_URL={self.amqp_url_masked} REDIS_URL={self.redis_url_masked} "
-            f"PUBLISH_INTERVAL={self.publish_interval:g}s exchange={self.exchange!r} "
-            f"({self.exchange_type}) queue={self.queue!r} routing_key={self.routing_key!r} "
-            f"prefix={self.stats_prefix!r}"
+            f"PUBLISH_INTERVAL={self.publish_interval:g}s exchanges="
+            f"{','.join(sorted(declared_exchanges(self))) or 'none'} queues={queues} "
+            f"entries={','.join(self.recipes) or 'none'} prefix={self.stats_prefix!r}"
         )
 
     @classmethod
     def load(
-        cls, environ: Mapping[str, str] | None = None, conf: Mapping[str, Any] | None = None
+        cls,
+        environ: Mapping[str, str] | None = None,
+        conf: Mapping[str, Any] | None = None,
+        known_tasks: Collection[str] | None = None,
     ) -> Settings:
-        """Build settings from the environment and celeryconfig values, checking each."""
+        """Build settings from the environment and celeryconfig values, checking each.
+
+        ``known_tasks``: the app's registered task names, which schedule entries may
+        name besides ``pubtasks.publish``.
+        """
         env = os.environ if environ is None else environ
         cfg: Mapping[str, Any] = {} if conf is None else conf
 
@@ -136,14 +160,10 @@ class Settings:
             value = cfg.get(key)
             return default if value is None else value
 
-        exchange_type = opt("EXCHANGE_TYPE", defaults.EXCHANGE_TYPE)
-        if exchange_type not in EXCHANGE_TYPES:
-            raise ConfigError(
-                f"EXCHANGE_TYPE={exchange_type!r} in celeryconfig.py must be one of "
-                + ", ".join(sorted(EXCHANGE_TYPES))
-            )
         routing_key = _name("ROUTING_KEY", opt("ROUTING_KEY", defaults.ROUTING_KEY))
-        return cls(
+        exchange = _name("EXCHANGE", opt("EXCHANGE", defaults.EXCHANGE))
+        exchanges, queues = topology(cfg, exchange, routing_key)
+        loaded = cls(
             amqp_url=check_url("AMQP_URL", env.get("AMQP_URL") or defaults.AMQP_URL, AMQP_SCHEMES),
             redis_url=check_url(
                 "REDIS_URL", env.get("REDIS_URL") or defaults.REDIS_URL, REDIS_SCHEMES
@@ -151,11 +171,10 @@ class Settings:
             publish_interval=parse_interval(
                 "PUBLISH_INTERVAL", env.get("PUBLISH_INTERVAL") or str(defaults.PUBLISH_INTERVAL)
             ),
-            exchange=_name("EXCHANGE", opt("EXCHANGE", defaults.EXCHANGE)),
-            exchange_type=exchange_type,
-            queue=_name("QUEUE", opt("QUEUE", defaults.QUEUE)),
+            exchange=exchange,
             routing_key=routing_key,
-            binding_key=_name("BINDING_KEY", opt("BINDING_KEY", routing_key)),
+            exchanges=exchanges,
+            queues=queues,
             stats_prefix=_name("STATS_PREFIX", opt("STATS_PREFIX", defaults.STATS_PREFIX)),
             confirm_timeout=_positive(
                 "CONFIRM_TIMEOUT", opt("CONFIRM_TIMEOUT", defaults.CONFIRM_TIMEOUT), float
@@ -177,3 +196,134 @@ class Settings:
                 "STARTUP_RETRIES", opt("STARTUP_RETRIES", defaults.STARTUP_RETRIES), int
             ),
         )
+        recipes = check_schedule(
+            cfg.get("beat_schedule") or {},
+            loaded.context,
+            known_tasks,
+            str(cfg.get("task_serializer") or "json"),
+        )
+        return replace(loaded, recipes=recipes)
+
+
+# -- the topology ------------------------------------------------------------------------
+
+
+def shorthand(
+    exchange: str = defaults.EXCHANGE,
+    exchange_type: str = defaults.EXCHANGE_TYPE,
+    queue: str = defaults.QUEUE,
+    binding_key: str = defaults.ROUTING_KEY,
+) -> tuple[tuple[Exchange, ...], tuple[Queue, ...]]:
+    """One durable exchange and one durable queue bound to it: the pika example's."""
+    x = Exchange(exchange, type=exchange_type, durable=True, auto_delete=False)
+    return (x,), (Queue(queue, exchange=x, routing_key=binding_key, durable=True),)
+
+
+def exchanges_of(queue: Queue) -> list[Exchange]:
+    """The exchanges a queue is bound to: its own, or those of its ``bindings``."""
+    found = [queue.exchange] if queue.exchange is not None and queue.exchange.name else []
+    return found + [b.exchange for b in queue.bindings if b.exchange and b.exchange.name]
+
+
+def declared_exchanges(s: Settings) -> set[str]:
+    """The names of the exchanges pubtasks declares."""
+    names = {x.name for x in s.exchanges}
+    for q in s.queues:
+        names.update(x.name for x in exchanges_of(q))
+    return names
+
+
+def _exchange_key(x: Exchange) -> tuple[Any, ...]:
+    arguments = getattr(x, "arguments", None)  # a kombu attribute set from its ``attrs``
+    return (x.type, bool(x.durable), bool(x.auto_delete), bool(x.passive), repr(arguments))
+
+
+def _check_exchange(where: str, x: Any, seen: dict[str, Exchange]) -> None:
+    if not isinstance(x, Exchange):
+        raise ConfigError(f"{where} is a {type(x).__name__}; give a kombu Exchange")
+    if not isinstance(x.name, str) or not x.name:
+        raise ConfigError(f"{where} has no name; name it (the default exchange needs no entry)")
+    if x.name.startswith("amq."):
+        raise ConfigError(f"{where}: {x.name!r} is RabbitMQ's own; it needs no declaring")
+    if x.type not in EXCHANGE_TYPES and not str(x.type).startswith("x-"):
+        raise ConfigError(
+            f"{where}: exchange {x.name!r} has type {x.type!r}; use one of "
+            f"{', '.join(sorted(EXCHANGE_TYPES))} (or a plugin's x-... type)"
+        )
+    other = seen.setdefault(x.name, x)
+    if _exchange_key(other) != _exchange_key(x):
+        raise ConfigError(
+            f"{where}: exchange {x.name!r} is given twice, differently "
+            f"({other.type}, durable={other.durable} and {x.type}, durable={x.durable}); "
+            "describe it one way"
+        )
+
+
+def _queues(cfg: Mapping[str, Any], exchange: str, routing_key: str) -> tuple[Any, Any]:
+    """The shorthand's exchange and queue, or no exchange of its own and ``QUEUES``."""
+    given = cfg.get("QUEUES")
+    if given is None:
+
+        def opt(key: str, default: str) -> Any:
+            value = cfg.get(key)
+            return default if value is None else value
+
+        exchange_type = opt("EXCHANGE_TYPE", defaults.EXCHANGE_TYPE)
+        if exchange_type not in EXCHANGE_TYPES:
+            raise ConfigError(
+                f"EXCHANGE_TYPE={exchange_type!r} in celeryconfig.py must be one of "
+                + ", ".join(sorted(EXCHANGE_TYPES))
+            )
+        queue = _name("QUEUE", opt("QUEUE", defaults.QUEUE))
+        binding_key = _name("BINDING_KEY", opt("BINDING_KEY", routing_key))
+        return shorthand(exchange, exchange_type, queue, binding_key)
+    shortened = [name for name in SHORTHAND if cfg.get(name) is not None]
+    if shortened:
+        raise ConfigError(
+            f"{', '.join(shortened)} in celeryconfig.py are shorthand for a topology "
+            "without QUEUES; with QUEUES, describe every queue and exchange there (and "
+            "in EXCHANGES) and remove them"
+        )
+    if not isinstance(given, list | tuple):
+        raise ConfigError(
+            f"QUEUES in celeryconfig.py is a {type(given).__name__}; give a list of "
+            "kombu Queue objects"
+        )
+    return (), tuple(given)
+
+
+def _check_queue(where: str, q: Any, names: set[str], seen: dict[str, Exchange]) -> None:
+    if not isinstance(q, Queue):
+        raise ConfigError(f"{where} is a {type(q).__name__}; give a kombu Queue")
+    if not isinstance(q.name, str) or not q.name:
+        raise ConfigError(f"{where} has no name; name the queue")
+    if q.name in names:
+        raise ConfigError(f"{where}: queue {q.name!r} is given twice; give it once")
+    names.add(q.name)
+    for b in q.bindings:
+        if not isinstance(b, binding):
+            raise ConfigError(f"{where} ({q.name!r}): its bindings must be kombu bindings")
+    for x in exchanges_of(q):
+        _check_exchange(f"{where} ({q.name!r})", x, seen)
+
+
+def topology(
+    cfg: Mapping[str, Any], exchange: str, routing_key: str
+) -> tuple[tuple[Exchange, ...], tuple[Queue, ...]]:
+    """``EXCHANGES`` and ``QUEUES``, checked; without ``QUEUES``, the shorthand's queue."""
+    own, queues = _queues(cfg, exchange, routing_key)
+    extra = cfg.get("EXCHANGES") or []
+    if not isinstance(extra, list | tuple):
+        raise ConfigError(
+            f"EXCHANGES in celeryconfig.py is a {type(extra).__name__}; give a list of kombu "
+            "Exchange objects"
+        )
+    seen: dict[str, Exchange] = {}
+    for x in own:
+        _check_exchange(f"EXCHANGE={x.name!r}", x, seen)
+    for i, x in enumerate(extra):
+        _check_exchange(f"EXCHANGES[{i}]", x, seen)
+    names: set[str] = set()
+    for i, q in enumerate(queues):
+        _check_queue(f"QUEUES[{i}]", q, names, seen)
+    return (*own, *extra), queues

@@ -89,8 +89,8 @@ def check_or_exit(s: Settings) -> None:
         stream.close()
         stats.client.close()
     log.info(
-        "pubtasks: exchange %r, queue %r and their binding are declared on %s",
-        s.exchange,
-        s.queue,
+        "pubtasks: %d declarations made on %s (%s)",
+        len(stream.topology.declarations()),
         s.amqp_url_masked,
+        "; ".join(d.what for d in stream.topology.declarations()),
     )

@@ -6,13 +6,14 @@ import logging
 import os
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from celery import Task, signals
 
-from pubtasks import defaults
+from pubtasks import defaults, entries
 from pubtasks.celery import app
-from pubtasks.errors import BrokerError, PublishError, StatsUnavailable
+from pubtasks.errors import BrokerError, ConfigError, PublishError, StatsUnavailable, TickFailed
 from pubtasks.message import Tick
 from pubtasks.publisher import Publisher
 
@@ -66,27 +67,31 @@ def publish(
     *,
     entry: str = defaults.DEFAULT_ENTRY,
     scheduled_at: float | None = None,
-    routing_key: str | None = None,
     number: int | None = None,
     batch: int | None = None,
+    **message: Any,
 ) -> dict[str, Any]:
     """Publish one tick of schedule entry ``entry`` and wait for RabbitMQ's confirm.
 
     Beat passes ``entry``, ``scheduled_at``, ``number`` (the first) and ``batch``
-    (PUBLISH_BATCH); a retry or a redelivery of the same tick publishes the same
-    message ids and numbers.
+    (PUBLISH_BATCH), with the entry's own kwargs (``message``: exchange,
+    routing_key, body or payload, serializer, headers, properties); a retry or a
+    redelivery of the same tick publishes the same message ids and numbers.
+    Whatever goes wrong, the tick ends confirmed or counted as failed with its reason.
     """
     p = self.publisher()
     s = p.settings
     size = s.publish_batch if batch is None else int(batch)
+    when = time.time() if scheduled_at is None else float(scheduled_at)
     try:
-        tick = Tick(
-            entry=entry,
-            scheduled_at=time.time() if scheduled_at is None else float(scheduled_at),
-            routing_key=routing_key or s.routing_key,
-            number=p.stats.next_number(size) if number is None else int(number),
-            batch=size,
-        )
+        first = p.stats.next_number(size) if number is None else int(number)
+        tick = Tick(entry=entry, scheduled_at=when, number=first, batch=size)
+        try:
+            tick = replace(tick, recipe=entries.recipe(entry, message, s.context))
+        except ConfigError as exc:
+            log.error("tick %s failed: %s", tick.message_id, exc)
+            p.refuse(tick, str(exc))
+            raise TickFailed(f"tick {tick.message_id} failed: {exc}") from None
         result = p.publish_tick(tick)
     except StatsUnavailable as exc:
         # Nothing can be counted, so nothing more is published: try the tick again later.
@@ -94,6 +99,13 @@ def publish(
             raise
         log.warning("tick of %s at %s: %s; retrying in 1 s", entry, scheduled_at, exc)
         raise self.retry(countdown=1, max_retries=None, exc=exc) from exc
+    except (PublishError, BrokerError):
+        raise
+    except Exception as exc:  # a bug, ours or a library's, before the policy took the tick
+        reason = f"unexpected error: {type(exc).__name__}: {exc}"
+        log.exception("tick of %s at %s: %s", entry, scheduled_at, reason)
+        p.refuse(Tick(entry=str(entry), scheduled_at=when, number=0, batch=size), reason)
+        raise TickFailed(f"tick of {entry} at {scheduled_at} failed: {reason}") from exc
     return {
         "message_id": result.message_id,
         "message_number": result.message_number,

@@ -1,9 +1,11 @@
-"""The topology pubtasks declares: kombu ``Exchange`` and ``Queue`` objects and their binding.
+"""The topology pubtasks declares: kombu ``Exchange`` and ``Queue`` objects and their bindings.
 
 Declaring goes through kombu's public entity API on a channel the caller
 gives (``rabbitmq.ConfirmStream`` declares on every channel it opens). Each
 declaration carries a plain description, so a conflict names the entity:
 "cannot declare exchange 'message' (topic, durable): RabbitMQ replied (406)...".
+Queue and exchange arguments (``queue_arguments={"x-queue-type": "quorum"}``,
+``{"x-message-ttl": 60000}``) go to RabbitMQ as they are.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kombu.entity import Exchange, Queue
+from kombu.entity import Exchange, Queue, binding
 
-from pubtasks.settings import Settings
+from pubtasks.settings import Settings, exchanges_of
 
 
 @dataclass(frozen=True)
@@ -25,32 +27,71 @@ class Declaration:
     declare: Callable[[Any], object]
 
 
+def _arguments(arguments: Any) -> str:
+    return "".join(f", {k}={v}" for k, v in sorted((arguments or {}).items()))
+
+
+def describe_exchange(x: Exchange) -> str:
+    kind = "durable" if x.durable else "transient"
+    extra = ", passive" if x.passive else ""
+    arguments = getattr(x, "arguments", None)  # kombu sets it from the class's ``attrs``
+    return f"exchange {x.name!r} ({x.type}, {kind}{extra}{_arguments(arguments)})"
+
+
+def describe_queue(q: Queue) -> str:
+    kind = "durable" if q.durable else "transient"
+    return f"queue {q.name!r} ({kind}{_arguments(getattr(q, 'queue_arguments', None))})"
+
+
+def declare_exchange(x: Exchange) -> Callable[[Any], object]:
+    return lambda channel: x(channel).declare()
+
+
+def declare_queue(q: Queue) -> Callable[[Any], object]:
+    return lambda channel: q(channel).queue_declare()
+
+
+def bind_queue(q: Queue, b: binding | None = None) -> Callable[[Any], object]:
+    """The queue's own binding, or one of its ``bindings``."""
+    if b is None:
+        return lambda channel: q(channel).queue_bind()
+    return lambda channel: q(channel).bind_to(
+        exchange=b.exchange, routing_key=b.routing_key, arguments=b.arguments
+    )
+
+
 @dataclass(frozen=True)
 class Topology:
-    """The durable exchange, the durable queue, and the binding between them."""
+    """The exchanges, the queues, and the bindings between them."""
 
-    exchange: Exchange
-    queue: Queue
+    exchanges: tuple[Exchange, ...]
+    queues: tuple[Queue, ...]
 
     @classmethod
     def from_settings(cls, s: Settings) -> Topology:
-        exchange = Exchange(s.exchange, type=s.exchange_type, durable=True, auto_delete=False)
-        queue = Queue(
-            s.queue, exchange=exchange, routing_key=s.binding_key, durable=True, auto_delete=False
-        )
-        return cls(exchange, queue)
+        return cls(s.exchanges, s.queues)
+
+    def all_exchanges(self) -> list[Exchange]:
+        """Every exchange to declare, once each: the listed ones, then the queues'."""
+        found: dict[str, Exchange] = {}
+        for x in self.exchanges:
+            found.setdefault(x.name, x)
+        for q in self.queues:
+            for x in exchanges_of(q):
+                found.setdefault(x.name, x)
+        return list(found.values())
 
     def declarations(self) -> list[Declaration]:
-        """The exchange, then the queue, then the binding, in the order they must exist."""
-        x, q = self.exchange, self.queue
-        return [
-            Declaration(
-                f"exchange {x.name!r} ({x.type}, durable)",
-                lambda channel: x(channel).declare(),
-            ),
-            Declaration(f"queue {q.name!r} (durable)", lambda channel: q(channel).queue_declare()),
-            Declaration(
-                f"binding of queue {q.name!r} to exchange {x.name!r} with key {q.routing_key!r}",
-                lambda channel: q(channel).queue_bind(),
-            ),
+        """The exchanges, then the queues, then the bindings, in the order they must exist."""
+        steps = [
+            Declaration(describe_exchange(x), declare_exchange(x)) for x in self.all_exchanges()
         ]
+        steps += [Declaration(describe_queue(q), declare_queue(q)) for q in self.queues]
+        for q in self.queues:
+            if q.exchange is not None and q.exchange.name:
+                what = f"binding of queue {q.name!r} to exchange {q.exchange.name!r}"
+                steps.append(Declaration(f"{what} with key {q.routing_key!r}", bind_queue(q)))
+            for b in q.bindings:
+                what = f"binding of queue {q.name!r} to exchange {b.exchange.name!r}"
+                steps.append(Declaration(f"{what} with key {b.routing_key!r}", bind_queue(q, b)))
+        return steps

@@ -54,6 +54,29 @@ def drain(amqp_url: str, queue: str) -> list[Received]:
             got.append(Received(json.loads(msg.body), dict(msg.properties)))
 
 
+@dataclass
+class Raw:
+    """One message taken off a queue, its body as it came."""
+
+    body: bytes
+    properties: dict[str, Any]
+
+
+def take(amqp_url: str, queue: str) -> list[Raw]:
+    """Take every message off ``queue`` (basic.get, auto-ack) as it is, in arrival order."""
+    got: list[Raw] = []
+    with Connection(amqp_url) as conn:
+        channel = conn.channel()
+        while True:
+            msg = channel.basic_get(queue, no_ack=True)
+            if msg is None:
+                return got
+            body = msg.body  # py-amqp decodes a body that names its content_encoding
+            if isinstance(body, str):
+                body = body.encode(msg.properties["content_encoding"])
+            got.append(Raw(bytes(body), dict(msg.properties)))
+
+
 def queue_depth(amqp_url: str, queue: str) -> int:
     with Connection(amqp_url) as conn:
         return int(conn.channel().queue_declare(queue, passive=True).message_count)
@@ -169,7 +192,7 @@ def queued_ids(client: Any, prefix: str) -> set[str]:
     for item in raw:
         message = json.loads(item) if isinstance(item, str | bytes) else item
         kwargs = json.loads(base64.b64decode(message["body"]))[1]
-        tick = Tick(kwargs["entry"], kwargs["scheduled_at"], "", 0, int(kwargs.get("batch") or 1))
+        tick = Tick(kwargs["entry"], kwargs["scheduled_at"], 0, int(kwargs.get("batch") or 1))
         ids.update(out.message_id for out in tick.messages())
     return ids
 

@@ -72,11 +72,9 @@ class FakeStream:
         self,
         exchange: str,
         routing_key: str,
-        content_type: str,
-        properties: Mapping[str, Any],
-        items: Sequence[tuple[Delivery, bytes]],
+        items: Sequence[tuple[Delivery, bytes, Mapping[str, Any]]],
     ) -> None:
-        for delivery, body in items:
+        for delivery, body, properties in items:
             delivery.published_at = self.clock()
             self.unanswered[self.tracker.published(delivery)] = delivery
             self.sent.append((exchange, routing_key, body, dict(properties)))
@@ -153,12 +151,12 @@ class Recorder:
 def policy(answer: Answer, limits: Limits = LIMITS) -> tuple[TickPolicy, FakeStream, Recorder]:
     clock = Clock()
     stream, listener = FakeStream(clock, answer), Recorder()
-    p = TickPolicy(stream, listener, limits, "message", clock=clock, sleep=clock.sleep)
+    p = TickPolicy(stream, listener, limits, clock=clock, sleep=clock.sleep)
     return p, stream, listener
 
 
 def tick(batch: int = 1) -> Tick:
-    return Tick("e", T0, "example.text", number=1, batch=batch)
+    return Tick("e", T0, number=1, batch=batch)
 
 
 def always(said: str | None) -> Answer:
@@ -268,7 +266,7 @@ def test_a_connection_lost_while_opening_the_channel_costs_one_attempt() -> None
 
 def test_a_tick_past_its_deadline_is_not_published() -> None:
     p, stream, listener = policy(always("ack"))
-    late = Tick("e", T0 - 601, "example.text", number=1)
+    late = Tick("e", T0 - 601, number=1)
     with pytest.raises(TickFailed, match="TICK_DEADLINE=600 s passed before it could be published"):
         p.publish(late)
     assert stream.sent == [] and listener.published == []
@@ -287,15 +285,15 @@ def test_outcomes_the_listener_could_not_take_are_reported_again() -> None:
     with pytest.raises(StatsUnavailable):
         p.publish(tick())
     # Then the next tick reports them along with its own
-    p.publish(Tick("e", T0 + 1, "example.text", number=2))
+    p.publish(Tick("e", T0 + 1, number=2))
     assert listener.outcomes == [("e@1795000000000", "acked"), ("e@1795000001000", "acked")]
 
 
-def test_a_body_that_cannot_be_built_leaves_nothing_pending(
+def test_an_unexpected_error_fails_the_tick_and_leaves_nothing_pending(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given a tick of 10 whose 6th body cannot be built
-    p, _, listener = policy(always("ack"))
+    # Given a tick of 10 whose 6th body cannot be built, by a bug
+    p, stream, listener = policy(always("ack"))
     real = message.body
 
     def body(t: Tick, out: Outgoing, published_at: float) -> bytes:
@@ -304,12 +302,46 @@ def test_a_body_that_cannot_be_built_leaves_nothing_pending(
         return real(t, out, published_at)
 
     monkeypatch.setattr(message, "body", body)
-    with pytest.raises(RuntimeError, match="a bug"):
+    with pytest.raises(TickFailed, match="unexpected error: RuntimeError: a bug"):
         p.publish(tick(batch=10))
     monkeypatch.setattr(message, "body", real)
-    p.publish(Tick("e", T0 + 1, "example.text", number=11))
+    p.publish(Tick("e", T0 + 1, number=11))
     # Then every message reported as published was settled: none stays pending. The
     # first window of 4 went out and was acked; the second, reported with the bad
-    # body, was never sent: unconfirmed.
+    # body, was never sent: unconfirmed. The 6 not acked failed, with the bug's words.
     assert len(listener.outcomes) == len(listener.published) == 9
     assert listener.count("unconfirmed") == 4
+    [(failed, reason)] = listener.failures
+    assert failed == [f"e@1795000000000.{i}" for i in range(4, 10)]
+    assert reason == "unexpected error: RuntimeError: a bug"
+    assert stream.abandoned == 1
+
+
+def test_a_payload_that_raises_fails_the_tick_with_nothing_published() -> None:
+    def payload(**_: Any) -> None:
+        raise ValueError("no data yet")
+
+    p, stream, listener = policy(always("ack"))
+    recipe = message.Recipe(payload=payload, payload_name="m:snapshot")
+    with pytest.raises(TickFailed, match="payload m:snapshot raised ValueError: no data yet"):
+        p.publish(Tick("snap", T0, 1, recipe=recipe))
+    assert stream.sent == [] and listener.published == []
+    assert listener.failures == [
+        (["snap@1795000000000"], "payload m:snapshot raised ValueError: no data yet")
+    ]
+
+
+def test_a_payload_is_called_once_per_tick_however_many_attempts() -> None:
+    calls: list[int] = []
+
+    def payload(message_number: int, **_: Any) -> dict[str, int]:
+        calls.append(message_number)
+        return {"n": len(calls)}
+
+    p, stream, _ = policy(lambda message_id, attempt: "nack" if attempt == 1 else "ack")
+    recipe = message.Recipe(payload=payload, payload_name="m:count")
+    result = p.publish(Tick("snap", T0, 7, recipe=recipe))
+    assert result.attempts == 2 and calls == [7]
+    assert [body for _, _, body, _ in stream.sent] == [b'{"n": 1}', b'{"n": 1}']
+    headers = [props["application_headers"] for _, _, _, props in stream.sent]
+    assert headers == [{"x-message-number": 7, "x-scheduled-at": T0}] * 2

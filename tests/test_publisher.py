@@ -16,7 +16,7 @@ from kombu.entity import Exchange, Queue
 
 from pubtasks.errors import TickFailed, TopologyError
 from pubtasks.framing import Frames
-from pubtasks.message import Tick
+from pubtasks.message import Recipe, Tick
 from pubtasks.publisher import Publisher
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
@@ -34,7 +34,10 @@ def publisher(settings: Settings, stats: Stats) -> Iterator[Publisher]:
 
 
 def tick(stats: Stats, routing_key: str = "example.text") -> Tick:
-    return Tick("publish-text", math.floor(time.time() * 10) / 10, routing_key, stats.next_number())
+    recipe = Recipe(routing_key=routing_key)
+    return Tick(
+        "publish-text", math.floor(time.time() * 10) / 10, stats.next_number(), recipe=recipe
+    )
 
 
 @pytest.mark.parametrize("batch_writes", [True, False], ids=["batched", "basic_publish"])
@@ -56,8 +59,15 @@ def test_a_tick_is_published_persistent_confirmed_and_counted(
     assert got.properties["app_id"] == "pubtasks"
     assert got.properties["content_type"] == "application/json"
     assert got.properties["delivery_mode"] == 2
-    # Nothing else: within 64 bytes RabbitMQ takes a message faster (message.properties)
-    assert set(got.properties) == {"message_id", "app_id", "content_type", "delivery_mode"}
+    assert t.scheduled_at - 1 <= got.properties["timestamp"] <= time.time()
+    # Nothing else: kombu's filler properties (an empty headers table, priority 0) are not sent
+    assert set(got.properties) == {
+        "message_id",
+        "app_id",
+        "content_type",
+        "delivery_mode",
+        "timestamp",
+    }
     snap = stats.snapshot()
     assert (snap.totals.published, snap.totals.acked, snap.totals.pending) == (1, 1, 0)
     assert snap.totals.last_confirmed_number == 1
@@ -183,7 +193,7 @@ def test_a_batch_streams_through_a_window_and_is_counted_exactly(
     p = batch_publisher(settings, stats, confirm_window=32)
     in_flight = watch_in_flight(p)
     try:
-        t = Tick("bulk", math.floor(time.time()), "example.text", stats.next_number(500), 500)
+        t = Tick("bulk", math.floor(time.time()), stats.next_number(500), 500)
         assert p.publish_tick(t).outcome == "acked"
     finally:
         p.close()
@@ -217,7 +227,7 @@ def test_nacks_with_the_multiple_flag_are_each_counted_once(
                 lambda tag, multiple, kind=kind: answers.append((kind, tag, multiple))
             )
         # When a tick of 300 messages is published, 64 at a time
-        t = Tick("bulk", math.floor(time.time()), "example.text", stats.next_number(300), 300)
+        t = Tick("bulk", math.floor(time.time()), stats.next_number(300), 300)
         with pytest.raises(TickFailed, match="gave up after 2 attempts: 250 nacked"):
             p.publish_tick(t)
     finally:
@@ -251,10 +261,10 @@ def test_a_batch_that_fails_half_way_counts_as_unconfirmed_on_a_new_channel(
     try:
         p.stream.ensure()
         broken = set(p.stream.connection.connection.channels.values())
-        with pytest.raises(RuntimeError, match="a bug"):
-            p.publish_tick(Tick("bulk", time.time(), "example.text", stats.next_number(100), 100))
-        # Then the next tick goes out on a new channel (the broken one's delivery tags no
-        # longer match) and settles the 64 as unconfirmed
+        with pytest.raises(TickFailed, match="unexpected error: RuntimeError: a bug"):
+            p.publish_tick(Tick("bulk", time.time(), stats.next_number(100), 100))
+        # Then the tick failed with the bug as its reason, the 64 sent are unconfirmed, and
+        # the next tick goes out on a new channel (the broken one's tags no longer match)
         assert p.publish_tick(tick(stats)).outcome == "acked"
         assert not broken & set(p.stream.connection.connection.channels.values()) - {
             p.stream.connection.connection  # channel 0 is the connection itself
@@ -263,7 +273,7 @@ def test_a_batch_that_fails_half_way_counts_as_unconfirmed_on_a_new_channel(
         p.close()
     assert [m.body["message_number"] for m in drain(amqp_url, "text")] == [101]
     t = stats.snapshot().totals
-    assert (t.published, t.acked, t.unconfirmed, t.pending) == (65, 1, 64, 0)
+    assert (t.published, t.acked, t.unconfirmed, t.pending, t.failed) == (65, 1, 64, 0, 100)
 
 
 def test_closing_while_rabbitmq_is_silently_unreachable_returns(

@@ -10,7 +10,14 @@ import pytest
 
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.errors import ChannelLost
-from pubtasks.rabbitmq import Channel, ConfirmStream, Options, Transport
+from pubtasks.rabbitmq import (
+    Channel,
+    ConfirmStream,
+    Options,
+    Transport,
+    kombu_expiration,
+    publish_arguments,
+)
 from pubtasks.settings import Settings
 from pubtasks.topology import Topology
 from pubtasks.waiting import wait_for
@@ -44,7 +51,10 @@ def settle_all(stream: ConfirmStream, timeout: float = 10) -> list[Settled]:
 
 
 def publish(stream: ConfirmStream, items: list[tuple[Delivery, bytes]], key: str) -> None:
-    stream.publish("message", key, "application/json", {"delivery_mode": 2}, items)
+    props = {"content_type": "application/json", "delivery_mode": 2}
+    stream.publish(
+        "message", key, [(d, body, {**props, "message_id": d.message_id}) for d, body in items]
+    )
 
 
 @pytest.mark.parametrize("batch_writes", [True, False], ids=["batched", "basic_publish"])
@@ -133,3 +143,14 @@ def test_a_stream_is_used_by_the_thread_that_made_it(stream: ConfirmStream) -> N
     t.join(10)
     assert len(errors) == 1 and "thread" in str(errors[0])
     assert stream.in_flight == 0
+
+
+@pytest.mark.parametrize("milliseconds", [1, 999, 1001, 60000, 86_400_000, 2**40 - 1])
+def test_a_message_ttl_reaches_kombu_as_the_exact_milliseconds(milliseconds: int) -> None:
+    # kombu takes seconds and sends str(int(seconds * 1000))
+    seconds = publish_arguments({"expiration": str(milliseconds)})["expiration"]
+    assert str(int(seconds * 1000)) == str(milliseconds)
+
+
+def test_every_ttl_up_to_a_million_milliseconds_survives_kombus_conversion() -> None:
+    assert all(int(kombu_expiration(str(m)) * 1000) == m for m in range(1, 1_000_001))

@@ -10,13 +10,16 @@ from pubtasks.settings import Settings, mask_url
 
 def test_defaults_are_the_pika_examples() -> None:
     s = Settings.load({}, {})
-    assert (s.exchange, s.exchange_type, s.queue, s.routing_key) == (
-        "message",
-        "topic",
+    assert (s.exchange, s.routing_key) == ("message", "example.text")
+    [exchange] = s.exchanges
+    assert (exchange.name, exchange.type, exchange.durable) == ("message", "topic", True)
+    [queue] = s.queues
+    assert (queue.name, queue.exchange.name, queue.routing_key) == (
         "text",
+        "message",
         "example.text",
     )
-    assert s.binding_key == "example.text"
+    assert queue.durable
     assert s.publish_interval == 1.0
     assert s.amqp_url == "amqp://guest:guest@localhost:5672//"
     assert s.redis_url == "redis://localhost:6379/0"
@@ -27,7 +30,8 @@ def test_celeryconfig_values_override_defaults() -> None:
         {"PUBLISH_INTERVAL": "0.5"},
         {"EXCHANGE": "x", "ROUTING_KEY": "a.b", "STATS_PREFIX": "p:", "PUBLISH_ATTEMPTS": 3},
     )
-    assert (s.exchange, s.routing_key, s.binding_key, s.stats_prefix) == ("x", "a.b", "a.b", "p:")
+    assert (s.exchange, s.routing_key, s.stats_prefix) == ("x", "a.b", "p:")
+    assert (s.queues[0].exchange.name, s.queues[0].routing_key) == ("x", "a.b")  # BINDING_KEY
     assert s.publish_interval == 0.5
     assert s.publish_attempts == 3
 

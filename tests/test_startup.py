@@ -162,3 +162,48 @@ def test_celeryconfig_overrides_the_package_s_celery_defaults(tmp_path: Path) ->
         "pubtasks: task_acks_late in celeryconfig does not apply to pubtasks.publish, "
         "which keeps acks_late=True"
     ]
+
+
+@pytest.mark.parametrize(
+    ("case", "entry", "expected"),
+    [
+        (
+            "misspelt task",
+            "{'task': 'pubtasks.pubish', 'schedule': every()}",
+            "task 'pubtasks.pubish' is not a registered task; did you mean 'pubtasks.publish'?",
+        ),
+        (
+            "schedule 'soon'",
+            "{'task': 'pubtasks.publish', 'schedule': 'soon'}",
+            "'schedule' 'soon' is not a schedule",
+        ),
+        (
+            "every(-1)",
+            "{'task': 'pubtasks.publish', 'schedule': every(-1)}",
+            "every(-1) is not a positive interval",
+        ),
+        (
+            "routing_key 5",
+            "{'task': 'pubtasks.publish', 'schedule': every(), 'kwargs': {'routing_key': 5}}",
+            "'routing_key' 5 is a int; give a string",
+        ),
+        (
+            "undeclared exchange",
+            "{'task': 'pubtasks.publish', 'schedule': every(), 'kwargs': {'exchange': 'nope'}}",
+            "exchange 'nope' is not declared",
+        ),
+        (
+            "payload not importable",
+            "{'task': 'pubtasks.publish', 'schedule': every(), 'kwargs': {'payload': 'nomod:f'}}",
+            "payload: 'nomod:f' cannot be imported",
+        ),
+    ],
+)
+def test_a_bad_schedule_entry_stops_the_worker_with_one_line(
+    worker: Worker, worker_dir: Path, prefix: str, case: str, entry: str, expected: str
+) -> None:
+    write_config(worker_dir, prefix, f"beat_schedule = {{'bad': {entry}}}\n")
+    code, [line] = run_until_exit(worker, f"beat_schedule entry: {case}")
+    assert code != 0
+    assert line.startswith("pubtasks: error: beat_schedule entry 'bad': "), line
+    assert expected in line

@@ -9,16 +9,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from kombu import Connection, Exchange, Queue
 
+from pubtasks.message import scheduled_at_of
 from pubtasks.stats import Stats
 from pubtasks.waiting import wait_for
 from tests.helpers import (
+    Raw,
     Received,
     Worker,
     close_connections,
     drain,
     queue_depth,
     queued_ids,
+    take,
+    write_config,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -137,3 +142,136 @@ def test_stats_cli_agrees_with_the_queue(
     ).stdout
     assert "publish-text" in table
     assert "invariant            holds" in table
+
+
+#: Four entries at once: the default, a fanout heartbeat of its own, a payload beside
+#: celeryconfig.py, and a payload that always raises.
+ENTRIES = """
+from kombu import Exchange
+
+EXCHANGES = [Exchange("heartbeat", "fanout")]
+beat_schedule = {
+    "publish-text": {"task": "pubtasks.publish", "schedule": every()},
+    "heartbeat": {
+        "task": "pubtasks.publish",
+        "schedule": every(),
+        "kwargs": {
+            "exchange": "heartbeat",
+            "routing_key": "",
+            "body": {"alive": True},
+            "headers": {"مفتاح": " قيمة", "键": "值", "キー": "値"},
+            "properties": {"priority": 5, "expiration": 60000},
+        },
+    },
+    "snapshot": {
+        "task": "pubtasks.publish",
+        "schedule": every(),
+        "kwargs": {"payload": "snapshots:take", "routing_key": "example.text"},
+    },
+    "broken": {
+        "task": "pubtasks.publish",
+        "schedule": every(),
+        "kwargs": {"payload": "snapshots:fail"},
+    },
+}
+"""
+
+ARABIC = {"مفتاح": " قيمة", "键": "值", "キー": "値"}  # the pika example's header keys
+
+SNAPSHOTS = """
+def take(*, entry, scheduled_at, message_number, message_id):
+    return {"entry": entry, "number": message_number, "id": message_id, "at": scheduled_at}
+
+
+def fail(**_):
+    raise RuntimeError("no snapshot today")
+"""
+
+
+def test_each_entry_publishes_its_own_message_and_is_counted_apart(
+    worker: Worker, worker_dir: Path, prefix: str, stats: Stats, amqp_url: str
+) -> None:
+    # Given the real worker with four entries, a payload module beside celeryconfig.py,
+    # and a consumer's queue bound to the fanout before the first heartbeat
+    write_config(worker_dir, prefix, ENTRIES)
+    (worker_dir / "snapshots.py").write_text(SNAPSHOTS)
+    with Connection(amqp_url) as conn:
+        heartbeat = Exchange("heartbeat", "fanout")
+        Queue("watcher", heartbeat, durable=False)(conn.default_channel).declare()
+    worker.start()
+
+    # When each entry has ticked a few times
+    def enough() -> bool:
+        e = stats.snapshot().entries
+        ok = all(
+            name in e and e[name].acked >= 8 for name in ("publish-text", "heartbeat", "snapshot")
+        )
+        return ok and "broken" in e and e["broken"].failed >= 8
+
+    wait_for(enough, 60, "8 ticks of each entry")
+    assert worker.stop() == 0, worker.log
+
+    # Then each entry's messages are its own, and its counters are exact
+    snap = stats.snapshot()
+    in_text = take(amqp_url, "text")
+    hearts = take(amqp_url, "watcher")
+    by_entry: dict[str, list[Raw]] = {"publish-text": [], "snapshot": [], "heartbeat": hearts}
+    for m in in_text:
+        by_entry[m.properties["message_id"].split("@")[0]].append(m)
+    for name, got in by_entry.items():
+        e = snap.entries[name]
+        assert (e.published, e.acked, e.nacked, e.unconfirmed, e.failed) == (
+            len(got),
+            len(got),
+            0,
+            0,
+            0,
+        ), name
+        times = sorted(scheduled_at_of(m.properties["message_id"]) for m in got)
+        assert {round(b - a, 6) for a, b in itertools.pairwise(times)} == {INTERVAL}, name
+        for m in got:
+            p = m.properties
+            assert p["app_id"] == "pubtasks" and p["delivery_mode"] == 2, name
+            assert abs(p["timestamp"] - scheduled_at_of(p["message_id"])) <= 2, name
+
+    for m in by_entry["publish-text"]:
+        assert m.properties["content_type"] == "application/json"
+        assert "application_headers" not in m.properties
+        assert json.loads(m.body)["entry"] == "publish-text"
+    for m in hearts:
+        p = m.properties
+        assert json.loads(m.body) == {"alive": True}
+        assert (p["priority"], p["expiration"], p["content_type"]) == (
+            5,
+            "60000",
+            "application/json",
+        )
+        headers = p["application_headers"]
+        assert {k: headers[k] for k in ("مفتاح", "键", "キー")} == {
+            "مفتاح": " قيمة",
+            "键": "值",
+            "キー": "値",
+        }
+        assert headers["x-scheduled-at"] == scheduled_at_of(p["message_id"])
+    for m in by_entry["snapshot"]:
+        p = m.properties
+        body = json.loads(m.body)
+        assert body == {
+            "entry": "snapshot",
+            "number": p["application_headers"]["x-message-number"],
+            "id": p["message_id"],
+            "at": p["application_headers"]["x-scheduled-at"],
+        }
+    numbers = [json.loads(m.body)["message_number"] for m in by_entry["publish-text"]] + [
+        m.properties["application_headers"]["x-message-number"]
+        for m in hearts + by_entry["snapshot"]
+    ]
+    assert len(set(numbers)) == len(numbers)
+
+    # ... and the raising payload failed each of its ticks, with nothing published
+    broken = snap.entries["broken"]
+    assert (broken.published, broken.pending) == (0, 0) and broken.failed >= 8
+    assert snap.totals.invariant_holds and snap.totals.pending == 0
+    failures = [line for line in worker.log.splitlines() if "no snapshot today" in line]
+    assert failures and all("payload snapshots:fail raised RuntimeError" in f for f in failures)
+    assert "Traceback" not in worker.log
