@@ -35,7 +35,10 @@ def test_bench_json_carries_every_rate(amqp_url: str, redis_url: str) -> None:
         "invariant_holds": True,
     }
     assert got["pubtasks_batch_exact_every_round"] and got["pubtasks_public_exact_every_round"]
-    assert [len(runs) for runs in got["rounds"].values()] == [2, 2, 2]
+    assert [len(runs) for runs in got["rounds"].values()] == [2] * 5
+    # pika with properties of 64 and 96 bytes; the tick's longest message_id: ".299"
+    assert set(got["properties_msgs_per_s"]) == {"64", "96"}
+    assert got["properties_bytes"] == 38 + len("publish-text@1795708650500.299")
     assert "ticks" not in got  # no worker run, and never a broker restart unless asked
     ratio = got["pubtasks_batch_msgs_per_s"] / got["pika_msgs_per_s"]
     assert got["pubtasks_vs_pika"] == pytest.approx(ratio, abs=0.01)

@@ -6,17 +6,30 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from typing import Any
 
+from pubtasks import defaults
 from pubtasks.bench.names import Names
 from pubtasks.bench.report import render
 from pubtasks.bench.services import delete_queues, forget_celery_keys
 from pubtasks.bench.throughput import kombu_confirm, pika_baseline, pubtasks_tick
 from pubtasks.bench.ticks import worker_run
 from pubtasks.celery import app
+from pubtasks.framing import serialize_properties
+from pubtasks.message import Tick, properties
 from pubtasks.settings import Settings, mask_url
 
 THROUGHPUT_PARTS = ("pika", "kombu", "pubtasks", "pubtasks-public")
+#: Sizes of a message's serialised properties, in bytes, that pika publishes with apart:
+#: RabbitMQ took messages whose properties fit in 64 bytes markedly faster (3.10).
+PROPERTY_SIZES = (64, 96)
+
+
+def tick_properties(messages: int) -> dict[str, Any]:
+    """The properties of the last message of the bench's tick (the longest message_id)."""
+    tick = Tick(defaults.DEFAULT_ENTRY, time.time(), 1, messages)
+    return properties(tick, tick.messages()[-1], time.time(), None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,11 +61,18 @@ def throughput(settings: Settings, names: Names, args: argparse.Namespace) -> di
     """Part a. pika and pubtasks (both ways) take turns, each on a fresh queue, ``rounds``
     times: on a shared 2-core machine one run of either varies by 10-20 %; medians do not."""
     url, n, size = settings.amqp_url, args.messages, args.size
-    rates: dict[str, list[float]] = {"pika": [], "pubtasks_batch": [], "pubtasks_public": []}
+    rates: dict[str, list[float]] = {
+        "pika": [],
+        "pubtasks_batch": [],
+        "pubtasks_public": [],
+        **{f"pika_properties_{b}": [] for b in PROPERTY_SIZES},
+    }
     counts: dict[str, list[dict[str, Any]]] = {"pubtasks_batch": [], "pubtasks_public": []}
     queues = [names.queue(part) for part in THROUGHPUT_PARTS]
     for _ in range(args.rounds):
         rates["pika"].append(pika_baseline(url, names, n, size))
+        for b in PROPERTY_SIZES:  # RabbitMQ and the size of the properties, on its own
+            rates[f"pika_properties_{b}"].append(pika_baseline(url, names, n, size, b))
         for way, batch_writes in (("pubtasks_batch", True), ("pubtasks_public", False)):
             rate, counted = pubtasks_tick(settings, names, n, size, batch_writes=batch_writes)
             rates[way].append(rate)
@@ -70,6 +90,8 @@ def throughput(settings: Settings, names: Names, args: argparse.Namespace) -> di
         "rounds": {way: [round(r) for r in rs] for way, rs in rates.items()},
         "pubtasks_vs_pika": round(medians["pubtasks_batch"] / medians["pika"], 2),
         "pubtasks_public_vs_pika": round(medians["pubtasks_public"] / medians["pika"], 2),
+        "properties_msgs_per_s": {b: medians[f"pika_properties_{b}"] for b in PROPERTY_SIZES},
+        "properties_bytes": len(serialize_properties(tick_properties(n))),
         "kombu_confirm_msgs_per_s": round(kombu_confirm(url, names, n, size)),
     }
 

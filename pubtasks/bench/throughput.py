@@ -2,7 +2,10 @@
 
 The pika example's pattern, kombu's ``confirm_publish``, and one pubtasks tick of
 N messages through the confirm window, with and without batched writes. Every
-message is persistent and confirmed; pubtasks also counts each in Redis.
+message is persistent and confirmed; pubtasks also counts each in Redis. pika
+publishes what a pubtasks tick does: bodies of the same size, each message with
+its own ``message_id`` of the same form, and ``app_id``, ``content_type`` and
+``timestamp``.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from kombu.messaging import Producer
 from pubtasks import defaults, message
 from pubtasks.bench.names import Names
 from pubtasks.errors import PubtasksError
-from pubtasks.message import Tick
+from pubtasks.message import Recipe, Tick
 from pubtasks.publisher import Publisher
-from pubtasks.settings import Settings
+from pubtasks.settings import Settings, shorthand
 from pubtasks.stats import Stats
 
 #: The most unconfirmed publishes the pika example keeps in flight.
@@ -39,8 +42,24 @@ def declare_queue(url: str, names: Names, part: str) -> None:
         ).declare()
 
 
-def pika_baseline(url: str, names: Names, count: int, size: int) -> float:
-    """The pika example's pattern: SelectConnection, confirms, at most 256 unconfirmed."""
+#: The serialised properties of a message whose message_id has ``n`` bytes, in bytes:
+#: flags 2, content_type 1 + 16, delivery_mode 1, message_id 1 + n, timestamp 8, app_id 1 + 8.
+PROPERTIES_OVERHEAD = 38
+
+
+def id_width(properties_size: int) -> int:
+    """The message_id length that makes a default message's properties this many bytes."""
+    return properties_size - PROPERTIES_OVERHEAD
+
+
+def pika_baseline(
+    url: str, names: Names, count: int, size: int, properties_size: int | None = None
+) -> float:
+    """The pika example's pattern: SelectConnection, confirms, at most 256 unconfirmed.
+
+    Each message has the properties of a pubtasks tick's: by default the same
+    message_ids; with ``properties_size``, ids padded so the properties are that long.
+    """
     try:
         import pika  # noqa: PLC0415 - optional: only the bench needs it (the bench extra)
     except ImportError:
@@ -48,9 +67,9 @@ def pika_baseline(url: str, names: Names, count: int, size: int) -> float:
 
     declare_queue(url, names, "pika")
     body = payload(size)
-    props = pika.BasicProperties(
-        app_id="example-publisher", content_type="text/plain", delivery_mode=2
-    )
+    # Like for like with a pubtasks tick: the same properties, each message its own id.
+    base_id = message.message_id(defaults.DEFAULT_ENTRY, time.time())
+    width = None if properties_size is None else id_width(properties_size)
     sent, confirmed = 0, 0
     started = ended = 0.0
     outstanding: list[int] = []
@@ -60,6 +79,13 @@ def pika_baseline(url: str, names: Names, count: int, size: int) -> float:
     def publish_more() -> None:
         nonlocal sent
         while sent < count and len(outstanding) < PIKA_WINDOW:
+            props = pika.BasicProperties(
+                app_id=defaults.APP_ID,
+                content_type=message.CONTENT_TYPE,
+                delivery_mode=2,
+                message_id=f"{base_id}.{sent}" if width is None else f"{sent:0{width}d}",
+                timestamp=int(time.time()),
+            )
             channel.basic_publish(names.exchange, "bench.pika", body, props)
             sent += 1
             outstanding.append(sent)
@@ -133,12 +159,13 @@ def pubtasks_tick(
     ``Producer.batch()``; without, each message through py-amqp's ``basic_publish``.
     """
     part = "pubtasks" if batch_writes else "pubtasks-public"
+    exchanges, queues = shorthand(names.exchange, "topic", names.queue(part), f"bench.{part}")
     s = replace(
         settings,
         exchange=names.exchange,
-        queue=names.queue(part),
         routing_key=f"bench.{part}",
-        binding_key=f"bench.{part}",
+        exchanges=exchanges,
+        queues=queues,
         stats_prefix=names.prefix,
         publish_attempts=1,
         batch_writes=batch_writes,
@@ -149,7 +176,8 @@ def pubtasks_tick(
         publisher.stream.ensure()
         # The JSON body with its number and times, padded with "text" to `size` bytes.
         # The default entry's name, so the ids are as long as a user's by default.
-        probe = Tick(defaults.DEFAULT_ENTRY, time.time(), s.routing_key, 1, count, text="")
+        recipe = Recipe(exchange=s.exchange, routing_key=s.routing_key)
+        probe = Tick(defaults.DEFAULT_ENTRY, time.time(), 1, count, recipe, text="")
         overhead = len(message.body(probe, probe.messages()[0], time.time()))
         tick = replace(
             probe, number=stats.next_number(count), text="x" * max(size - overhead - 6, 0)
