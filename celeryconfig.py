@@ -12,33 +12,46 @@ from pubtasks.schedule import every
 
 # -- The schedule -------------------------------------------------------------------
 # Each entry fires the task "pubtasks.publish". `every()` is every PUBLISH_INTERVAL
-# seconds, on the wall-clock grid (tick k at k * interval: no drift). The optional
-# kwarg "routing_key" overrides ROUTING_KEY for that entry; the entry's name labels
-# its statistics in Redis and is part of each message_id.
+# seconds, on the wall-clock grid (tick k at k * interval: no drift). The entry's
+# name labels its statistics in Redis and is part of each message_id. Its "kwargs"
+# say what it publishes and where (see the README, "The schedule and your
+# messages"): exchange, routing_key, body or payload, serializer, headers, properties.
+# Without kwargs an entry publishes the example's message.
 beat_schedule = {
     "publish-text": {
         "task": "pubtasks.publish",
         "schedule": every(),
     },
-    # Another routing key every 5 s (BINDING_KEY below must match it, or the
-    # messages come back from RabbitMQ and count as `returned`):
+    # A body of its own, with a routing key of its own, every 5 s (BINDING_KEY below
+    # must match the key, or the messages come back from RabbitMQ as `returned`):
     # "publish-audit": {
     #     "task": "pubtasks.publish",
     #     "schedule": every(5.0),
-    #     "kwargs": {"routing_key": "example.audit"},
+    #     "kwargs": {
+    #         "routing_key": "example.audit",
+    #         "body": {"audit": True},
+    #         "headers": {"source": "pubtasks"},
+    #         "properties": {"priority": 5, "expiration": 60000},  # TTL in milliseconds
+    #     },
     # },
-    # A crontab entry, at 03:00 UTC every day:
+    # A payload function's result, at 03:00 every day (in Celery's `timezone`, UTC unless set):
     # "publish-nightly": {
     #     "task": "pubtasks.publish",
     #     "schedule": crontab(minute=0, hour=3),
+    #     "kwargs": {"payload": "pubtasks.payloads:load_average"},
     # },
 }
 
 # -- The topology (the pika example's names) -----------------------------------------
-EXCHANGE = "message"
+# The shorthand for one exchange and one queue. For more, give kombu objects instead,
+# as Celery's task_queues are written, and remove EXCHANGE_TYPE, QUEUE and BINDING_KEY:
+# from kombu import Exchange, Queue
+# QUEUES = [Queue("text", Exchange("message", "topic"), routing_key="example.#")]
+# EXCHANGES = [Exchange("heartbeat", "fanout")]  # exchanges that have no queue of ours
+EXCHANGE = "message"  # where an entry publishes unless it names another exchange
 EXCHANGE_TYPE = "topic"
 QUEUE = "text"
-ROUTING_KEY = "example.text"
+ROUTING_KEY = "example.text"  # the routing key of an entry that names none
 BINDING_KEY = "example.text"  # e.g. "example.#" to bind every routing key above
 
 # -- Statistics and publishing ------------------------------------------------------
