@@ -30,7 +30,7 @@ from celery.utils.imports import import_from_cwd
 from kombu import serialization
 
 from pubtasks import defaults
-from pubtasks.errors import BodyError, ConfigError
+from pubtasks.errors import BodyError, ConfigError, kind_of
 from pubtasks.message import NUMBER_HEADER, SCHEDULED_HEADER, Body, Payload, Recipe, encode
 from pubtasks.schedule import every
 
@@ -71,7 +71,7 @@ class Context:
 
 def _short(name: str, what: str, value: Any, hint: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{name}{what} {value!r} is a {type(value).__name__}; {hint}")
+        raise ConfigError(f"{name}{what} {value!r} is {kind_of(value)}; {hint}")
     if len(value.encode("utf-8", "surrogatepass")) > 255:
         raise ConfigError(f"{name}{what} is longer than AMQP's 255 bytes; shorten it")
     return value
@@ -98,7 +98,7 @@ def load_payload(path: Any) -> Payload:
         except AttributeError:
             raise ValueError(f"{path!r}: {module_name!r} has no {attribute!r}") from None
     if not callable(found):
-        raise ValueError(f"{path!r} is a {type(found).__name__}, not a function")
+        raise ValueError(f"{path!r} is {kind_of(found)}, not a function")
     payload: Payload = found
     return payload
 
@@ -114,14 +114,14 @@ def _table(name: str, value: Any, where: str) -> None:
             _table(name, item, f"{where}[{i}]")
     elif not isinstance(value, TABLE_TYPES):
         raise ConfigError(
-            f"{name}{where} is a {type(value).__name__}, which an AMQP table cannot carry; "
+            f"{name}{where} is {kind_of(value)}, which an AMQP table cannot carry; "
             "use strings, numbers, booleans, None, lists and dicts"
         )
 
 
 def _headers(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{name}'headers' must be a dict, not a {type(value).__name__}")
+        raise ConfigError(f"{name}'headers' must be a dict, not {kind_of(value)}")
     _table(name, value, "headers")
     for ours in (NUMBER_HEADER, SCHEDULED_HEADER):
         if ours in value:
@@ -132,7 +132,7 @@ def _headers(name: str, value: Any) -> dict[str, Any]:
 def _properties(name: str, value: Any) -> dict[str, Any]:
     """The entry's AMQP properties, checked, in AMQP's terms (``expiration`` a string of ms)."""
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{name}'properties' must be a dict, not a {type(value).__name__}")
+        raise ConfigError(f"{name}'properties' must be a dict, not {kind_of(value)}")
     where = f"{name}properties: "
     checked: dict[str, Any] = {}
     for key, given in value.items():
@@ -289,9 +289,7 @@ def check_schedule(
     only). Entries of other tasks get their task and schedule checked, nothing more.
     """
     if not isinstance(beat_schedule, Mapping):
-        raise ConfigError(
-            f"beat_schedule must be a dict of entries, not a {type(beat_schedule).__name__}"
-        )
+        raise ConfigError(f"beat_schedule must be a dict of entries, not {kind_of(beat_schedule)}")
     tasks = set(known_tasks or ()) | {defaults.TASK_NAME}
     recipes: dict[str, Recipe] = {}
     for entry, spec in beat_schedule.items():
@@ -300,7 +298,7 @@ def check_schedule(
         name = f"beat_schedule entry {entry!r}: "
         if not isinstance(spec, Mapping):
             raise ConfigError(
-                f"{name}is a {type(spec).__name__}, not a dict; write it as "
+                f"{name}is {kind_of(spec)}, not a dict; write it as "
                 "{'task': 'pubtasks.publish', 'schedule': every()}"
             )
         task = spec.get("task")
@@ -321,10 +319,10 @@ def check_schedule(
             raise ConfigError(f"{name}'args' are not taken; put everything in 'kwargs'")
         kwargs = spec.get("kwargs") or {}
         if not isinstance(kwargs, Mapping):
-            raise ConfigError(f"{name}'kwargs' must be a dict, not a {type(kwargs).__name__}")
+            raise ConfigError(f"{name}'kwargs' must be a dict, not {kind_of(kwargs)}")
         options = spec.get("options") or {}
         if not isinstance(options, Mapping):
-            raise ConfigError(f"{name}'options' must be a dict, not a {type(options).__name__}")
+            raise ConfigError(f"{name}'options' must be a dict, not {kind_of(options)}")
         if "expires" in options:
             raise ConfigError(
                 f"{name}options: 'expires' would let Celery drop a tick unseen; leave it out "

@@ -71,3 +71,9 @@ class BodyError(PublishError):
 
 class TickFailed(PublishError):
     """A tick was given up after its bounded attempts; counted in ``failed``."""
+
+
+def kind_of(value: object) -> str:
+    """The type of ``value`` with its article, for an error line: "an int", "a str"."""
+    name = type(value).__name__
+    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"

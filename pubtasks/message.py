@@ -23,7 +23,7 @@ from kombu import serialization
 from kombu.exceptions import SerializerNotInstalled
 
 from pubtasks import defaults
-from pubtasks.errors import BodyError
+from pubtasks.errors import BodyError, kind_of
 
 #: The content type of the default body.
 CONTENT_TYPE = "application/json"
@@ -81,7 +81,7 @@ def encode(value: Any, serializer: str | None = None) -> Body:
     except Exception as exc:  # kombu's EncodeError, or whatever the serializer raised
         cause = exc.__cause__ or exc
         raise BodyError(
-            f"{serializer} cannot encode a {type(value).__name__}: {type(cause).__name__}: {cause}"
+            f"{serializer} cannot encode {kind_of(value)}: {type(cause).__name__}: {cause}"
         ) from exc
     if isinstance(data, str):
         data = data.encode(content_encoding or "utf-8")
@@ -245,6 +245,7 @@ def properties(tick: Tick, out: Outgoing, published_at: float, own: Body | None)
     return props
 
 
-#: What RabbitMQ handles fastest: the serialised properties of one message, in bytes
-#: (``pubtasks bench`` measures the difference; see docs/performance.md).
+#: The default message's serialised properties stay within this many bytes (for an
+#: entry name of up to 12 characters): longer properties cost RabbitMQ throughput
+#: (``pubtasks bench`` measures 64 against 96 bytes; see docs/performance.md).
 PROPERTIES_BUDGET = 64

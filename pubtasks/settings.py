@@ -29,7 +29,7 @@ from kombu.entity import Exchange, Queue, binding
 
 from pubtasks import defaults
 from pubtasks.entries import Context, check_schedule
-from pubtasks.errors import ConfigError
+from pubtasks.errors import ConfigError, kind_of
 from pubtasks.message import Recipe
 
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
@@ -240,7 +240,7 @@ def _exchange_key(x: Exchange) -> tuple[Any, ...]:
 
 def _check_exchange(where: str, x: Any, seen: dict[str, Exchange]) -> None:
     if not isinstance(x, Exchange):
-        raise ConfigError(f"{where} is a {type(x).__name__}; give a kombu Exchange")
+        raise ConfigError(f"{where} is {kind_of(x)}; give a kombu Exchange")
     if not isinstance(x.name, str) or not x.name:
         raise ConfigError(f"{where} has no name; name it (the default exchange needs no entry)")
     if x.name.startswith("amq."):
@@ -286,15 +286,14 @@ def _queues(cfg: Mapping[str, Any], exchange: str, routing_key: str) -> tuple[An
         )
     if not isinstance(given, list | tuple):
         raise ConfigError(
-            f"QUEUES in celeryconfig.py is a {type(given).__name__}; give a list of "
-            "kombu Queue objects"
+            f"QUEUES in celeryconfig.py is {kind_of(given)}; give a list of kombu Queue objects"
         )
     return (), tuple(given)
 
 
 def _check_queue(where: str, q: Any, names: set[str], seen: dict[str, Exchange]) -> None:
     if not isinstance(q, Queue):
-        raise ConfigError(f"{where} is a {type(q).__name__}; give a kombu Queue")
+        raise ConfigError(f"{where} is {kind_of(q)}; give a kombu Queue")
     if not isinstance(q.name, str) or not q.name:
         raise ConfigError(f"{where} has no name; name the queue")
     if q.name in names:
@@ -315,7 +314,7 @@ def topology(
     extra = cfg.get("EXCHANGES") or []
     if not isinstance(extra, list | tuple):
         raise ConfigError(
-            f"EXCHANGES in celeryconfig.py is a {type(extra).__name__}; give a list of kombu "
+            f"EXCHANGES in celeryconfig.py is {kind_of(extra)}; give a list of kombu "
             "Exchange objects"
         )
     seen: dict[str, Exchange] = {}

@@ -121,7 +121,7 @@ def test_schedules_that_are_schedules(schedule: Any) -> None:
         (entry(payload="tests.payloads:snapshot", serializer="nope"), "serializer 'nope'"),
         (entry(payload="no_such_module:f"), "payload: 'no_such_module:f' cannot be imported"),
         (entry(payload="tests.payloads:missing"), "'tests.payloads' has no 'missing'"),
-        (entry(payload="tests.payloads:NOT_CALLABLE"), "is a int, not a function"),
+        (entry(payload="tests.payloads:NOT_CALLABLE"), "is an int, not a function"),
         (entry(payload="tests.payloads.snapshot"), "not of the form 'package.module:function'"),
         (entry(properties={"priority": 256}), "'priority' 256 is out of range"),
         (entry(properties={"priority": -1}), "'priority' -1 is out of range"),
@@ -144,7 +144,7 @@ def test_schedules_that_are_schedules(schedule: Any) -> None:
         ({"e": {"task": PUBLISH, "schedule": every(-1)}}, "every(-1) is not a positive interval"),
         ({"e": {"task": PUBLISH, "schedule": 0}}, "'schedule' 0 is not a positive interval"),
         ({"e": {"task": PUBLISH}}, "has no 'schedule'"),
-        (entry(routing_key=5), "'routing_key' 5 is a int; give a string"),
+        (entry(routing_key=5), "'routing_key' 5 is an int; give a string"),
         (
             entry(routng_key="a"),
             "'routng_key' is not something an entry can say; did you mean 'routing_key'?",

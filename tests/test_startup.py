@@ -185,7 +185,7 @@ def test_celeryconfig_overrides_the_package_s_celery_defaults(tmp_path: Path) ->
         (
             "routing_key 5",
             "{'task': 'pubtasks.publish', 'schedule': every(), 'kwargs': {'routing_key': 5}}",
-            "'routing_key' 5 is a int; give a string",
+            "'routing_key' 5 is an int; give a string",
         ),
         (
             "undeclared exchange",
