@@ -63,6 +63,24 @@ def test_every_takes_publish_interval_and_fires_on_its_grid(scheduler: Recording
     assert second == pytest.approx(first + 1.0, abs=1e-6)  # the next one, none skipped
 
 
+def test_a_named_time_zone_keeps_every_on_the_utc_grid(tmp_path: Path) -> None:
+    # Given Celery's timezone set to Berlin, as the nightly-command recipe does
+    app = App("test_beat_tz", set_as_current=False, broker="memory://")
+    app.conf.timezone = "Europe/Berlin"
+    app.conf.beat_schedule = {"grid": {"task": "pubtasks.publish", "schedule": every()}}
+    app.use_settings(Settings(publish_interval=1.0))
+    s = Recording(app=app, schedule_filename=str(tmp_path / "beat-schedule"))
+    try:
+        run_until_sent(s, 2)
+    finally:
+        s.close()
+    # Then the ticks are the same instants as in UTC: whole epoch seconds, one apart
+    [(_, first), (_, second)] = s.sent
+    assert first == pytest.approx(round(first), abs=1e-6)
+    assert second == pytest.approx(first + 1.0, abs=1e-6)
+    assert abs(first - time.time()) < 5
+
+
 def test_after_a_tick_beat_wakes_at_the_next_grid_point_however_long_the_send(
     scheduler: Recording,
 ) -> None:
