@@ -43,15 +43,8 @@ class Received:
 
 
 def drain(amqp_url: str, queue: str) -> list[Received]:
-    """Take every message off ``queue`` (basic.get, auto-ack) in arrival order."""
-    got: list[Received] = []
-    with Connection(amqp_url) as conn:
-        channel = conn.channel()
-        while True:
-            msg = channel.basic_get(queue, no_ack=True)
-            if msg is None:
-                return got
-            got.append(Received(json.loads(msg.body), dict(msg.properties)))
+    """Take every message off ``queue`` (basic.get, auto-ack) in arrival order, as JSON."""
+    return [Received(json.loads(m.body), m.properties) for m in take(amqp_url, queue)]
 
 
 @dataclass
