@@ -86,6 +86,12 @@ def _positive(name: str, value: Any, kind: type[int] | type[float]) -> Any:
     return number
 
 
+def _given(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
+    """A celeryconfig value, or ``default`` when it is not set (None counts as not set)."""
+    value = cfg.get(key)
+    return default if value is None else value
+
+
 def _flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{name}={value!r} in celeryconfig.py must be True or False")
@@ -157,8 +163,7 @@ class Settings:
         cfg: Mapping[str, Any] = {} if conf is None else conf
 
         def opt(key: str, default: Any) -> Any:
-            value = cfg.get(key)
-            return default if value is None else value
+            return _given(cfg, key, default)
 
         routing_key = _name("ROUTING_KEY", opt("ROUTING_KEY", defaults.ROUTING_KEY))
         exchange = _name("EXCHANGE", opt("EXCHANGE", defaults.EXCHANGE))
@@ -263,19 +268,14 @@ def _queues(cfg: Mapping[str, Any], exchange: str, routing_key: str) -> tuple[An
     """The shorthand's exchange and queue, or no exchange of its own and ``QUEUES``."""
     given = cfg.get("QUEUES")
     if given is None:
-
-        def opt(key: str, default: str) -> Any:
-            value = cfg.get(key)
-            return default if value is None else value
-
-        exchange_type = opt("EXCHANGE_TYPE", defaults.EXCHANGE_TYPE)
+        exchange_type = _given(cfg, "EXCHANGE_TYPE", defaults.EXCHANGE_TYPE)
         if exchange_type not in EXCHANGE_TYPES:
             raise ConfigError(
                 f"EXCHANGE_TYPE={exchange_type!r} in celeryconfig.py must be one of "
                 + ", ".join(sorted(EXCHANGE_TYPES))
             )
-        queue = _name("QUEUE", opt("QUEUE", defaults.QUEUE))
-        binding_key = _name("BINDING_KEY", opt("BINDING_KEY", routing_key))
+        queue = _name("QUEUE", _given(cfg, "QUEUE", defaults.QUEUE))
+        binding_key = _name("BINDING_KEY", _given(cfg, "BINDING_KEY", routing_key))
         return shorthand(exchange, exchange_type, queue, binding_key)
     shortened = [name for name in SHORTHAND if cfg.get(name) is not None]
     if shortened:
