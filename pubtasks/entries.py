@@ -17,6 +17,7 @@ its reason rather than publishing something else.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -82,6 +83,13 @@ def load_payload(path: Any) -> Payload:
     (the current directory first, then ``sys.path``). Raises ``ValueError`` saying why not."""
     if not isinstance(path, str) or path.count(":") != 1:
         raise ValueError(f"{path!r} is not of the form 'package.module:function'")
+    return _import(path)
+
+
+@functools.lru_cache(maxsize=256)
+def _import(path: str) -> Payload:
+    """Found once per process: each tick makes its recipe again, and importing from the
+    current directory moves ``sys.path`` about. (A failure is not kept: it raises.)"""
     module_name, _, attribute = path.partition(":")
     try:
         found: Any = import_from_cwd(module_name)

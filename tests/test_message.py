@@ -7,6 +7,7 @@ import pickle
 from typing import Any
 
 import pytest
+from kombu.serialization import register, unregister
 
 from pubtasks.errors import BodyError
 from pubtasks.framing import serialize_properties
@@ -182,3 +183,17 @@ def test_a_payload_result_that_cannot_be_encoded_is_a_body_error() -> None:
     tick = Tick("snap", 2.5, 9, recipe=recipe)
     with pytest.raises(BodyError, match=r"^payload tests:sets returned a body that json cannot"):
         recipe.make(tick.entry, tick.scheduled_at, tick.messages()[0])
+
+
+def test_any_serializer_registered_with_kombu_can_encode_a_body() -> None:
+    register(
+        "shout",
+        lambda value: json.dumps(value).upper(),
+        json.loads,
+        content_type="application/x-shout",
+        content_encoding="utf-8",
+    )
+    try:
+        assert encode({"a": "b"}, "shout") == Body(b'{"A": "B"}', "application/x-shout", "utf-8")
+    finally:
+        unregister("shout")
