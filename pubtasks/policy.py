@@ -166,13 +166,11 @@ class TickPolicy:
             self._contain(tick, todo, exc)
 
     def _bodies(self, tick: message.Tick, todo: list[message.Outgoing]) -> dict[str, message.Body]:
-        """The entry's own body of each message, by message_id (none: the default body)."""
+        """The payload's body of each message, by message_id (none without a payload)."""
         recipe = tick.recipe
-        if recipe.payload is not None:
-            return {out.message_id: recipe.make(tick.entry, tick.scheduled_at, out) for out in todo}
-        if recipe.body is not None:
-            return {out.message_id: recipe.body for out in todo}
-        return {}
+        if recipe.payload is None:
+            return {}
+        return {out.message_id: recipe.make(tick.entry, tick.scheduled_at, out) for out in todo}
 
     def _contain(
         self, tick: message.Tick, todo: list[message.Outgoing], exc: Exception
@@ -297,7 +295,7 @@ class TickPolicy:
         now = self.clock()
         items = []
         for out, delivery in batch:
-            own = bodies.get(out.message_id)
+            own = bodies.get(out.message_id, tick.recipe.body)  # None: the default body
             data = message.body(tick, out, now) if own is None else own.data
             items.append((delivery, data, message.properties(tick, out, now, own)))
         return items

@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -133,7 +134,7 @@ class Settings:
     def redis_url_masked(self) -> str:
         return mask_url(self.redis_url)
 
-    @property
+    @cached_property
     def context(self) -> Context:
         """What a schedule entry is checked against (``entries.recipe``)."""
         return Context(frozenset(declared_exchanges(self)), self.exchange, self.routing_key)

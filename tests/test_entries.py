@@ -106,7 +106,7 @@ def test_entries_of_other_registered_tasks_are_left_alone() -> None:
     "schedule", [every(), every(0.5), crontab(hour=3, minute=0), timedelta(seconds=5), 5, 0.25]
 )
 def test_schedules_that_are_schedules(schedule: Any) -> None:
-    load({"e": {"task": PUBLISH, "schedule": schedule}})
+    assert set(load({"e": {"task": PUBLISH, "schedule": schedule}}).recipes) == {"e"}
 
 
 # -- what is refused, in one line naming the entry and the field ----------------------------
