@@ -8,7 +8,9 @@ counter updates of ``stats.Stats``:
   pending, under a key unique to that publish;
 - ``settled``: each outcome is counted once (acked, nacked, returned, unconfirmed),
   and a returned message becomes the last error;
-- ``failed``: each message given up is counted failed once, with its reason.
+- ``failed``: each message given up is counted failed once, with its reason;
+- ``done``: which of a tick's messages were counted acked, returned or failed before
+  (its task is a redelivery), so that they are neither published nor counted again.
 
 Publishes left pending by a publisher that died are counted unconfirmed by the
 next publisher that looks (``reap_abandoned``).
@@ -74,9 +76,16 @@ class Accounting:
                 self.stats.error(d.entry, d.message_id, str(d.returned), now)
                 log.warning("message %s %s", d.message_id, d.returned)
 
-    def failed(self, tick: Tick, message_ids: Sequence[str], reason: str) -> None:
+    def failed(self, tick: Tick, outs: Sequence[Outgoing], reason: str) -> None:
         """Count each message given up as failed, once, and make ``reason`` the last error."""
-        self.stats.fail(tick.entry, message_ids, reason, self.clock())
+        failed = [(out.message_id, out.number) for out in outs]
+        self.stats.fail(tick.entry, failed, reason, self.clock())
+
+    def done(self, tick: Tick) -> set[str]:
+        """The message ids of ``tick`` already counted acked, returned or failed (one
+        round trip): a redelivered tick publishes only the others."""
+        indexes = self.stats.done(tick.message_id, tick.batch)
+        return {out.message_id for out in tick.messages() if out.index in indexes}
 
     def reap_abandoned(self, confirm_timeout: float) -> int:
         """Now and then, count publishes left pending by a dead publisher as unconfirmed.

@@ -76,7 +76,9 @@ class Listener(Protocol):
 
     def settled(self, outcomes: Sequence[Settled]) -> None: ...
 
-    def failed(self, tick: message.Tick, message_ids: Sequence[str], reason: str) -> None: ...
+    def failed(self, tick: message.Tick, outs: Sequence[message.Outgoing], reason: str) -> None: ...
+
+    def done(self, tick: message.Tick) -> set[str]: ...
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class Result:
 
     message_id: str
     message_number: int
-    outcome: str  # "acked" or "returned"
+    outcome: str  # "acked", "returned", or "done before" (a redelivery: nothing to do)
     attempts: int
     confirmed_at: float  # when the last confirm of the tick was counted
 
@@ -142,6 +144,8 @@ class TickPolicy:
     def publish(self, tick: message.Tick) -> Result:
         """Publish the tick's message(s) until RabbitMQ acks each, or fail what is left.
 
+        A message counted acked, returned or failed before (the tick is a redelivery:
+        its worker died before Celery's ack) is neither published nor counted again.
         Every basic.publish is reported before it is sent and settled exactly once
         afterwards. Raises ``TickFailed``, ``TopologyError`` or ``AccessRefused``
         after reporting what was given up as failed.
@@ -152,8 +156,12 @@ class TickPolicy:
         ends the tick as failed, with its reason, after what was in flight is
         settled as unconfirmed: no publish is left pending without an outcome.
         """
-        todo = tick.messages()
+        done = self.listener.done(tick)
+        todo = [out for out in tick.messages() if out.message_id not in done]
         self._outcomes = {}
+        if not todo:
+            log.info("tick %s was confirmed or failed before: not published again", tick.message_id)
+            return Result(tick.message_id, tick.number, "done before", 0, self.clock())
         try:
             bodies = self._bodies(tick, todo)
         except BodyError as exc:
@@ -334,6 +342,6 @@ class TickPolicy:
         error: type[PubtasksError] = TickFailed,
     ) -> NoReturn:
         """Report each message in ``todo`` as failed with ``reason``, and raise ``error``."""
-        self.listener.failed(tick, [out.message_id for out in todo], reason)
+        self.listener.failed(tick, todo, reason)
         log.error("tick %s failed: %s", tick.message_id, reason)
         raise error(f"tick {tick.message_id} failed: {reason}") from cause

@@ -38,7 +38,7 @@ class Publisher:
 
     def refuse(self, tick: Tick, reason: str) -> None:
         """Count a tick that cannot be published at all (its kwargs are wrong) as failed."""
-        self.accounting.failed(tick, [out.message_id for out in tick.messages()], reason)
+        self.accounting.failed(tick, tick.messages(), reason)
 
     def close(self) -> None:
         self.stream.close()

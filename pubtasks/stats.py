@@ -12,7 +12,14 @@ key                       type    holds
 ``entries``               set     the schedule entries seen so far
 ``pending``               zset    publishes awaiting a confirm -> publish time
 ``last_error``            hash    at, entry, message_id, reason
-``failed:<message_id>``   string  marks a tick already counted as failed (kept 1 day)
+``failed:<message_id>``   string  the message number of a message counted as failed
+                                  (marks it counted; kept 1 day)
+``done:<tick>``           bitmap  bit i set: message i of the tick was counted acked,
+                                  returned or failed (kept 2 h: a redelivered tick
+                                  publishes only what is not done)
+``workers``               set     the ids of running workers (host.pid.id)
+``worker:<id>``           string  a running worker's reserved deliveries, expires 10 s
+                                  after its last heartbeat
 ``beat:lock``             string  the beat firing ticks (host.pid.id), expires in 10 s
 ``beat:last:<entry>``     string  the scheduled time of the entry's last sent tick
 ``beat:number:<entry>``   string  the entry's latest tick and its first number
@@ -31,6 +38,7 @@ it counts its outcome.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,11 +54,22 @@ from pubtasks.settings import mask_url
 
 COUNTERS = ("published", "acked", "nacked", "returned", "unconfirmed", "failed")
 FAILED_TTL = 24 * 3600
+#: Seconds a tick's done marks are kept. A tick is redelivered within seconds of its
+#: worker's death (``supervision``), or at worst after Celery's visibility_timeout
+#: (3600 s, set in ``pubtasks.celery``): the marks outlive both.
+DONE_TTL = 2 * 3600
 
 # A pending publish is the member "<message_id>#<publisher>.<n>" of the pending zset;
-# message ids are "<entry>@<ms>[.<i>]", so the entry is everything before the last "@".
+# message ids are "<entry>@<ms>[.<i>]", so the entry is everything before the last "@",
+# and the tick is "<entry>@<ms>", message i of it (0 without a batch).
 _ENTRY_OF = """
 local function entry_of(key) return string.match(key, '^(.*)@') or '?' end
+local function mark_done(prefix, message_id, ttl)
+  local tick, i = string.match(message_id, '^(.*@%d+)%.(%d+)$')
+  if not tick then tick, i = message_id, 0 end
+  redis.call('SETBIT', prefix .. tick, tonumber(i), 1)
+  redis.call('EXPIRE', prefix .. tick, ttl)
+end
 """
 
 # One call counts a whole chunk of publishes (a window's worth), so a batch costs one
@@ -78,9 +97,10 @@ return total
 
 # KEYS: totals, pending.
 # ARGV: now, entry key prefix, the highest acked (not returned) message number or 0,
-#       then (key, outcome) per publish; outcome is acked, returned (acked and
-#       returned), nacked or unconfirmed.
+#       done key prefix, done ttl, then (key, outcome) per publish; outcome is acked,
+#       returned (acked and returned), nacked or unconfirmed.
 # Only the caller whose ZREM removes a publish counts it: settling twice counts once.
+# A message counted acked or returned is marked done, in the same call.
 _SETTLE = (
     _ENTRY_OF
     + """
@@ -89,10 +109,13 @@ local function bump(hash, field)
   counts[hash] = counts[hash] or {}
   counts[hash][field] = (counts[hash][field] or 0) + 1
 end
-for i = 4, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   if redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
     counted = counted + 1
     local outcome = ARGV[i + 1]
+    if outcome == 'acked' or outcome == 'returned' then
+      mark_done(ARGV[4], string.match(ARGV[i], '^(.*)#'), ARGV[5])
+    end
     for _, hash in ipairs({KEYS[1], ARGV[2] .. entry_of(ARGV[i])}) do
       if outcome == 'returned' then
         bump(hash, 'acked')
@@ -116,22 +139,29 @@ return counted
 )
 
 # KEYS: failed marker of each message, then totals, last_error, entries.
-# ARGV: ttl, now, entry, entry key prefix, reason, then the message ids.
-_FAIL = """
-local n = #ARGV - 5
+# ARGV: ttl, now, entry, entry key prefix, reason, done key prefix, done ttl, then
+#       (message id, message number) per message.
+_FAIL = (
+    _ENTRY_OF
+    + """
+local n = (#ARGV - 7) / 2
 local totals, last_error, entries = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local failed = 0
 for i = 1, n do
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then failed = failed + 1 end
+  if redis.call('SET', KEYS[i], ARGV[7 + 2 * i], 'NX', 'EX', ARGV[1]) then
+    failed = failed + 1
+    mark_done(ARGV[6], ARGV[6 + 2 * i], ARGV[7])
+  end
 end
 if failed == 0 then return 0 end
 redis.call('SADD', entries, ARGV[3])
 redis.call('HINCRBY', totals, 'failed', failed)
 redis.call('HINCRBY', ARGV[4] .. ARGV[3], 'failed', failed)
-redis.call('HSET', last_error, 'at', ARGV[2], 'entry', ARGV[3], 'message_id', ARGV[6],
+redis.call('HSET', last_error, 'at', ARGV[2], 'entry', ARGV[3], 'message_id', ARGV[8],
            'reason', ARGV[5])
 return failed
 """
+)
 
 # KEYS: totals, beat:number:<entry>.  ARGV: the tick's id, how many numbers.
 # The numbers of the entry's latest tick are kept with its id, so asking again for the
@@ -146,6 +176,16 @@ end
 local first = redis.call('HINCRBY', KEYS[1], 'last_message_number', ARGV[2]) - ARGV[2] + 1
 redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. first)
 return first
+"""
+
+# KEYS: done:<tick>.  ARGV: the tick's batch.  The indexes of its messages done.
+_DONE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local done = {}
+for i = 0, tonumber(ARGV[1]) - 1 do
+  if redis.call('GETBIT', KEYS[1], i) == 1 then done[#done + 1] = i end
+end
+return done
 """
 
 # KEYS: pending, totals.  ARGV: cutoff, entry key prefix, limit.
@@ -192,6 +232,16 @@ class Keys:
     def failed(self, message_id: str) -> str:
         return f"{self.prefix}failed:{message_id}"
 
+    def done(self, tick_id: str) -> str:
+        return f"{self.prefix}done:{tick_id}"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}workers"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}worker:{worker_id}"
+
     @property
     def beat_lock(self) -> str:
         return f"{self.prefix}beat:lock"
@@ -205,7 +255,7 @@ class Keys:
 
 @dataclass(frozen=True)
 class Counts:
-    """The counters of the totals or of one entry, with ``pending`` derived or measured."""
+    """The counters of the totals or of one entry, with ``pending`` measured."""
 
     published: int = 0
     acked: int = 0
@@ -218,12 +268,9 @@ class Counts:
     last_confirmed_at: float | None = None
 
     @classmethod
-    def from_hash(cls, raw: dict[str, str], pending: int | None = None) -> Counts:
+    def from_hash(cls, raw: dict[str, str], pending: int) -> Counts:
+        """The counters of ``raw``; ``pending`` is counted in the pending set, not derived."""
         counters = {name: int(raw.get(name, 0)) for name in COUNTERS}
-        if pending is None:  # one entry: whatever is neither acked, nacked nor unconfirmed
-            pending = counters["published"] - (
-                counters["acked"] + counters["nacked"] + counters["unconfirmed"]
-            )
         number = raw.get("last_confirmed_number")
         at = raw.get("last_confirmed_at")
         return cls(
@@ -285,6 +332,11 @@ class Snapshot:
         }
 
 
+def entry_of(pending_key: str) -> str:
+    """The entry of a pending publish ``<entry>@<ms>[.<i>]#<publisher>.<n>``."""
+    return pending_key.rpartition("#")[0].rpartition("@")[0] or "?"
+
+
 def connect(url: str, retries: int = 10) -> redis.Redis:
     """A Redis client that retries connection errors with a bounded backoff (at most 1 s apart)."""
     return redis.Redis.from_url(
@@ -320,6 +372,7 @@ class Stats:
         self._fail = client.register_script(_FAIL)
         self._reap = client.register_script(_REAP)
         self._number = client.register_script(_NUMBER)
+        self._done = client.register_script(_DONE)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, retries: int = 10) -> Stats:
@@ -363,20 +416,60 @@ class Stats:
             pairs += (x.delivery.key, outcome)
         if not pairs:
             return 0
+        args = [now, k.entry(""), number, k.done(""), DONE_TTL, *pairs]
         with _converted(self._url):
-            return int(
-                self._settle(keys=[k.totals, k.pending], args=[now, k.entry(""), number, *pairs])
-            )
+            return int(self._settle(keys=[k.totals, k.pending], args=args))
 
-    def fail(self, entry: str, message_ids: Sequence[str], reason: str, now: float) -> int:
-        """Count messages given up as failed, each once, and make ``reason`` the last error."""
-        if not message_ids:
+    def fail(self, entry: str, messages: Sequence[tuple[str, int]], reason: str, now: float) -> int:
+        """Count messages given up as failed, each once, and make ``reason`` the last error.
+
+        ``messages`` are (message_id, message number); each is marked done, and its
+        failed marker keeps its number.
+        """
+        if not messages:
             return 0
         k = self.keys
-        keys = [k.failed(m) for m in message_ids] + [k.totals, k.last_error, k.entries]
-        args: list[Any] = [FAILED_TTL, now, entry, k.entry(""), reason, *message_ids]
+        keys = [k.failed(m) for m, _ in messages] + [k.totals, k.last_error, k.entries]
+        args: list[Any] = [FAILED_TTL, now, entry, k.entry(""), reason, k.done(""), DONE_TTL]
+        for message_id, number in messages:
+            args += (message_id, number)
         with _converted(self._url):
             return int(self._fail(keys=keys, args=args))
+
+    def done(self, tick_id: str, batch: int) -> set[int]:
+        """Which messages of tick ``tick_id`` are done: counted acked, returned or failed."""
+        with _converted(self._url):
+            return {int(i) for i in self._done(keys=[self.keys.done(tick_id)], args=[batch])}
+
+    # -- workers' heartbeats (``supervision``) ---------------------------------------------
+
+    def heartbeat(self, worker_id: str, held: Iterable[str], ttl: float) -> None:
+        """Say that worker ``worker_id`` lives, holding these deliveries, for ``ttl`` s."""
+        k = self.keys
+        with _converted(self._url), self.client.pipeline(transaction=False) as pipe:
+            pipe.set(k.worker(worker_id), " ".join(sorted(held)), px=int(ttl * 1000))
+            pipe.sadd(k.workers, worker_id)
+            pipe.execute()
+
+    def forget_worker(self, worker_id: str) -> None:
+        k = self.keys
+        with _converted(self._url), self.client.pipeline(transaction=False) as pipe:
+            pipe.delete(k.worker(worker_id))
+            pipe.srem(k.workers, worker_id)
+            pipe.execute()
+
+    def held_by_live_workers(self) -> set[str]:
+        """The deliveries every live worker says it holds; forgets the workers gone."""
+        k = self.keys
+        with _converted(self._url):
+            ids = sorted(str(i) for i in self.client.smembers(k.workers))
+            if not ids:
+                return set()
+            records = self.client.mget([k.worker(i) for i in ids])
+            gone = [i for i, r in zip(ids, records, strict=True) if r is None]
+            if gone:
+                self.client.srem(k.workers, *gone)
+        return {str(tag) for r in records if r for tag in r.split()}
 
     def error(self, entry: str, message_id: str, reason: str, now: float) -> None:
         """Record ``reason`` as the last error without failing the tick."""
@@ -400,7 +493,7 @@ class Stats:
         with _converted(self._url):
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.hgetall(k.totals)
-                pipe.zcard(k.pending)
+                pipe.zrange(k.pending, 0, -1)
                 pipe.zrange(k.pending, 0, 0, withscores=True)
                 pipe.hgetall(k.last_error)
                 pipe.smembers(k.entries)
@@ -409,12 +502,15 @@ class Stats:
                 for name in sorted(names):
                     pipe.hgetall(k.entry(name))
                 entries = dict(zip(sorted(names), pipe.execute(), strict=True))
+        by_entry = Counter(entry_of(key) for key in pending)
         return Snapshot(
-            totals=Counts.from_hash(totals, pending=int(pending)),
+            totals=Counts.from_hash(totals, pending=len(pending)),
             last_message_number=int(totals.get("last_message_number", 0)),
             oldest_pending_at=float(oldest[0][1]) if oldest else None,
             last_error=last_error,
-            entries={name: Counts.from_hash(raw) for name, raw in entries.items()},
+            entries={
+                name: Counts.from_hash(raw, pending=by_entry[name]) for name, raw in entries.items()
+            },
         )
 
     def clear(self) -> int:

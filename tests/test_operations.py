@@ -88,7 +88,7 @@ def seed(stats: Stats) -> None:
     stats.begin(ds, time.time())
     stats.settle([Settled(d, Outcome.ACKED) for d in ds[:2]], time.time())
     stats.settle([Settled(ds[3], Outcome.NACKED)], time.time())
-    stats.fail("b", ["b@1"], "nacked by RabbitMQ", time.time())
+    stats.fail("b", [("b@1", 4)], "nacked by RabbitMQ", time.time())
 
 
 def free_port() -> int:

@@ -126,6 +126,7 @@ class Recorder:
         self.outcomes: list[tuple[str, str]] = []
         self.failures: list[tuple[list[str], str]] = []
         self.settle_errors: list[Exception] = []
+        self.finished: set[str] = set()  # counted acked, returned or failed
 
     def publishing(self, tick: Tick, outs: Sequence[Outgoing]) -> list[Delivery]:
         self.published += [out.message_id for out in outs]
@@ -140,9 +141,15 @@ class Recorder:
         for x in outcomes:
             kind = "returned" if x.returned else x.outcome.value
             self.outcomes.append((x.delivery.message_id, kind))
+            if x.outcome is Outcome.ACKED:
+                self.finished.add(x.delivery.message_id)
 
-    def failed(self, tick: Tick, message_ids: Sequence[str], reason: str) -> None:
-        self.failures.append((list(message_ids), reason))
+    def failed(self, tick: Tick, outs: Sequence[Outgoing], reason: str) -> None:
+        self.failures.append(([out.message_id for out in outs], reason))
+        self.finished.update(out.message_id for out in outs)
+
+    def done(self, tick: Tick) -> set[str]:
+        return {out.message_id for out in tick.messages()} & self.finished
 
     def count(self, kind: str) -> int:
         return sum(1 for _, k in self.outcomes if k == kind)
@@ -345,3 +352,25 @@ def test_a_payload_is_called_once_per_tick_however_many_attempts() -> None:
     assert [body for _, _, body, _ in stream.sent] == [b'{"n": 1}', b'{"n": 1}']
     headers = [props["application_headers"] for _, _, _, props in stream.sent]
     assert headers == [{"x-message-number": 7, "x-scheduled-at": T0}] * 2
+
+
+def test_a_redelivered_tick_that_was_confirmed_publishes_and_counts_nothing() -> None:
+    # Given a tick published and acked (its worker then died before Celery's ack)
+    p, stream, listener = policy(always("ack"))
+    p.publish(tick())
+    sent, counted = len(stream.sent), list(listener.outcomes)
+    # When Celery delivers the same tick again
+    result = p.publish(tick())
+    # Then nothing is published, and nothing reaches the counters
+    assert (len(stream.sent), listener.outcomes) == (sent, counted)
+    assert (result.outcome, result.attempts) == ("done before", 0)
+
+
+def test_a_redelivered_batch_publishes_only_what_was_not_done() -> None:
+    # Given a batch of 4 whose messages 0 and 2 were acked, and 3 failed, before a crash
+    p, stream, listener = policy(always("ack"))
+    listener.finished = {"e@1795000000000.0", "e@1795000000000.2", "e@1795000000000.3"}
+    # When it is delivered again, only message 1 goes out
+    p.publish(tick(batch=4))
+    assert [props["message_id"] for *_, props in stream.sent] == ["e@1795000000000.1"]
+    assert listener.outcomes == [("e@1795000000000.1", "acked")]

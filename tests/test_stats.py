@@ -60,9 +60,10 @@ def test_entries_are_counted_apart(stats: Stats) -> None:
 
 
 def test_a_failed_tick_is_counted_once_with_its_reason(stats: Stats) -> None:
-    assert stats.fail("e", ["e@1"], "nacked 5 times", now=5.0) == 1
-    assert stats.fail("e", ["e@1"], "nacked 5 times", now=6.0) == 0
-    assert stats.fail("e", ["e@2.0", "e@2.1", "e@1"], "batch given up", now=7.0) == 2
+    assert stats.fail("e", [("e@1", 1)], "nacked 5 times", now=5.0) == 1
+    assert stats.fail("e", [("e@1", 1)], "nacked 5 times", now=6.0) == 0
+    given_up = [("e@2.0", 2), ("e@2.1", 3), ("e@1", 1)]
+    assert stats.fail("e", given_up, "batch given up", now=7.0) == 2
     snap = stats.snapshot()
     assert snap.totals.failed == 3
     assert snap.entries["e"].failed == 3
@@ -72,6 +73,8 @@ def test_a_failed_tick_is_counted_once_with_its_reason(stats: Stats) -> None:
         "message_id": "e@2.0",
         "reason": "batch given up",
     }
+    # Each failed marker keeps its message's number (the fault suite accounts by number)
+    assert stats.client.get(stats.keys.failed("e@2.1")) == "3"
 
 
 def test_reaping_counts_abandoned_publishes_as_unconfirmed(stats: Stats) -> None:
@@ -107,3 +110,44 @@ def test_a_tick_keeps_its_numbers_when_asked_again(stats: Stats) -> None:
     assert stats.tick_number("e", "e@2000", 1) == 4
     assert stats.tick_number("other", "other@2000", 1) == 5
     assert stats.snapshot().last_message_number == 5
+
+
+def test_what_was_counted_acked_returned_or_failed_is_marked_done(stats: Stats) -> None:
+    # Given a tick of 4 messages: 0 acked, 1 nacked, 2 returned, 3 failed
+    ds = [Delivery(f"e@7.{i}#x", f"e@7.{i}", "e", i + 1) for i in range(4)]
+    stats.begin(ds, now=1.0)
+    returned = Delivery(ds[2].key, ds[2].message_id, "e", 3, returned="unroutable")
+    settled = [Settled(ds[0], Outcome.ACKED), Settled(ds[1], Outcome.NACKED)]
+    stats.settle([*settled, Settled(returned, Outcome.ACKED)], now=2.0)
+    stats.fail("e", [("e@7.3", 4)], "gave up", now=3.0)
+    # Then 0, 2 and 3 are done (a redelivery publishes message 1 only); so is a lone tick
+    assert stats.done("e@7", 4) == {0, 2, 3}
+    stats.begin([delivery(8)], now=4.0)
+    assert stats.done("e@8", 1) == set()
+    stats.settle([Settled(delivery(8), Outcome.ACKED)], now=5.0)
+    assert stats.done("e@8", 1) == {0}
+    assert 0 < stats.client.ttl(stats.keys.done("e@8")) <= 2 * 3600
+
+
+def test_an_entrys_pending_is_counted_in_the_pending_set(stats: Stats) -> None:
+    # Given two publishes of entry a, begun
+    stats.begin([delivery(1, "a"), delivery(2, "a")], now=1.0)
+    assert stats.snapshot().entries["a"].pending == 2
+    # When one vanishes from the pending set without an outcome (a lost write)
+    stats.client.zrem(stats.keys.pending, "a@1#x")
+    # Then the entry's invariant says so: pending is measured, not derived
+    snap = stats.snapshot()
+    assert snap.entries["a"].pending == 1
+    assert not snap.entries["a"].invariant_holds and not snap.totals.invariant_holds
+
+
+def test_live_workers_say_what_they_hold_and_gone_ones_are_forgotten(stats: Stats) -> None:
+    stats.heartbeat("w1", ["t1", "t2"], ttl=10)
+    stats.heartbeat("w2", [], ttl=10)
+    stats.heartbeat("w3", ["t3"], ttl=10)
+    assert stats.held_by_live_workers() == {"t1", "t2", "t3"}
+    # w3's heartbeat expires (it was killed); w1 stops cleanly
+    stats.client.delete(stats.keys.worker("w3"))
+    stats.forget_worker("w1")
+    assert stats.held_by_live_workers() == set()
+    assert stats.client.smembers(stats.keys.workers) == {"w2"}
