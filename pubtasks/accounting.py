@@ -38,6 +38,12 @@ def publisher_id() -> str:
     return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
 
 
+def abandoned_after(confirm_timeout: float) -> float:
+    """Seconds after which a pending publish belongs to a dead publisher: a live one
+    settles every publish within ``confirm_timeout``."""
+    return 2 * confirm_timeout + 10
+
+
 class Accounting:
     """Writes what the tick policy reports to the counters in Redis."""
 
@@ -94,7 +100,7 @@ class Accounting:
         pending much longer belongs to a process that was killed mid-publish.
         """
         now = self.clock()
-        older_than = 2 * confirm_timeout + 10
+        older_than = abandoned_after(confirm_timeout)
         if now - self._last_reap < older_than / 2:
             return 0
         self._last_reap = now

@@ -22,6 +22,7 @@ from pubtasks import defaults, startup
 from pubtasks.errors import ConfigError
 from pubtasks.schedule import every
 from pubtasks.settings import REDIS_SCHEMES, Settings, check_url
+from pubtasks.supervision import Supervision
 
 log = logging.getLogger("pubtasks")
 
@@ -83,6 +84,7 @@ class App(Celery):  # type: ignore[misc]
 
 
 app = App("pubtasks", include=["pubtasks.tasks"])
+app.steps["worker"].add(Supervision)
 
 
 @app.on_configure.connect  # type: ignore[untyped-decorator]

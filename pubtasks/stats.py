@@ -12,7 +12,7 @@ key                       type    holds
 ``entries``               set     the schedule entries seen so far
 ``pending``               zset    publishes awaiting a confirm -> publish time
 ``last_error``            hash    at, entry, message_id, reason
-``failed:<message_id>``   string  the message number of a message counted as failed
+``failed:<message_id>``   string  "<number> <reason>" of a message counted as failed
                                   (marks it counted; kept 1 day)
 ``done:<tick>``           bitmap  bit i set: message i of the tick was counted acked,
                                   returned or failed (kept 2 h: a redelivered tick
@@ -148,7 +148,7 @@ local n = (#ARGV - 7) / 2
 local totals, last_error, entries = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local failed = 0
 for i = 1, n do
-  if redis.call('SET', KEYS[i], ARGV[7 + 2 * i], 'NX', 'EX', ARGV[1]) then
+  if redis.call('SET', KEYS[i], ARGV[7 + 2 * i] .. ' ' .. ARGV[5], 'NX', 'EX', ARGV[1]) then
     failed = failed + 1
     mark_done(ARGV[6], ARGV[6 + 2 * i], ARGV[7])
   end
@@ -424,7 +424,7 @@ class Stats:
         """Count messages given up as failed, each once, and make ``reason`` the last error.
 
         ``messages`` are (message_id, message number); each is marked done, and its
-        failed marker keeps its number.
+        failed marker keeps its number and the reason.
         """
         if not messages:
             return 0

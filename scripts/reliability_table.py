@@ -18,6 +18,10 @@ def version(command: list[str]) -> str:
     return out.strip().splitlines()[0] if out.strip() else "unknown"
 
 
+def na(value: object) -> str:
+    return "n/a" if value is None else str(value)
+
+
 def cell(value: object) -> str:
     return str(value).replace("|", "\\|")
 
@@ -39,35 +43,44 @@ def main(path: str) -> None:
         f"{version(['redis-server', '--version']).split(' sha=')[0]}.\n"
     )
     print(
-        "| scenario | ticks scheduled | delivered | duplicates (same message_id) "
-        "| lost | failed, with reason | counters' invariant held | recovery time | notes |"
+        "| scenario | ticks scheduled | delivered | duplicates (same message_id) | lost "
+        "| grid points missed | stranded in Redis | failed, with reason "
+        "| counters' invariant held | recovery time | notes |"
     )
-    print("|---|---:|---:|---:|---:|---|---|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---|")
     for r in rows:
         failed = str(r["failed"]) + (f": {r['reason']}" if r["reason"] else "")
         recovery = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.2f} s"
         notes = r["notes"]
         if r.get("queued"):
             notes += (
-                f"{'; ' if notes else ''}{r['queued']} still queued in Redis when the worker "
-                "stopped (beat fires until the end of a warm shutdown), for the next start"
+                f"{'; ' if notes else ''}{r['queued']} ticks still queued when the worker "
+                "stopped (beat fires until the end of a warm shutdown), published by the next "
+                "start"
             )
         if r.get("unconfirmed"):
             notes += f"{'; ' if notes else ''}{r['unconfirmed']} publish(es) unconfirmed, retried"
+        invariant = {True: "yes", False: "NO", None: "n/a"}[r["invariant"]]
         print(
             f"| {cell(r['scenario'])} | {r['scheduled']} | {r['delivered']} | {r['duplicates']} "
-            f"| {r['lost']} | {cell(failed)} | {'yes' if r['invariant'] else 'NO'} "
-            f"| {recovery} | {cell(notes)} |"
+            f"| {na(r['lost'])} | {na(r.get('missed'))} | {r.get('stranded', 0)} "
+            f"| {cell(failed)} | {invariant} | {recovery} | {cell(notes)} |"
         )
     print(
         "\nColumns: *ticks scheduled* is the message numbers beat allocated (with\n"
         "`PUBLISH_BATCH`, messages); *delivered* is the distinct `message_id`s consumed from\n"
-        "queue `text`; *lost* is what is neither delivered, counted failed, counted returned\n"
-        "nor still queued in Redis, and also counts any grid point missing between the\n"
-        "first and the last tick; *invariant* is `published == acked + nacked + unconfirmed\n"
-        "+ pending` with nothing pending; *recovery time* runs from the end of the fault\n"
-        "(broker accepting connections, network restored, Redis answering...) to the next\n"
-        "confirmed publish. In the nack scenario every publish also lands in `text` (the\n"
+        "queue `text`; *lost* is the allocated numbers that are neither in a delivered\n"
+        "message nor in a failed marker, less the messages counted returned (unroutable);\n"
+        "*grid points missed* is, apart from that, the points of the tick grid between the\n"
+        "first and the last tick that no delivered or failed message has (n/a when the\n"
+        "scenario has no fixed grid); *stranded* is the ticks still queued or reserved in\n"
+        "Redis at the end. Each scenario ends by starting a worker without beat that\n"
+        "publishes whatever was still queued, as the next start would, so stranded is\n"
+        "measured after it. *invariant* is `published == acked + nacked + unconfirmed +\n"
+        "pending` with nothing pending; *recovery time* runs from the end of the fault\n"
+        "(broker accepting connections, network restored, Redis answering...) or from the\n"
+        "kill to the next confirmed publish. n/a: nothing was scheduled, so there is\n"
+        "nothing to count. In the nack scenario every publish also lands in `text` (the\n"
         "rejecting queue nacks it, `text` takes it), so a message retried after a nack\n"
         "arrives more than once, with its `message_id` unchanged."
     )

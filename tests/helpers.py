@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
+import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +12,14 @@ from typing import Any
 
 from kombu.connection import Connection
 
+from pubtasks.bench.ledger import Raw, account, queued_ids, take
 from pubtasks.bench.services import rabbitmqctl
 from pubtasks.bench.worker import Worker, celery_isolation
 from pubtasks.bench.worker import write_config as write_worker_config
-from pubtasks.message import Tick, scheduled_at_of
+from pubtasks.defaults import DEFAULT_ENTRY
 from pubtasks.waiting import wait_for
 
-__all__ = ["Worker", "celery_isolation", "rabbitmqctl"]
+__all__ = ["Raw", "Worker", "celery_isolation", "queued_ids", "rabbitmqctl", "take"]
 
 RABBIT = os.environ.get("PUBTASKS_TEST_RABBIT", "amqp://guest:guest@127.0.0.1:5672")
 REDIS = os.environ.get("PUBTASKS_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -45,29 +46,6 @@ class Received:
 def drain(amqp_url: str, queue: str) -> list[Received]:
     """Take every message off ``queue`` (basic.get, auto-ack) in arrival order, as JSON."""
     return [Received(json.loads(m.body), m.properties) for m in take(amqp_url, queue)]
-
-
-@dataclass
-class Raw:
-    """One message taken off a queue, its body as it came."""
-
-    body: bytes
-    properties: dict[str, Any]
-
-
-def take(amqp_url: str, queue: str) -> list[Raw]:
-    """Take every message off ``queue`` (basic.get, auto-ack) as it is, in arrival order."""
-    got: list[Raw] = []
-    with Connection(amqp_url) as conn:
-        channel = conn.channel()
-        while True:
-            msg = channel.basic_get(queue, no_ack=True)
-            if msg is None:
-                return got
-            body = msg.body  # py-amqp decodes a body that names its content_encoding
-            if isinstance(body, str):
-                body = body.encode(msg.properties["content_encoding"])
-            got.append(Raw(bytes(body), dict(msg.properties)))
 
 
 def queue_depth(amqp_url: str, queue: str) -> int:
@@ -107,16 +85,50 @@ class Row:
     scheduled: int
     delivered: int
     duplicates: int
-    lost: int
+    lost: int | None
     failed: int
     reason: str
-    invariant: bool
+    invariant: bool | None
     recovery_s: float | None
     notes: str = ""
     received: int = 0
     unconfirmed: int = 0
     queued: int = 0
+    missed: int | None = 0
+    stranded: int = 0
     ids: set[str] | None = None
+
+    @property
+    def accounted(self) -> bool:
+        """No number lost, no grid point missed (None: no fixed grid to check), nothing
+        left in Redis's queue."""
+        return self.lost == 0 and not self.missed and self.stranded == 0
+
+
+def backlog(stats: Any) -> int:
+    """Ticks still in Celery's Redis queue or reserved (``unacked``) under the test's prefix."""
+    prefix = stats.keys.prefix
+    return int(stats.client.llen(f"{prefix}celery")) + int(stats.client.hlen(f"{prefix}unacked"))
+
+
+def finish(cwd: Path, env: dict[str, str], stats: Any, timeout: float = 120) -> int:
+    """End a scenario as the next start would: a worker without beat publishes what is
+    still queued in Redis (or reserved by a worker that is gone); return once nothing
+    is queued, reserved or pending. Returns how many ticks were waiting."""
+    waiting = len(queued_ids(stats.client, stats.keys.prefix))
+    if not waiting and stats.snapshot().totals.pending == 0:
+        return 0
+    (cwd / "finish").mkdir(exist_ok=True)
+    (cwd / "finish" / "celeryconfig.py").write_text((cwd / "celeryconfig.py").read_text())
+    with Worker(cwd / "finish", dict(env), beat=False, name="finish") as w:
+        wait_for(
+            lambda: backlog(stats) == 0 and stats.snapshot().totals.pending == 0,
+            timeout,
+            f"the next worker to publish {waiting} queued ticks",
+            0.2,
+        )
+        assert w.stop() == 0, w.log[-3000:]
+    return waiting
 
 
 def tally(
@@ -126,68 +138,56 @@ def tally(
     interval: float | None,
     recovery_s: float | None,
     notes: str = "",
+    queued: int = 0,
+    entry: str = DEFAULT_ENTRY,
 ) -> Row:
-    """Consume queue ``text`` and read Redis: account for every message beat scheduled.
-
-    A message is delivered (in the queue), failed (counted, with a reason) or
-    returned (unroutable); anything else is lost. With ``interval``, every grid
-    point between the first and the last tick must also be there.
-    """
-    received = drain(amqp_url, "text")
+    """Consume queue ``text`` and read Redis: account for every number beat allocated
+    (``ledger.account``). The scenario must have ended with ``finish()``, which
+    publishes what was still queued; ``queued`` is how many that was."""
+    received = take(amqp_url, "text")
+    ledger = account(received, stats, interval, entry)
     snap = stats.snapshot()
-    ids = [m.properties["message_id"] for m in received]
-    unique = set(ids)
-    failed_ids = {
-        key.removeprefix(stats.keys.failed(""))
-        for key in stats.client.scan_iter(match=stats.keys.failed("*"), count=1000)
-    }
     t = snap.totals
-    queued = queued_ids(stats.client, stats.keys.prefix)
-    known = unique | failed_ids | queued
-    lost = snap.last_message_number - len(known) - t.returned
-    if interval is not None and unique:
-        # Ticks are grid points: every one from the first to the last beat sent must be
-        # known. (A number a killed beat allocated for a tick it never sent is not a
-        # tick: the next beat fires that grid point again, with a new number.)
-        times = sorted({scheduled_at_of(i) for i in known})
-        sent = stats.client.get(stats.keys.beat_last("publish-text"))
-        last = max(times[-1], float(sent) if sent else 0.0)
-        missing = round((last - times[0]) / interval) + 1 - len(times)
-        orphans = max(lost, 0)
-        lost = missing
-        if orphans:
-            notes += f"{'; ' if notes else ''}{orphans} message numbers allocated by a killed beat"
+    assert ledger.collisions == 0, "a number was published under two message ids"
     return Row(
         scenario=scenario,
-        scheduled=snap.last_message_number,
-        delivered=len(unique),
-        duplicates=len(ids) - len(unique),
-        lost=lost,
+        scheduled=ledger.scheduled,
+        delivered=ledger.delivered,
+        duplicates=ledger.duplicates,
+        lost=ledger.lost,
         failed=t.failed,
         reason=snap.last_error.get("reason", "") if t.failed else "",
         invariant=t.invariant_holds and t.pending == 0,
         recovery_s=recovery_s,
         notes=notes,
-        received=len(ids),
+        received=ledger.received,
         unconfirmed=t.unconfirmed,
-        queued=len(queued),
-        ids=unique,
+        queued=queued,
+        missed=ledger.missed,
+        stranded=ledger.stranded,
+        ids=ledger.ids,
     )
 
 
-def queued_ids(client: Any, prefix: str) -> set[str]:
-    """Message ids of ticks still in Celery's Redis queue (fired, not yet run: a worker
-    stopped before it took them; the next worker publishes them)."""
-    raw = client.lrange(f"{prefix}celery", 0, -1) + [
-        json.loads(v)[0] for v in client.hvals(f"{prefix}unacked")
-    ]
-    ids: set[str] = set()
-    for item in raw:
-        message = json.loads(item) if isinstance(item, str | bytes) else item
-        kwargs = json.loads(base64.b64decode(message["body"]))[1]
-        tick = Tick(kwargs["entry"], kwargs["scheduled_at"], 0, int(kwargs.get("batch") or 1))
-        ids.update(out.message_id for out in tick.messages())
-    return ids
+def group_of(pid: int) -> int | None:
+    """The process group of ``pid`` (a worker's session: its pool processes and beat)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def holder_group(stats: Any) -> int | None:
+    """The process group (worker) whose beat holds the beat lock."""
+    value = stats.client.get(stats.keys.beat_lock)
+    return None if value is None else group_of(int(value.split(".")[-2]))
+
+
+def beat_pid(worker: Worker) -> int:
+    """The pid of the worker's embedded beat, as its latest start logged it."""
+    found = re.findall(r"watching the embedded beat \(pid (\d+)\)", worker.log)
+    assert found, "the worker has not logged its beat's pid"
+    return int(found[-1])
 
 
 def record(row: Row) -> None:

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "pubtasks"
 
 #: The pure core: no Celery app, no settings loader, no I/O of its own.
-CORE = {"schedule", "confirms", "message", "framing", "errors", "defaults"}
+CORE = {"schedule", "confirms", "message", "framing", "errors", "defaults", "orphans"}
 
 #: Library internals that only the AMQP seam may touch (pubtasks/rabbitmq.py).
 INTERNALS = [
@@ -24,6 +24,17 @@ INTERNALS = [
     r"\._serialize_properties\b",
     r"\._when\b",
     r"\._next_instance\b",
+]
+
+
+#: Celery worker and Redis transport internals that only the worker seam may touch
+#: (pubtasks/supervision.py).
+WORKER_INTERNALS = [
+    r"\bshould_stop\b",
+    r"\breserved_requests\b",
+    r"\bscheduled_requests\b",
+    r"\.unacked_key\b",
+    r"\.restore_by_tag\b",
 ]
 
 
@@ -99,3 +110,9 @@ def code_of(path: Path) -> str:
 def test_library_internals_stay_in_the_amqp_seam(internal: str) -> None:
     users = sorted(name for name, path in MODULES.items() if re.search(internal, code_of(path)))
     assert set(users) <= {"pubtasks.rabbitmq"}, users
+
+
+@pytest.mark.parametrize("internal", WORKER_INTERNALS)
+def test_worker_internals_stay_in_the_worker_seam(internal: str) -> None:
+    users = sorted(name for name, path in MODULES.items() if re.search(internal, code_of(path)))
+    assert set(users) <= {"pubtasks.supervision"}, users

@@ -11,9 +11,8 @@ import pytest
 
 from pubtasks.bench.fidelity import grid_fidelity, timedelta_drift
 
-pytestmark = pytest.mark.integration
 
-
+@pytest.mark.integration
 def test_bench_json_carries_every_rate(amqp_url: str, redis_url: str) -> None:
     out = subprocess.run(
         [str(Path(sys.executable).with_name("pubtasks")), "bench", "--json",

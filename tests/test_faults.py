@@ -10,24 +10,23 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
+from pubtasks.bench.nodes import RedisNode, accepting
 from pubtasks.bench.worker import rss_of_group as process_group_rss
 from pubtasks.stats import Stats
 from pubtasks.waiting import wait_for
 from tests.helpers import (
     Worker,
     close_connections,
+    finish,
     rabbitmqctl,
     record,
     tally,
@@ -92,17 +91,11 @@ def test_repeated_forced_closes(
         recoveries.append(more_acks(stats, 3, 30, f"close {round_}") - closed_at)
     assert worker.stop() == 0
     # Then every tick arrives (a tick cut mid-publish may arrive twice, same id)
-    row = tally("repeated forced closes (5)", amqp_url, stats, INTERVAL, max(recoveries))
-    assert row.lost == 0 and row.failed == 0 and row.invariant
+    queued = finish(worker.cwd, worker.env, stats)
+    recovery = max(recoveries)
+    row = tally("repeated forced closes (5)", amqp_url, stats, INTERVAL, recovery, "", queued)
+    assert row.accounted and row.failed == 0 and row.invariant
     record(row)
-
-
-def accepting() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -122,7 +115,7 @@ def broker_app() -> Iterator[dict[str, Callable[[], float]]]:
         up: list[float] = []
 
         def watch() -> None:  # note the first moment the listener accepts again
-            up.append(wait_for(lambda: accepting() and time.time(), 60, "RabbitMQ", 0.005))
+            up.append(wait_for(lambda: accepting(5672) and time.time(), 60, "RabbitMQ", 0.005))
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -159,8 +152,9 @@ def test_broker_outage(
     wait_for(lambda: acked(stats) >= last, 60, "the backlog to be published")
     assert worker.stop() == 0
     # ... and the ticks that fell in the outage are published after it, each at its time
-    row = tally("broker outage (~10 s, stop_app)", amqp_url, stats, INTERVAL, recovery)
-    assert row.lost == 0 and row.failed == 0 and row.invariant
+    queued = finish(worker.cwd, worker.env, stats)
+    row = tally("broker outage (~10 s, stop_app)", amqp_url, stats, INTERVAL, recovery, "", queued)
+    assert row.accounted and row.failed == 0 and row.invariant
     assert recovery <= 2.0, recovery
     record(row)
 
@@ -184,8 +178,9 @@ def test_silent_network_cut(
     last = fired(stats)
     wait_for(lambda: acked(stats) >= last, 30, "the backlog to be published")
     assert worker.stop() == 0
-    row = tally("silent network cut (~4 s)", amqp_url, stats, INTERVAL, recovery)
-    assert row.lost == 0 and row.failed == 0 and row.invariant
+    queued = finish(worker.cwd, worker.env, stats)
+    row = tally("silent network cut (~4 s)", amqp_url, stats, INTERVAL, recovery, "", queued)
+    assert row.accounted and row.failed == 0 and row.invariant
     assert row.unconfirmed >= 1
     record(row)
 
@@ -241,8 +236,9 @@ def test_memory_alarm(
     # the same message_id), and the log says why the publishes went unconfirmed
     way = "batched writes" if batch_writes else "basic_publish"
     scenario = f"memory alarm (~4 s, publishers blocked), {way}"
-    row = tally(scenario, amqp_url, stats, INTERVAL, recovery)
-    assert row.lost == 0 and row.failed == 0 and row.invariant
+    queued = finish(worker.cwd, worker.env, stats)
+    row = tally(scenario, amqp_url, stats, INTERVAL, recovery, "", queued)
+    assert row.accounted and row.failed == 0 and row.invariant
     assert row.unconfirmed >= 1
     assert "blocked publishing: connection blocked" in worker.log
     record(row)
@@ -271,15 +267,17 @@ def test_nacks(worker: Worker, stats: Stats, amqp_url: str, prefix: str) -> None
             now_fired = fired(stats)
             wait_for(lambda n=now_fired: fired(stats) >= n + 30, 30, "3 more ticks", 0.1)
         assert worker.stop() == 0, worker.log[-5000:]
+        queued = finish(worker.cwd, worker.env, stats)
         taken += full(conn.default_channel).purge() or 0
     # Then RabbitMQ's count of messages the rejecting queue took equals acked, and
     # every publish landed in `text`: nacked = published - acked, exactly
     t = stats.snapshot().totals
     assert taken == t.acked
-    row = tally("nacks (reject-publish queue, batches of 10)", amqp_url, stats, None, None)
+    scenario = "nacks (reject-publish queue, batches of 10)"
+    row = tally(scenario, amqp_url, stats, None, None, "", queued)
     assert row.received == t.published
     assert t.nacked == t.published - t.acked - t.unconfirmed
-    assert t.nacked > 0 and row.invariant and row.lost == 0
+    assert t.nacked > 0 and row.invariant and row.accounted
     # Each message ended acked, or failed after at most 3 attempts with its reason
     assert t.published <= 3 * row.scheduled
     if t.failed:
@@ -298,61 +296,19 @@ def test_unroutable_messages(worker: Worker, stats: Stats, amqp_url: str) -> Non
         rebound_at = time.time()
     recovery = more_acks(stats, 3, 30, "after rebinding") - rebound_at
     assert worker.stop() == 0
+    queued = finish(worker.cwd, worker.env, stats)
     # Then those ticks count as returned, not delivered, and none is lost
-    row = tally("unroutable (binding removed)", amqp_url, stats, None, recovery)
+    row = tally("unroutable (binding removed)", amqp_url, stats, None, recovery, "", queued)
     t = stats.snapshot().totals
-    assert t.returned >= 10 and row.lost == 0 and row.invariant
+    assert t.returned >= 10 and row.accounted and row.invariant
     assert row.delivered == t.acked - t.returned
     assert "NO_ROUTE" in stats.snapshot().last_error["reason"]
     record(row)
 
 
-class RedisServer:
-    """A redis-server of the test's own, with append-only persistence, on a free port."""
-
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir()
-        with socket_free_port() as port:
-            self.port = port
-        self.args = [
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(directory), "--appendonly", "yes", "--appendfsync", "always",
-            "--save", "", "--logfile", str(directory / "redis.log"),
-        ]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.args)
-        client = redis.Redis(port=self.port)
-        wait_for(lambda: _pings(client), 10, "the test Redis to answer")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # a clean shutdown writes the AOF out
-            self.proc.wait(20)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-
-
-class socket_free_port:  # noqa: N801 - used as a context manager
-    def __enter__(self) -> int:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        return int(self.sock.getsockname()[1])
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis-data")
+def own_redis(tmp_path: Path) -> Iterator[RedisNode]:
+    server = RedisNode(tmp_path / "redis-data")
     server.start()
     try:
         yield server
@@ -360,7 +316,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-def test_redis_restart(worker: Worker, amqp_url: str, prefix: str, own_redis: RedisServer) -> None:
+def test_redis_restart(worker: Worker, amqp_url: str, prefix: str, own_redis: RedisNode) -> None:
     # Given a worker whose Redis (transport and statistics) persists to an AOF
     worker.env["REDIS_URL"] = own_redis.url
     stats = Stats.from_url(own_redis.url, prefix)
@@ -378,11 +334,11 @@ def test_redis_restart(worker: Worker, amqp_url: str, prefix: str, own_redis: Re
     last = fired(stats)
     wait_for(lambda: acked(stats) >= last, 30, "every fired tick to be published")
     assert worker.stop() == 0
+    queued = finish(worker.cwd, worker.env, stats)
     # ... with no tick lost (beat kept the ticks it could not send) and exact counts
-    row = tally(
-        f"Redis restart (down {up_at - down_at:.1f} s, AOF)", amqp_url, stats, INTERVAL, recovery
-    )
-    assert row.lost == 0 and row.failed == 0 and row.invariant
+    scenario = f"Redis restart (down {up_at - down_at:.1f} s, AOF)"
+    row = tally(scenario, amqp_url, stats, INTERVAL, recovery, "", queued)
+    assert row.accounted and row.failed == 0 and row.invariant
     assert row.received == stats.snapshot().totals.acked
     record(row)
     stats.client.close()
@@ -409,10 +365,12 @@ def test_killed_worker_process(
     # ... and the orphaned publish is counted as unconfirmed by a later task
     wait_for(lambda: stats.snapshot().totals.pending == 0, 60, "the orphan to be reaped", 0.2)
     assert worker.stop() == 0
-    row = tally("killed worker process (SIGKILL mid-publish)", amqp_url, stats, INTERVAL, recovery)
+    queued = finish(worker.cwd, worker.env, stats)
+    scenario = "killed worker process (SIGKILL mid-publish)"
+    row = tally(scenario, amqp_url, stats, INTERVAL, recovery, "", queued)
     assert message_id in row.ids
-    assert row.lost == 0 and row.failed == 0 and row.invariant
-    assert "WorkerLostError" in worker.log or "Process" in worker.log
+    assert row.accounted and row.failed == 0 and row.invariant
+    assert f"pid:{pid} exited with 'signal 9 (SIGKILL)'" in worker.log
     record(row)
 
 
@@ -434,8 +392,9 @@ def test_conflicting_exchange_at_run_time(
     assert "(406) PRECONDITION_FAILED" in reason
     assert "Traceback" not in worker.log
     declares = worker.log.count("PRECONDITION_FAILED")
-    row = tally("topology conflict (406) at run time", amqp_url, stats, None, None)
-    assert row.lost == 0 and row.invariant
+    queued = finish(worker.cwd, worker.env, stats)
+    row = tally("topology conflict (406) at run time", amqp_url, stats, None, None, "", queued)
+    assert row.accounted and row.invariant
     assert declares <= 3 * row.failed  # a line or two per failed tick, not a loop
     record(row)
 
@@ -457,12 +416,13 @@ def test_load(worker: Worker, stats: Stats, amqp_url: str, prefix: str) -> None:
     last = fired(stats)
     wait_for(lambda: acked(stats) >= last, 30, "the last ticks to be confirmed")
     assert worker.stop() == 0
+    queued = finish(worker.cwd, worker.env, stats)
     # Then no tick is lost or duplicated, the counters are exact, memory stays flat
     row = tally(
         f"load: {interval} s for {seconds:g} s, 2 processes", amqp_url, stats, interval, None,
         notes=f"RSS of the worker's processes {rss_start / 2**20:.0f} MiB after warm-up, "
-        f"{rss_end / 2**20:.0f} MiB at the end",
+        f"{rss_end / 2**20:.0f} MiB at the end", queued=queued,
     )  # fmt: skip
-    assert row.lost == 0 and row.duplicates == 0 and row.failed == 0 and row.invariant
+    assert row.accounted and row.duplicates == 0 and row.failed == 0 and row.invariant
     assert rss_end <= rss_start * 1.1 + 8 * 2**20, (rss_start, rss_end)
     record(row)

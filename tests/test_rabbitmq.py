@@ -23,8 +23,6 @@ from pubtasks.topology import Topology
 from pubtasks.waiting import wait_for
 from tests.helpers import close_connections, drain
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def stream(settings: Settings) -> Iterator[ConfirmStream]:
@@ -57,6 +55,7 @@ def publish(stream: ConfirmStream, items: list[tuple[Delivery, bytes]], key: str
     )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("batch_writes", [True, False], ids=["batched", "basic_publish"])
 def test_acks_stream_back_as_settled_deliveries(
     settings: Settings, amqp_url: str, batch_writes: bool
@@ -79,6 +78,7 @@ def test_acks_stream_back_as_settled_deliveries(
     assert set(received[0].properties) == {"message_id", "content_type", "delivery_mode"}
 
 
+@pytest.mark.integration
 def test_an_unroutable_publish_settles_acked_and_returned(stream: ConfirmStream) -> None:
     stream.ensure()
     publish(stream, deliveries(1), "nobody.listens")
@@ -87,6 +87,7 @@ def test_an_unroutable_publish_settles_acked_and_returned(stream: ConfirmStream)
     assert x.returned and "NO_ROUTE" in str(x.delivery.returned)
 
 
+@pytest.mark.integration
 def test_a_lost_connection_settles_what_was_in_flight_as_unconfirmed(
     stream: ConfirmStream, vhost: str
 ) -> None:
@@ -109,6 +110,7 @@ def test_a_lost_connection_settles_what_was_in_flight_as_unconfirmed(
     assert [x.outcome for x in settle_all(stream)] == [Outcome.ACKED]
 
 
+@pytest.mark.integration
 def test_failover_alternates_keep_pubtasks_transport(settings: Settings) -> None:
     # Given a URL whose first node is down (nothing listens on port 1)
     dead = "amqp://guest:guest@127.0.0.1:1//"
@@ -128,6 +130,7 @@ def test_failover_alternates_keep_pubtasks_transport(settings: Settings) -> None
         s.close()
 
 
+@pytest.mark.integration
 def test_a_stream_is_used_by_the_thread_that_made_it(stream: ConfirmStream) -> None:
     stream.ensure()
     errors: list[BaseException] = []

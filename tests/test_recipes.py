@@ -16,8 +16,6 @@ from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 from tests.helpers import take
 
-pytestmark = pytest.mark.integration
-
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -36,6 +34,7 @@ def test_the_readme_has_its_recipes() -> None:
         assert any(kind in r for r in found), kind
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("recipe", recipes(), ids=lambda r: re.findall(r'"(\w[\w-]*)": \{', r)[0])
 def test_a_recipe_loads_declares_and_publishes(
     recipe: str, amqp_url: str, redis_url: str, prefix: str, stats: Stats

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pubtasks.errors import ConfigError
+from pubtasks.errors import ConfigError, StatsUnavailable
 from pubtasks.settings import Settings, mask_url
+from pubtasks.stats import Stats
 
 
 def test_defaults_are_the_pika_examples() -> None:
@@ -87,3 +88,11 @@ def test_settings_print_without_passwords() -> None:
     assert "hunter2" not in str(s) + repr(s)
     assert "pw9" not in str(s) + repr(s)
     assert mask_url("amqp://u:hunter2@h:5672/v") == "amqp://u:**@h:5672/v"
+
+
+def test_unreachable_redis_is_one_clear_error_without_the_password() -> None:
+    s = Stats.from_url("redis://:s3cret@127.0.0.1:1/0", "p:", retries=0)
+    with pytest.raises(StatsUnavailable) as err:
+        s.snapshot()
+    assert "redis://:**@127.0.0.1:1/0" in str(err.value)
+    assert "s3cret" not in str(err.value)

@@ -73,26 +73,34 @@ def rss_of_group(pgid: int) -> int:
 
 
 class Worker:
-    """``celery -A pubtasks worker -B`` in ``cwd``, in a session (process group) of its own.
+    """``celery -A pubtasks worker -B`` (or without ``-B``) in ``cwd``, in a session
+    (process group) of its own.
 
     Its output goes to ``cwd/worker.log``. As a context manager it is started on
     entry and stopped on exit.
     """
 
     def __init__(
-        self, cwd: Path, env: dict[str, str], concurrency: int = 2, name: str = "pubtasks"
+        self,
+        cwd: Path,
+        env: dict[str, str],
+        concurrency: int = 2,
+        name: str = "pubtasks",
+        beat: bool = True,
     ) -> None:
         self.cwd = cwd
         self.env = env
         self.log_path = cwd / "worker.log"
         self.args = [
-            CELERY, "-A", "pubtasks", "worker", "-B", "-l", "info",
+            CELERY, "-A", "pubtasks", "worker", *(["-B"] if beat else []), "-l", "info",
             "-c", str(concurrency), "--without-mingle", "--without-gossip",
             "-n", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
+        self._started_at = 0  # the log's length when the worker was last started
 
     def start(self) -> Worker:
+        self._started_at = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.args,
@@ -122,7 +130,7 @@ class Worker:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"the worker exited:\n{self.log[-2000:]}")
-            return " ready." in self.log
+            return " ready." in self.log[self._started_at :]
 
         wait_for(ready, timeout, "the worker to be ready")
 

@@ -1,0 +1,140 @@
+"""A RabbitMQ node and a Redis of their own, for runs that break them on purpose.
+
+``scripts/chaos`` and the fault suite start these under a directory of their own
+and on free localhost ports, from the ``rabbitmq-server`` and ``redis-server``
+already installed, so that stopping or killing them never touches the default
+RabbitMQ on 5672 or the default Redis on 6379.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import redis
+
+from pubtasks.waiting import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def accepting(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+class RabbitNode:
+    """``rabbitmq-server`` as node ``<name>@localhost`` with its data, logs, config and
+    plugins (none: no management port) under ``directory``."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.directory = directory
+        self.node = f"{name}@localhost"
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(directory / "log"),
+            "RABBITMQ_PID_FILE": str(directory / "rabbitmq.pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
+            # Not the system's rabbitmq.conf: it names the default node's listener.
+            "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq.conf"),
+        }
+
+    def url(self, vhost: str = "") -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/{vhost}"
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        """``rabbitmqctl -n NODE -q ARGS``; what it printed."""
+        out = subprocess.run(
+            ["rabbitmqctl", "-n", self.node, "-q", *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return out.stdout
+
+    def start(self, timeout: float = 90) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "enabled_plugins").write_text("[].\n")
+        (self.directory / "rabbitmq.conf").write_text(
+            f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
+        )
+        if os.geteuid() == 0:  # rabbitmq-server runs as the rabbitmq user when started by root
+            with contextlib.suppress(KeyError, LookupError):
+                for path in [self.directory, *self.directory.rglob("*")]:
+                    shutil.chown(path, "rabbitmq", "rabbitmq")
+        subprocess.run(
+            ["rabbitmq-server", "-detached"], env=self.env, check=True, capture_output=True
+        )
+        wait_for(lambda: accepting(self.port), timeout, f"RabbitMQ node {self.node}", 0.2)
+        self.ctl("await_startup")
+
+    def stop(self) -> None:
+        """Stop the node, whatever state it is in (its app stopped, say)."""
+        try:
+            self.ctl("stop", timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            pid_file = self.directory / "rabbitmq.pid"
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+
+
+class RedisNode:
+    """``redis-server`` on a free port, with append-only persistence that is fsynced at
+    every write, so that a SIGKILL loses nothing a client was told was written."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.args = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(directory), "--appendonly", "yes", "--appendfsync", "always",
+            "--save", "", "--logfile", str(directory / "redis.log"),
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args)
+        client = redis.Redis(port=self.port)
+        try:
+            wait_for(lambda: _pings(client), 30, "Redis to load its AOF and answer", 0.05)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """A clean shutdown: the AOF is written out."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(20)
+
+    def kill(self) -> None:
+        """SIGKILL: only what the AOF has survives."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(20)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.BusyLoadingError):
+        return False

@@ -1,0 +1,220 @@
+"""What pubtasks adds to the Celery worker: it watches the embedded beat, and gives
+back the ticks that a dead worker had reserved.
+
+A worker step (``Supervision``) starts one thread in the worker's main process.
+Every second it:
+
+- **checks the embedded beat** (``-B``). Celery starts beat as a child process and
+  never looks at it again: a beat killed by the OOM killer leaves a worker that
+  looks healthy and fires nothing. When beat is gone, the worker logs one line and
+  stops, warm, with exit status ``EXIT_BEAT_DIED`` (3), so that its supervisor
+  (compose's ``restart:``, systemd's ``Restart=``, Kubernetes) starts it again.
+  Why not start beat again inside the worker: that means forking the worker's
+  main process while its threads (billiard's pool handlers, this one) may hold
+  locks, from a process whose memory was what the OOM killer judged; a fresh
+  process is the state we know, and the supervisor counts the restarts. While it
+  is down, another ``-B`` worker's beat takes the beat lock within 10 s.
+- **says what it holds** (a heartbeat): the delivery tags of the tasks this worker
+  has reserved, in ``worker:<id>``, which expires ``WORKER_TTL`` seconds after the
+  last heartbeat (the key layout is in ``stats``).
+- **counts abandoned publishes**, every ``SWEEP`` seconds: a publish left pending by
+  a process that died mid-publish is counted unconfirmed (``Stats.reap``) even when
+  no tick follows to do it, so that a quiet system's counters add up.
+- **gives back orphans**, every ``SWEEP`` seconds, when Celery's transport is Redis:
+  a delivery in the transport's ``unacked`` hash that no live worker has held for
+  ``GRACE`` seconds belonged to a worker that died whole (SIGKILL, a lost host), or
+  whose ack was lost with its connection. Kombu would give it back only after the
+  visibility timeout (an hour); this gives it back within about ``WORKER_TTL +
+  GRACE + SWEEP`` seconds of the death. A tick given back that had been confirmed
+  is recognised (``stats`` marks each counted message done) and acked without
+  publishing or counting anything.
+
+Celery and kombu internals are touched here and nowhere else:
+
+- ``celery.worker.state.should_stop``: how Celery's own signal handlers ask the
+  worker's loop for a warm shutdown with an exit code; no public call does it from
+  another thread.
+- ``celery.worker.state.reserved_requests`` and ``scheduled_requests``: the tasks
+  a worker holds (what ``celery inspect reserved`` and ``scheduled`` report); read
+  here without the remote-control round trip.
+- The Redis transport's channel: ``unacked_key`` (its ``unacked`` hash, named by the
+  documented transport option) and ``qos.restore_by_tag``, kombu's own atomic
+  give-back, so the message goes back exactly as kombu would put it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import bootsteps
+from celery.worker import state
+from kombu.connection import Connection
+from kombu.utils.encoding import bytes_to_str
+
+from pubtasks.accounting import abandoned_after
+from pubtasks.errors import StatsUnavailable
+from pubtasks.lock import owner_id
+from pubtasks.orphans import Orphans
+from pubtasks.stats import Stats
+
+log = logging.getLogger("pubtasks")
+
+#: The worker's exit status when its embedded beat has died.
+EXIT_BEAT_DIED = 3
+#: Seconds between two looks (beat, heartbeat).
+HEARTBEAT = 1.0
+#: Seconds a worker counts as alive after its last heartbeat.
+WORKER_TTL = 10.0
+#: Seconds between two searches for orphaned deliveries.
+SWEEP = 2.0
+#: Seconds a delivery must stay unheld by any live worker before it is given back.
+GRACE = 5.0
+
+
+def held_tags() -> set[str]:
+    """The delivery tags of the tasks this worker holds: reserved, running, or waiting
+    for their countdown. Read from another thread, so a set that changes while it is
+    copied is copied again."""
+    for _ in range(10):
+        try:
+            requests = [*state.reserved_requests, *state.scheduled_requests]
+        except RuntimeError:  # changed size during iteration
+            continue
+        return {str(r.message.delivery_tag) for r in requests if r.message is not None}
+    raise RuntimeError("the worker's reserved requests kept changing")
+
+
+class Supervisor:
+    """The thread that watches beat, beats the heart and gives back orphans."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.app = worker.app
+        settings = self.app.settings
+        self.stats = Stats.from_url(settings.redis_url, settings.stats_prefix, retries=0)
+        self.abandoned_after = abandoned_after(settings.confirm_timeout)
+        self.id = owner_id()
+        self.orphans = Orphans(GRACE)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pubtasks-supervisor", daemon=True)
+        self._transport: Connection | None = None
+        self._last_sweep = 0.0
+        self._last_problem = ""
+        self._beat_gone = False
+
+    def start(self) -> None:
+        beat = self.worker.beat
+        if beat is not None:
+            log.info("pubtasks: watching the embedded beat (pid %s)", getattr(beat, "pid", "-"))
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(HEARTBEAT * 5)
+        try:
+            self.stats.forget_worker(self.id)  # its deliveries are acked or given back now
+        except StatsUnavailable:
+            log.debug("pubtasks: could not remove this worker's heartbeat", exc_info=True)
+        if self._transport is not None:
+            self._transport.close()
+        self.stats.client.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            self.check_beat()
+            try:
+                self.stats.heartbeat(self.id, held_tags(), WORKER_TTL)
+                if time.monotonic() - self._last_sweep >= SWEEP:
+                    self._last_sweep = time.monotonic()
+                    if reaped := self.stats.reap(self.abandoned_after, time.time()):
+                        log.warning(
+                            "pubtasks: counted %d publishes left pending by a dead publisher "
+                            "as unconfirmed",
+                            reaped,
+                        )
+                    self.sweep()
+            except Exception as exc:  # Redis down, say: try again at the next look
+                self._problem(f"{type(exc).__name__}: {exc}")
+                self._drop_connection()
+            else:
+                self._last_problem = ""
+
+    def _problem(self, text: str) -> None:
+        if text != self._last_problem:  # once per distinct problem, not every second
+            log.warning("pubtasks: supervisor: %s; trying again", text)
+        self._last_problem = text
+
+    # -- the embedded beat ------------------------------------------------------------------
+
+    def check_beat(self) -> None:
+        beat = self.worker.beat
+        if beat is None or self._beat_gone or self._stop.is_set() or beat.is_alive():
+            return
+        self._beat_gone = True
+        code = getattr(beat, "exitcode", None)
+        how = (
+            f"killed by signal {-code}"
+            if isinstance(code, int) and code < 0
+            else f"exit status {code}"
+        )
+        log.critical(
+            "pubtasks: the embedded beat (pid %s) died (%s): no tick is fired; stopping this "
+            "worker with exit status %d so that its supervisor starts it again",
+            getattr(beat, "pid", "-"),
+            how,
+            EXIT_BEAT_DIED,
+        )
+        state.should_stop = EXIT_BEAT_DIED
+
+    # -- orphaned deliveries ------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Give back the deliveries in Redis's ``unacked`` that no live worker holds."""
+        channel = self._channel()
+        if channel is None:
+            return
+        unacked = {bytes_to_str(t) for t in channel.client.hkeys(channel.unacked_key)}
+        if not unacked:
+            self.orphans.update(set(), set(), time.monotonic())
+            return
+        held = self.stats.held_by_live_workers() | held_tags()
+        due = self.orphans.update(unacked, held, time.monotonic())
+        for tag in due:
+            channel.qos.restore_by_tag(tag)
+        if due:
+            log.warning(
+                "pubtasks: gave back %d reserved task(s) whose worker is gone: %s",
+                len(due),
+                " ".join(due),
+            )
+
+    def _channel(self) -> Any:
+        """A channel of Celery's transport, when that is Redis (None otherwise)."""
+        if self._transport is None:
+            self._transport = self.app.connection_for_write()
+        if self._transport.transport.driver_type != "redis":
+            return None
+        return self._transport.default_channel
+
+    def _drop_connection(self) -> None:
+        if self._transport is not None:
+            try:
+                self._transport.close()
+            except Exception:
+                log.debug("pubtasks: closing the supervisor's connection", exc_info=True)
+            self._transport = None
+
+
+class Supervision(bootsteps.StartStopStep):  # type: ignore[misc]
+    """The worker step that runs the ``Supervisor``: after the pool and beat have
+    started (their processes are forked without its thread), stopped before them."""
+
+    label = "pubtasks supervision"
+    requires = ("celery.worker.components:Pool", "celery.worker.components:Beat")
+
+    def create(self, w: Any) -> Supervisor:
+        return Supervisor(w)
