@@ -36,7 +36,9 @@ Celery and kombu internals are touched here and nowhere else:
   another thread.
 - ``celery.worker.state.reserved_requests`` and ``scheduled_requests``: the tasks
   a worker holds (what ``celery inspect reserved`` and ``scheduled`` report); read
-  here without the remote-control round trip.
+  here without the remote-control round trip. Celery 5.6 has no
+  ``scheduled_requests``: a task waiting for its countdown (pubtasks' retry after
+  1 s) is then unlisted for that second, well inside ``GRACE``.
 - The Redis transport's channel: ``unacked_key`` (its ``unacked`` hash, named by the
   documented transport option) and ``qos.restore_by_tag``, kombu's own atomic
   give-back, so the message goes back exactly as kombu would put it back.
@@ -80,7 +82,7 @@ def held_tags() -> set[str]:
     copied is copied again."""
     for _ in range(10):
         try:
-            requests = [*state.reserved_requests, *state.scheduled_requests]
+            requests = [*state.reserved_requests, *getattr(state, "scheduled_requests", ())]
         except RuntimeError:  # changed size during iteration
             continue
         return {str(r.message.delivery_tag) for r in requests if r.message is not None}

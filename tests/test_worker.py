@@ -74,7 +74,7 @@ def test_the_worker_publishes_every_tick_once_and_the_counters_agree(
     )
     assert t.invariant_holds
     # Beat fires until the very end of a warm shutdown; those ticks wait in Redis
-    # for the next start (tally() in the fault suite counts them the same way).
+    # for the next start (the fault suite's finish() then publishes them).
     assert snap.last_message_number == len(ticks) + len(queued_ids(stats.client, stats.keys.prefix))
     assert t.last_confirmed_number == len(ticks)
     assert snap.entries["publish-text"].acked == len(ticks)
