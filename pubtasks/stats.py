@@ -64,11 +64,15 @@ DONE_TTL = 2 * 3600
 # and the tick is "<entry>@<ms>", message i of it (0 without a batch).
 _ENTRY_OF = """
 local function entry_of(key) return string.match(key, '^(.*)@') or '?' end
-local function mark_done(prefix, message_id, ttl)
+local marked = {}
+local function mark_done(prefix, message_id)
   local tick, i = string.match(message_id, '^(.*@%d+)%.(%d+)$')
   if not tick then tick, i = message_id, 0 end
   redis.call('SETBIT', prefix .. tick, tonumber(i), 1)
-  redis.call('EXPIRE', prefix .. tick, ttl)
+  marked[prefix .. tick] = true
+end
+local function expire_marked(ttl)
+  for key in pairs(marked) do redis.call('EXPIRE', key, ttl) end
 end
 """
 
@@ -114,7 +118,7 @@ for i = 6, #ARGV, 2 do
     counted = counted + 1
     local outcome = ARGV[i + 1]
     if outcome == 'acked' or outcome == 'returned' then
-      mark_done(ARGV[4], string.match(ARGV[i], '^(.*)#'), ARGV[5])
+      mark_done(ARGV[4], string.match(ARGV[i], '^(.*)#'))
     end
     for _, hash in ipairs({KEYS[1], ARGV[2] .. entry_of(ARGV[i])}) do
       if outcome == 'returned' then
@@ -134,6 +138,7 @@ for hash, fields in pairs(counts) do
     redis.call('HSET', hash, 'last_confirmed_number', number, 'last_confirmed_at', ARGV[1])
   end
 end
+expire_marked(ARGV[5])
 return counted
 """
 )
@@ -150,7 +155,7 @@ local failed = 0
 for i = 1, n do
   if redis.call('SET', KEYS[i], ARGV[7 + 2 * i] .. ' ' .. ARGV[5], 'NX', 'EX', ARGV[1]) then
     failed = failed + 1
-    mark_done(ARGV[6], ARGV[6 + 2 * i], ARGV[7])
+    mark_done(ARGV[6], ARGV[6 + 2 * i])
   end
 end
 if failed == 0 then return 0 end
@@ -159,6 +164,7 @@ redis.call('HINCRBY', totals, 'failed', failed)
 redis.call('HINCRBY', ARGV[4] .. ARGV[3], 'failed', failed)
 redis.call('HSET', last_error, 'at', ARGV[2], 'entry', ARGV[3], 'message_id', ARGV[8],
            'reason', ARGV[5])
+expire_marked(ARGV[7])
 return failed
 """
 )

@@ -392,6 +392,10 @@ def test_conflicting_exchange_at_run_time(
     assert "(406) PRECONDITION_FAILED" in reason
     assert "Traceback" not in worker.log
     declares = worker.log.count("PRECONDITION_FAILED")
+    # The next start would refuse the conflict too: the operator removes the stray
+    # exchange first, then the queued ticks go out
+    with Connection(amqp_url) as conn:
+        conn.default_channel.exchange_delete("message")
     queued = finish(worker.cwd, worker.env, stats)
     row = tally("topology conflict (406) at run time", amqp_url, stats, None, None, "", queued)
     assert row.accounted and row.invariant
