@@ -13,6 +13,7 @@ from pubtasks.bench.services import forget_celery_keys
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 from tests.helpers import RABBIT, REDIS, REDIS_DB, Worker, rabbitmqctl, write_config
+from tests.proxy import Proxy
 
 
 @pytest.fixture
@@ -84,3 +85,29 @@ def worker(worker_dir: Path, worker_env: dict[str, str]) -> Iterator[Worker]:
         yield w
     finally:
         w.stop()
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path, prefix: str, worker_env: dict[str, str]) -> Iterator[list[Worker]]:
+    """Two real workers with embedded beat (not started), sharing Redis, RabbitMQ and the
+    configuration, each in a directory of its own; stopped afterwards."""
+    workers = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        write_config(tmp_path / name, prefix)
+        workers.append(Worker(tmp_path / name, dict(worker_env)))
+    try:
+        yield workers
+    finally:
+        for w in workers:
+            w.stop()
+
+
+@pytest.fixture
+def proxy() -> Iterator[Proxy]:
+    """A TCP proxy to RabbitMQ that the test can cut silently and restore."""
+    p = Proxy()
+    try:
+        yield p
+    finally:
+        p.close()

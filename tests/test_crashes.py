@@ -12,8 +12,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from celery import Celery
@@ -73,20 +71,6 @@ def test_a_killed_beat_stops_its_worker_and_a_restart_goes_on(
     record(row)
 
 
-@pytest.fixture
-def two_workers(tmp_path: Path, prefix: str, worker_env: dict[str, str]) -> Iterator[list[Worker]]:
-    workers = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        write_config(tmp_path / name, prefix)
-        workers.append(Worker(tmp_path / name, dict(worker_env)))
-    try:
-        yield workers
-    finally:
-        for w in workers:
-            w.stop()
-
-
 def test_with_two_workers_a_killed_beat_is_replaced_and_its_worker_restarted(
     two_workers: list[Worker], stats: Stats, amqp_url: str
 ) -> None:
@@ -122,15 +106,6 @@ def test_with_two_workers_a_killed_beat_is_replaced_and_its_worker_restarted(
     )  # fmt: skip
     assert row.accounted and row.failed == 0 and row.invariant
     record(row)
-
-
-@pytest.fixture
-def proxy() -> Iterator[Proxy]:
-    p = Proxy()
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def reserved_ticks(stats: Stats) -> set[str]:

@@ -68,15 +68,6 @@ def start_behind(proxy: Proxy, worker: Worker, stats: Stats, vhost: str) -> None
     more_acks(stats, 3, 30, "start")
 
 
-@pytest.fixture
-def proxy() -> Iterator[Proxy]:
-    p = Proxy()
-    try:
-        yield p
-    finally:
-        p.close()
-
-
 def test_repeated_forced_closes(
     worker: Worker, stats: Stats, amqp_url: str, vhost: str, redis_url: str, prefix: str
 ) -> None:

@@ -16,7 +16,7 @@ import pytest
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.stats import Stats
 from pubtasks.waiting import wait_for
-from tests.helpers import Worker, finish, holder_group, record, tally, write_config
+from tests.helpers import Worker, finish, holder_group, record, tally
 
 pytestmark = pytest.mark.integration
 
@@ -24,39 +24,32 @@ pytestmark = pytest.mark.integration
 @pytest.mark.e2e
 @pytest.mark.faults
 def test_two_workers_fire_each_tick_once_and_one_takes_over(
-    tmp_path: Path, prefix: str, worker_env: dict[str, str], stats: Stats, amqp_url: str
+    two_workers: list[Worker], stats: Stats, amqp_url: str
 ) -> None:
     # Given two real workers with embedded beat, sharing Redis, RabbitMQ and the config
-    workers = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        write_config(tmp_path / name, prefix)
-        workers.append(Worker(tmp_path / name, dict(worker_env)))
-    try:
-        for w in workers:
-            w.start()
-        wait_for(lambda: stats.snapshot().totals.acked >= 20, 30, "20 acked ticks")
-        # Then only one beat fires (the lock holder), and each tick is published once
-        leader = wait_for(lambda: holder_group(stats), 10, "a beat lock holder")
-        [dead] = [w for w in workers if w.proc is not None and w.proc.pid == leader]
-        [alive] = [w for w in workers if w is not dead]
-        assert dead.log.count("took the beat lock") == 1
-        assert "took the beat lock" not in alive.log
-        # When the worker holding the lock dies (SIGKILL, the whole worker)
-        assert dead.proc is not None
-        os.killpg(dead.proc.pid, signal.SIGKILL)
-        killed_at = time.time()
-        # Then the other takes over within 20 s, and ticks go on
-        assert alive.proc is not None
-        survivor = alive.proc.pid
-        wait_for(lambda: holder_group(stats) == survivor, 20, "the other beat to take over", 0.1)
-        took_over = time.time() - killed_at
-        acked = stats.snapshot().totals.acked
-        wait_for(lambda: stats.snapshot().totals.acked >= acked + 10, 30, "10 more ticks")
-        assert alive.stop() == 0
-    finally:
-        for w in workers:
-            w.stop()
+    workers = two_workers
+    for w in workers:
+        w.start()
+    wait_for(lambda: stats.snapshot().totals.acked >= 20, 30, "20 acked ticks")
+    # Then only one beat fires (the lock holder), and each tick is published once
+    leader = wait_for(lambda: holder_group(stats), 10, "a beat lock holder")
+    [dead] = [w for w in workers if w.proc is not None and w.proc.pid == leader]
+    [alive] = [w for w in workers if w is not dead]
+    assert dead.log.count("took the beat lock") == 1
+    assert "took the beat lock" not in alive.log
+    # When the worker holding the lock dies (SIGKILL, the whole worker)
+    assert dead.proc is not None
+    os.killpg(dead.proc.pid, signal.SIGKILL)
+    killed_at = time.time()
+    # Then the other takes over within 20 s, and ticks go on
+    assert alive.proc is not None
+    survivor = alive.proc.pid
+    wait_for(lambda: holder_group(stats) == survivor, 20, "the other beat to take over", 0.1)
+    took_over = time.time() - killed_at
+    acked = stats.snapshot().totals.acked
+    wait_for(lambda: stats.snapshot().totals.acked >= acked + 10, 30, "10 more ticks")
+    assert alive.stop() == 0
+    dead.stop()  # reaps what the kill left
     queued = finish(alive.cwd, alive.env, stats)
     row = tally(
         "two workers, the beat holder's whole worker killed (SIGKILL)",

@@ -46,7 +46,7 @@ from pubtasks.bench.ledger import account, take
 from pubtasks.bench.nodes import RabbitNode, RedisNode
 from pubtasks.bench.worker import Worker, write_config
 from pubtasks.defaults import DEFAULT_ENTRY
-from pubtasks.stats import Stats
+from pubtasks.stats import COUNTERS, Stats
 from pubtasks.waiting import wait_for
 
 PREFIX = "chaos:"
@@ -267,15 +267,7 @@ def run(minutes: float, seed: int, interval: float, root: Path) -> dict[str, Any
         "left_in_redis": ledger.stranded,
         "published_by_next_start": queued,
         "given_back_lines": gave_back,
-        "counters": {
-            "published": t.published,
-            "acked": t.acked,
-            "nacked": t.nacked,
-            "returned": t.returned,
-            "unconfirmed": t.unconfirmed,
-            "pending": t.pending,
-            "failed": t.failed,
-        },
+        "counters": {name: getattr(t, name) for name in (*COUNTERS, "pending")},
         "invariant": t.invariant_holds and t.pending == 0,
     }
 
