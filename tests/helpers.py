@@ -12,7 +12,7 @@ from typing import Any
 
 from kombu.connection import Connection
 
-from pubtasks.bench.ledger import Raw, account, queued_ids, take
+from pubtasks.bench.ledger import Ledger, Raw, account, queued_ids, take
 from pubtasks.bench.services import rabbitmqctl
 from pubtasks.bench.worker import Worker, celery_isolation
 from pubtasks.bench.worker import write_config as write_worker_config
@@ -144,8 +144,19 @@ def tally(
     """Consume queue ``text`` and read Redis: account for every number beat allocated
     (``ledger.account``). The scenario must have ended with ``finish()``, which
     publishes what was still queued; ``queued`` is how many that was."""
-    received = take(amqp_url, "text")
-    ledger = account(received, stats, interval, entry)
+    ledger = account(take(amqp_url, "text"), stats, interval, entry)
+    return row_of(scenario, ledger, stats, recovery_s, notes, queued)
+
+
+def row_of(
+    scenario: str,
+    ledger: Ledger,
+    stats: Any,
+    recovery_s: float | None,
+    notes: str = "",
+    queued: int = 0,
+) -> Row:
+    """The reliability table's row for ``ledger`` and the counters in Redis now."""
     snap = stats.snapshot()
     t = snap.totals
     assert ledger.collisions == 0, "a number was published under two message ids"
