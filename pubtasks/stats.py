@@ -457,13 +457,6 @@ class Stats:
             pipe.sadd(k.workers, worker_id)
             pipe.execute()
 
-    def forget_worker(self, worker_id: str) -> None:
-        k = self.keys
-        with _converted(self._url), self.client.pipeline(transaction=False) as pipe:
-            pipe.delete(k.worker(worker_id))
-            pipe.srem(k.workers, worker_id)
-            pipe.execute()
-
     def held_by_live_workers(self) -> set[str]:
         """The deliveries every live worker says it holds; forgets the workers gone."""
         k = self.keys

@@ -57,7 +57,6 @@ from kombu.connection import Connection
 from kombu.utils.encoding import bytes_to_str
 
 from pubtasks.accounting import abandoned_after
-from pubtasks.errors import StatsUnavailable
 from pubtasks.lock import owner_id
 from pubtasks.orphans import Orphans
 from pubtasks.stats import Stats
@@ -100,7 +99,7 @@ class Supervisor:
         self.abandoned_after = abandoned_after(settings.confirm_timeout)
         self.id = owner_id()
         self.orphans = Orphans(GRACE)
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pubtasks-supervisor", daemon=True)
         self._transport: Connection | None = None
         self._last_sweep = 0.0
@@ -114,19 +113,15 @@ class Supervisor:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(HEARTBEAT * 5)
-        try:
-            self.stats.forget_worker(self.id)  # its deliveries are acked or given back now
-        except StatsUnavailable:
-            log.debug("pubtasks: could not remove this worker's heartbeat", exc_info=True)
-        if self._transport is not None:
-            self._transport.close()
-        self.stats.client.close()
+        """The worker is stopping, and its beat with it, on purpose. The heartbeat goes
+        on until the process exits: the pool may still be finishing ticks, and a worker
+        that stopped saying it holds them would have them given back meanwhile. Its
+        key expires 10 s after the exit; what it held is acked or back in the queue."""
+        self._stopping.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(HEARTBEAT):
+        while True:
+            time.sleep(HEARTBEAT)
             self.check_beat()
             try:
                 self.stats.heartbeat(self.id, held_tags(), WORKER_TTL)
@@ -154,7 +149,8 @@ class Supervisor:
 
     def check_beat(self) -> None:
         beat = self.worker.beat
-        if beat is None or self._beat_gone or self._stop.is_set() or beat.is_alive():
+        shutting_down = self._stopping.is_set() or state.should_stop or state.should_terminate
+        if beat is None or self._beat_gone or shutting_down or beat.is_alive():
             return
         self._beat_gone = True
         code = getattr(beat, "exitcode", None)
@@ -212,8 +208,9 @@ class Supervisor:
 
 
 class Supervision(bootsteps.StartStopStep):  # type: ignore[misc]
-    """The worker step that runs the ``Supervisor``: after the pool and beat have
-    started (their processes are forked without its thread), stopped before them."""
+    """The worker step that runs the ``Supervisor``, started after the pool and beat
+    (their processes are forked without its thread). Stopping it only tells the thread
+    that beat is now being stopped on purpose."""
 
     label = "pubtasks supervision"
     requires = ("celery.worker.components:Pool", "celery.worker.components:Beat")

@@ -6,6 +6,7 @@ import pytest
 
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.stats import Counts, Stats
+from pubtasks.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -137,8 +138,9 @@ def test_live_workers_say_what_they_hold_and_gone_ones_are_forgotten(stats: Stat
     stats.heartbeat("w2", [], ttl=10)
     stats.heartbeat("w3", ["t3"], ttl=10)
     assert stats.held_by_live_workers() == {"t1", "t2", "t3"}
-    # w3's heartbeat expires (it was killed); w1 stops cleanly
+    # w3's heartbeat expires (it was killed), and w1's
     stats.client.delete(stats.keys.worker("w3"))
-    stats.forget_worker("w1")
+    stats.client.pexpire(stats.keys.worker("w1"), 1)
+    wait_for(lambda: not stats.client.exists(stats.keys.worker("w1")), 5, "w1's expiry", 0.01)
     assert stats.held_by_live_workers() == set()
     assert stats.client.smembers(stats.keys.workers) == {"w2"}
