@@ -263,6 +263,8 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                 return
             self._unsent.popleft()
             try:  # sent: where the next holder of the beat lock goes on from
-                self.stats.client.set(self.stats.keys.beat_last(tick.entry.name), tick.scheduled_at)
-            except redis.RedisError:
-                log.debug("beat: could not record the last tick of %s", tick.entry.name)
+                self.stats.sent(
+                    tick.entry.name, tick.scheduled_at, tick.number, tick.batch, time.time()
+                )
+            except StatsUnavailable:
+                log.debug("beat: could not record the tick of %s as sent", tick.entry.name)

@@ -23,6 +23,8 @@ key                       type    holds
 ``beat:lock``             string  the beat firing ticks (host.pid.id), expires in 10 s
 ``beat:last:<entry>``     string  the scheduled time of the entry's last sent tick
 ``beat:number:<entry>``   string  the entry's latest tick and its first number
+``beat:sent``             zset    ticks beat has sent and nobody has seen done yet
+                                  ([entry, scheduled_at, number, batch] -> sent at)
 ========================  ======  ==================================================
 
 At any quiet moment ``published == acked + nacked + unconfirmed + pending``,
@@ -37,6 +39,7 @@ it counts its outcome.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -50,6 +53,7 @@ from redis.retry import Retry
 
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.errors import StatsUnavailable
+from pubtasks.message import message_id
 from pubtasks.settings import mask_url
 
 COUNTERS = ("published", "acked", "nacked", "returned", "unconfirmed", "failed")
@@ -194,6 +198,15 @@ end
 return done
 """
 
+# KEYS: beat:sent.  ARGV: cutoff, now, member.  Takes a sent tick that is overdue (its
+# score at or before the cutoff) for sending again, once: the score moves to now.
+_CLAIM = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
+if not score or tonumber(score) > tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+return 1
+"""
+
 # KEYS: pending, totals.  ARGV: cutoff, entry key prefix, limit.
 # Publishes left pending by a publisher that died (SIGKILL, lost host) become unconfirmed.
 _REAP = (
@@ -257,6 +270,30 @@ class Keys:
 
     def beat_number(self, entry: str) -> str:
         return f"{self.prefix}beat:number:{entry}"
+
+    @property
+    def beat_sent(self) -> str:
+        return f"{self.prefix}beat:sent"
+
+
+@dataclass(frozen=True)
+class SentTick:
+    """A tick beat has sent, as ``beat:sent`` holds it."""
+
+    member: str
+    entry: str
+    scheduled_at: float
+    number: int
+    batch: int
+
+    @classmethod
+    def parse(cls, member: str) -> SentTick:
+        entry, scheduled_at, number, batch = json.loads(member)
+        return cls(member, str(entry), float(scheduled_at), int(number), int(batch))
+
+    @property
+    def tick_id(self) -> str:
+        return message_id(self.entry, self.scheduled_at)
 
 
 @dataclass(frozen=True)
@@ -379,6 +416,7 @@ class Stats:
         self._reap = client.register_script(_REAP)
         self._number = client.register_script(_NUMBER)
         self._done = client.register_script(_DONE)
+        self._claim = client.register_script(_CLAIM)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, retries: int = 10) -> Stats:
@@ -437,8 +475,8 @@ class Stats:
         k = self.keys
         keys = [k.failed(m) for m, _ in messages] + [k.totals, k.last_error, k.entries]
         args: list[Any] = [FAILED_TTL, now, entry, k.entry(""), reason, k.done(""), DONE_TTL]
-        for message_id, number in messages:
-            args += (message_id, number)
+        for failed_id, number in messages:
+            args += (failed_id, number)
         with _converted(self._url):
             return int(self._fail(keys=keys, args=args))
 
@@ -446,6 +484,43 @@ class Stats:
         """Which messages of tick ``tick_id`` are done: counted acked, returned or failed."""
         with _converted(self._url):
             return {int(i) for i in self._done(keys=[self.keys.done(tick_id)], args=[batch])}
+
+    # -- ticks beat has sent, until they are done (``beat``, ``supervision``) -------------
+
+    def sent(self, entry: str, scheduled_at: float, number: int, batch: int, now: float) -> None:
+        """Beat sent this tick: where the next beat goes on from, and one to see done."""
+        k = self.keys
+        member = json.dumps([entry, scheduled_at, number, batch])
+        with _converted(self._url), self.client.pipeline(transaction=False) as pipe:
+            pipe.set(k.beat_last(entry), scheduled_at)
+            pipe.zadd(k.beat_sent, {member: now})
+            pipe.execute()
+
+    def overdue(self, cutoff: float, limit: int = 2000) -> list[SentTick]:
+        """Sent ticks not yet seen done, sent (or sent again) at or before ``cutoff``;
+        those done meanwhile are forgotten here."""
+        k = self.keys
+        with _converted(self._url):
+            members = self.client.zrangebyscore(k.beat_sent, "-inf", cutoff, 0, limit)
+            ticks = [SentTick.parse(str(m)) for m in members]
+            with self.client.pipeline(transaction=False) as pipe:
+                for t in ticks:
+                    pipe.bitcount(k.done(t.tick_id))
+                counts = pipe.execute()
+            finished = [t.member for t, n in zip(ticks, counts, strict=True) if n >= t.batch]
+            if finished:
+                self.client.zrem(k.beat_sent, *finished)
+        return [t for t, n in zip(ticks, counts, strict=True) if n < t.batch]
+
+    def forget_sent(self, tick: SentTick) -> None:
+        with _converted(self._url):
+            self.client.zrem(self.keys.beat_sent, tick.member)
+
+    def claim(self, tick: SentTick, cutoff: float, now: float) -> bool:
+        """Take an overdue tick for sending again; False if another worker just did."""
+        with _converted(self._url):
+            args: list[Any] = [cutoff, now, tick.member]
+            return bool(self._claim(keys=[self.keys.beat_sent], args=args))
 
     # -- workers' heartbeats (``supervision``) ---------------------------------------------
 

@@ -29,6 +29,15 @@ Every second it:
   is recognised (``stats`` marks each counted message done) and acked without
   publishing or counting anything.
 
+- **sends lost ticks again**, every ``RECONCILE`` seconds. Beat records each tick it
+  sends (``beat:sent``); a tick that, ``RESEND_AFTER`` seconds later, is neither
+  done (``stats`` marks each counted message) nor in Celery's queue nor reserved
+  was lost in Redis, and is sent again, with its number. The Redis transport pops a
+  task (BRPOP) before it records it as reserved: a worker killed between the two
+  takes the message with it (celery/celery#7950, kombu#305); so does a Redis killed
+  between the pop and its reply. ``scripts/chaos`` lost 2 ticks in an hour that way
+  before this.
+
 Celery and kombu internals are touched here and nowhere else:
 
 - ``celery.worker.state.should_stop``: how Celery's own signal handlers ask the
@@ -46,6 +55,8 @@ Celery and kombu internals are touched here and nowhere else:
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
 import time
@@ -56,10 +67,12 @@ from celery.worker import state
 from kombu.connection import Connection
 from kombu.utils.encoding import bytes_to_str
 
+from pubtasks import defaults
 from pubtasks.accounting import abandoned_after
 from pubtasks.lock import owner_id
+from pubtasks.message import message_id
 from pubtasks.orphans import Orphans
-from pubtasks.stats import Stats
+from pubtasks.stats import SentTick, Stats
 
 log = logging.getLogger("pubtasks")
 
@@ -73,6 +86,28 @@ WORKER_TTL = 10.0
 SWEEP = 2.0
 #: Seconds a delivery must stay unheld by any live worker before it is given back.
 GRACE = 5.0
+#: Seconds after beat sent a tick by which it must be done, queued or reserved; a tick
+#: that is none of these was lost in Redis, and is sent again.
+RESEND_AFTER = 30.0
+#: Seconds between two searches for lost ticks.
+RECONCILE = 5.0
+
+
+def queued_ticks(channel: Any, queue: str) -> set[str]:
+    """The ids of the ticks whose task messages are in ``queue`` or reserved (the Redis
+    transport's list and its ``unacked`` hash)."""
+    client = channel.client
+    raw = list(client.lrange(queue, 0, -1))
+    raw += [json.loads(bytes_to_str(v))[0] for v in client.hvals(channel.unacked_key)]
+    found = set()
+    for item in raw:
+        try:
+            message = json.loads(bytes_to_str(item)) if isinstance(item, str | bytes) else item
+            kwargs = json.loads(base64.b64decode(message["body"]))[1]
+            found.add(message_id(kwargs["entry"], float(kwargs["scheduled_at"])))
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue  # not a tick (another task in the same queue)
+    return found
 
 
 def held_tags() -> set[str]:
@@ -103,6 +138,7 @@ class Supervisor:
         self._thread = threading.Thread(target=self._run, name="pubtasks-supervisor", daemon=True)
         self._transport: Connection | None = None
         self._last_sweep = 0.0
+        self._last_reconcile = 0.0
         self._last_problem = ""
         self._beat_gone = False
 
@@ -134,6 +170,9 @@ class Supervisor:
                             reaped,
                         )
                     self.sweep()
+                if time.monotonic() - self._last_reconcile >= RECONCILE:
+                    self._last_reconcile = time.monotonic()
+                    self.reconcile()
             except Exception as exc:  # Redis down, say: try again at the next look
                 self._problem(f"{type(exc).__name__}: {exc}")
                 self._drop_connection()
@@ -189,6 +228,51 @@ class Supervisor:
                 len(due),
                 " ".join(due),
             )
+
+    # -- ticks lost in Redis ------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Send again each tick beat sent that is, ``RESEND_AFTER`` seconds later, neither
+        done nor in Celery's queue nor reserved: its task message was lost in Redis."""
+        now = time.time()
+        cutoff = now - RESEND_AFTER
+        overdue = self.stats.overdue(cutoff)
+        if not overdue:
+            return
+        channel = self._channel()
+        if channel is None:
+            return
+        present = queued_ticks(channel, self.app.conf.task_default_queue)
+        for tick in overdue:
+            if tick.tick_id not in present and self.stats.claim(tick, cutoff, now):
+                self._resend(tick)
+
+    def _resend(self, tick: SentTick) -> None:
+        entry = (self.app.conf.beat_schedule or {}).get(tick.entry)
+        if entry is None:
+            log.warning(
+                "pubtasks: tick %s was lost in Redis, and %s is no longer in beat_schedule: "
+                "not sent again",
+                tick.tick_id,
+                tick.entry,
+            )
+            self.stats.forget_sent(tick)
+            return
+        kwargs = {
+            **(entry.get("kwargs") or {}),
+            "entry": tick.entry,
+            "scheduled_at": tick.scheduled_at,
+            "number": tick.number,
+            "batch": tick.batch,
+        }
+        self.app.send_task(defaults.TASK_NAME, kwargs=kwargs, **(entry.get("options") or {}))
+        log.warning(
+            "pubtasks: sent tick %s (number %d) again: %.0f s after beat sent it, it was "
+            "neither done, queued nor reserved (its task message was lost in Redis)",
+            tick.tick_id,
+            tick.number,
+            RESEND_AFTER,
+        )
 
     def _channel(self) -> Any:
         """A channel of Celery's transport, when that is Redis (None otherwise)."""

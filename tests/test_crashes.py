@@ -195,3 +195,37 @@ def test_a_redelivered_tick_that_was_confirmed_changes_no_counter(
     )  # fmt: skip
     assert row.accounted and row.failed == 0 and row.invariant
     record(row)
+
+
+def tick_of(raw: str) -> str:
+    """The tick id of a Celery task message as the Redis transport stores it."""
+    kwargs = json.loads(base64.b64decode(json.loads(raw)["body"]))[1]
+    return f"{kwargs['entry']}@{round(kwargs['scheduled_at'] * 1000)}"
+
+
+def test_a_tick_whose_task_message_was_lost_in_redis_is_sent_again(
+    worker: Worker, stats: Stats, amqp_url: str, vhost: str, prefix: str, proxy: Proxy
+) -> None:
+    # Given a worker whose publishes hang (RabbitMQ cut off), so that ticks queue in Redis
+    write_config(worker.cwd, prefix, "CONFIRM_TIMEOUT = 5.0\n")
+    start_behind(proxy, worker, stats, vhost)
+    proxy.cut()
+    # When a queued task message vanishes (as one popped by a worker killed before it
+    # recorded it as reserved does)
+    raw = wait_for(lambda: stats.client.rpop(f"{prefix}celery"), 20, "a queued tick", 0.05)
+    lost_at = time.time()
+    lost = tick_of(raw)
+    proxy.restore()
+    # Then, RESEND_AFTER later, a worker sends that tick again, and it is published
+    wait_for(lambda: stats.done(lost, 1), 120, "the lost tick to be sent again", 0.2)
+    recovered = time.time() - lost_at
+    assert f"sent tick {lost} " in worker.log
+    assert worker.stop() == 0
+    queued = finish(worker.cwd, worker.env, stats)
+    row = tally(
+        "a tick's task message lost in Redis (popped, never reserved)",
+        amqp_url, stats, INTERVAL, recovered,
+        f"sent again by the supervisor {recovered:.1f} s after the loss", queued,
+    )  # fmt: skip
+    assert row.accounted and row.failed == 0 and row.invariant
+    record(row)
