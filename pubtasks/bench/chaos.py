@@ -20,8 +20,10 @@ workers, lets a worker without beat publish what is still queued (as the next
 start would), and accounts for every number (``ledger``): delivered, failed with
 its reason, or lost; grid points never fired; duplicates, which must keep their
 ``message_id``; the counters' invariant; ticks left in Redis. It exits 1 if
-anything was lost, missed or stranded, or the invariant is broken. The seed is
-printed first: ``--seed`` replays a run's faults, in the same order.
+anything was lost, missed or stranded, or the invariant is broken, and then
+keeps the run's directory (the workers' logs, Redis's AOF) and prints the lost
+numbers. The seed is printed first: ``--seed`` replays a run's faults, in the
+same order.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -262,6 +265,7 @@ def run(minutes: float, seed: int, interval: float, root: Path) -> dict[str, Any
         "failed": len(ledger.failed),
         "failed_reasons": dict(ledger.reasons),
         "lost": ledger.lost,
+        "lost_numbers": ledger.lost_numbers[:50],
         "missed": ledger.missed,
         "stranded": stranded,
         "left_in_redis": ledger.stranded,
@@ -308,17 +312,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     say(f"seed {seed} (replay: scripts/chaos --minutes {args.minutes:g} --seed {seed})")
-    with tempfile.TemporaryDirectory(prefix="pubtasks-chaos-") as tmp:
-        os.chmod(tmp, 0o755)  # the RabbitMQ node runs as the rabbitmq user
-        result = run(args.minutes, seed, args.interval, Path(tmp))
+    # SIGTERM (a CI timeout, say) stops the workers and the nodes too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    root = Path(tempfile.mkdtemp(prefix="pubtasks-chaos-"))
+    os.chmod(root, 0o755)  # the RabbitMQ node runs as the rabbitmq user
+    result = run(args.minutes, seed, args.interval, root)
     print(json.dumps(result, indent=2), flush=True)
     if args.record:
         args.record.write_text(json.dumps(result, indent=2) + "\n")
     wrong = verdict(result)
     for line in wrong:
         say(f"FAILED: {line}")
-    say("nothing lost, missed or stranded; the invariant holds" if not wrong else "FAILED")
-    return 1 if wrong else 0
+    if wrong:  # the workers' logs and Redis's AOF, to find out what happened
+        say(f"FAILED; the run's logs are kept in {root}")
+        return 1
+    shutil.rmtree(root, ignore_errors=True)
+    say("nothing lost, missed or stranded; the invariant holds")
+    return 0
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ class Ledger:
     stranded: int  # ticks still queued or reserved in Redis
     failed: dict[str, tuple[int, str]] = field(default_factory=dict)
     ids: set[str] = field(default_factory=set)
+    lost_numbers: list[int] = field(default_factory=list)  # neither delivered nor failed
 
     @property
     def duplicates(self) -> int:
@@ -109,7 +110,8 @@ def account(received: list[Raw], stats: Stats, interval: float | None, entry: st
     for m in received:
         by_number.setdefault(number_of(m), set()).add(m.properties["message_id"])
     numbers = by_number.keys() | {number for number, _ in failed.values()}
-    lost = len(set(range(1, snap.last_message_number + 1)) - numbers) - snap.totals.returned
+    unaccounted = sorted(set(range(1, snap.last_message_number + 1)) - numbers)
+    lost = len(unaccounted) - snap.totals.returned
     missed = None
     if interval is not None and unique:
         times = sorted({scheduled_at_of(i) for i in unique | failed.keys()})
@@ -126,4 +128,5 @@ def account(received: list[Raw], stats: Stats, interval: float | None, entry: st
         stranded=len(queued_ids(stats.client, stats.keys.prefix)),
         failed=failed,
         ids=unique,
+        lost_numbers=unaccounted,
     )
