@@ -33,15 +33,15 @@ def publisher(settings: Settings, stats: Stats) -> Iterator[Publisher]:
     p.close()
 
 
-#: Where the test ticks' grid begins: tick n is at BASE + n/10, so each has its own id
-#: (a second tick with the same id would be the same tick, done already).
-BASE = math.floor(time.time())
-
-
 def tick(stats: Stats, routing_key: str = "example.text") -> Tick:
+    """Tick n, scheduled now (well within TICK_DEADLINE however long the suite has run).
+
+    It is at floor(now) + n/10, so each tick has its own id: a second tick with the same id
+    would be the same tick, done already.
+    """
     recipe = Recipe(routing_key=routing_key)
     n = stats.next_number()
-    return Tick("publish-text", BASE + n / 10, n, recipe=recipe)
+    return Tick("publish-text", math.floor(time.time()) + n / 10, n, recipe=recipe)
 
 
 @pytest.mark.parametrize("batch_writes", [True, False], ids=["batched", "basic_publish"])
