@@ -34,14 +34,16 @@ def publisher(settings: Settings, stats: Stats) -> Iterator[Publisher]:
 
 
 def tick(stats: Stats, routing_key: str = "example.text") -> Tick:
-    """Tick n, scheduled now (well within TICK_DEADLINE however long the suite has run).
+    """Tick n, scheduled a minute ago: due, and well within TICK_DEADLINE however long the
+    suite has run.
 
-    It is at floor(now) + n/10, so each tick has its own id: a second tick with the same id
-    would be the same tick, done already.
+    It is at floor(now) - 60 + n/100, so each tick has its own id (a second tick with the
+    same id would be the same tick, done already), and even the ten thousandth tick of a test
+    is in the past, so that a message's published_at is never before its scheduled_at.
     """
     recipe = Recipe(routing_key=routing_key)
     n = stats.next_number()
-    return Tick("publish-text", math.floor(time.time()) + n / 10, n, recipe=recipe)
+    return Tick("publish-text", math.floor(time.time()) - 60 + n / 100, n, recipe=recipe)
 
 
 @pytest.mark.parametrize("batch_writes", [True, False], ids=["batched", "basic_publish"])
