@@ -66,6 +66,7 @@ class Accounting:
                 entry=tick.entry,
                 number=out.number,
                 published_at=now,
+                retry_return=tick.recipe.on_return == "retry",
             )
             for out in outs
         ]

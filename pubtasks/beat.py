@@ -124,7 +124,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
     def stats(self) -> Stats:
         if self._stats is None:
             s = self.settings
-            self._stats = Stats.from_url(s.redis_url, s.stats_prefix, retries=2)
+            self._stats = Stats.of(s, retries=2)
         return self._stats
 
     # -- one beat at a time ---------------------------------------------------------------

@@ -21,7 +21,7 @@ from celery.utils.imports import import_from_cwd
 from pubtasks import defaults, startup
 from pubtasks.errors import ConfigError
 from pubtasks.schedule import every
-from pubtasks.settings import REDIS_SCHEMES, Settings, check_url
+from pubtasks.settings import REDIS_SCHEMES, Settings, check_url, is_sentinel, master_name
 from pubtasks.supervision import Supervision
 
 log = logging.getLogger("pubtasks")
@@ -43,8 +43,14 @@ def celery_defaults() -> dict[str, Any]:
         redis_url = check_url(
             "REDIS_URL", os.environ.get("REDIS_URL") or defaults.REDIS_URL, REDIS_SCHEMES
         )
+        name = master_name(os.environ)
     except ConfigError as exc:  # Celery would parse it first and print a traceback
         startup.exit_with(str(exc))
+    transport: dict[str, Any] = {"visibility_timeout": 3600}
+    if is_sentinel(redis_url):
+        # kombu's Sentinel transport finds the master by this name, through the Sentinels
+        # of the URL, and asks again after a failover.
+        transport["master_name"] = name
     return {
         # Celery's own transport is Redis, so beat keeps firing while RabbitMQ is down
         # and those ticks are published once it is back. CELERY_BROKER_URL overrides it.
@@ -53,7 +59,7 @@ def celery_defaults() -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # Redis redelivers an unacknowledged task after this many seconds; it must stay
         # longer than a tick can take (TICK_DEADLINE) or a slow tick runs twice.
-        "broker_transport_options": {"visibility_timeout": 3600},
+        "broker_transport_options": transport,
         "beat_scheduler": "pubtasks.beat:Scheduler",
         # The pika example's one publish, every PUBLISH_INTERVAL, until celeryconfig says.
         "beat_schedule": {
@@ -94,6 +100,8 @@ def _load_celeryconfig(sender: Celery, **_: Any) -> None:
     One mapping, so that celeryconfig wins: defaults given to Celery's
     ``add_defaults`` would rank above it, and celeryconfig's own value of, say,
     ``broker_transport_options`` or ``worker_prefetch_multiplier`` would be ignored.
+    celeryconfig's ``broker_transport_options`` is laid over ours key by key, so that
+    giving one option keeps the Sentinel ``master_name`` and the ``visibility_timeout``.
     """
     settings = celery_defaults()
     try:
@@ -115,6 +123,9 @@ def _load_celeryconfig(sender: Celery, **_: Any) -> None:
                 CONFIG_MODULE,
                 TASK_OPTIONS[name],
             )
+        options = given.get("broker_transport_options")
+        if isinstance(options, dict):  # laid over ours: master_name stays unless given
+            given["broker_transport_options"] = {**settings["broker_transport_options"], **options}
         settings.update(given)
     sender.config_from_object(settings)
 

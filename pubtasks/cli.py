@@ -66,7 +66,7 @@ def _stats(args: argparse.Namespace) -> tuple[Stats, str, str]:
     """The statistics the worker writes: REDIS_URL and STATS_PREFIX read as it reads them."""
     settings = app.settings
     prefix = getattr(args, "prefix", None) or settings.stats_prefix
-    return Stats.from_url(settings.redis_url, prefix), mask_url(settings.redis_url), prefix
+    return Stats.of(settings, prefix=prefix), mask_url(settings.redis_url), prefix
 
 
 class Rate:

@@ -41,6 +41,7 @@ class Delivery:
     number: int
     published_at: float = 0.0
     returned: str | None = None  # basic.return's reply, when the message was unroutable
+    retry_return: bool = False  # a return is published again, so it does not make it done
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,24 @@ from typing import Final
 
 AMQP_URL: Final = "amqp://guest:guest@localhost:5672//"
 REDIS_URL: Final = "redis://localhost:6379/0"
+#: The master's name that Sentinel knows, when REDIS_URL is a sentinel:// URL.
+REDIS_MASTER_NAME: Final = "mymaster"
+#: How long a counter write waits for its replicas (REDIS_WAIT_REPLICAS) before going on.
+REDIS_WAIT_TIMEOUT: Final = 0.5
 PUBLISH_INTERVAL: Final = 1.0
 
 EXCHANGE: Final = "message"
 EXCHANGE_TYPE: Final = "topic"
 QUEUE: Final = "text"
 ROUTING_KEY: Final = "example.text"
+#: The shorthand queue's type: "classic", or "quorum" (replicated on a cluster).
+QUEUE_TYPE: Final = "classic"
+QUEUE_TYPES: Final = ("classic", "quorum")
+#: What a message RabbitMQ returned (basic.return, unroutable) does: "retry" publishes
+#: it again, backing off, until TICK_DEADLINE, then fails it; "count" counts it
+#: returned and moves on. An entry's ``on_return`` overrides this.
+ON_RETURN: Final = "retry"
+ON_RETURN_CHOICES: Final = ("retry", "count")
 
 STATS_PREFIX: Final = "pubtasks:"
 #: Seconds to wait for any answer from RabbitMQ: a confirm (basic.ack/basic.nack), or the

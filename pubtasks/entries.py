@@ -2,9 +2,10 @@
 
 An entry of ``pubtasks.publish`` says what its messages carry in its ``kwargs``
 (``exchange``, ``routing_key``, ``body`` or ``payload``, ``serializer``,
-``headers``, ``properties``). Everything is checked when the worker or beat
-starts, and every mistake is one line that names the entry and the field and
-says what to do::
+``headers``, ``properties``), and what a message RabbitMQ returns does
+(``on_return``: ``"retry"`` or ``"count"``, default ``ON_RETURN``). Everything
+is checked when the worker or beat starts, and every mistake is one line that
+names the entry and the field and says what to do::
 
     beat_schedule entry 'nightly': properties: 'priority' 300 is out of range; give an
     integer from 0 to 255
@@ -36,7 +37,16 @@ from pubtasks.message import NUMBER_HEADER, SCHEDULED_HEADER, Body, Payload, Rec
 from pubtasks.schedule import every
 
 #: What an entry's kwargs may say.
-KWARGS = ("exchange", "routing_key", "body", "payload", "serializer", "headers", "properties")
+KWARGS = (
+    "exchange",
+    "routing_key",
+    "body",
+    "payload",
+    "serializer",
+    "headers",
+    "properties",
+    "on_return",
+)
 #: What beat adds to each tick's kwargs.
 SET_BY_BEAT = ("entry", "scheduled_at", "number", "batch")
 #: The AMQP properties an entry may set: string ones, and the three checked apart.
@@ -65,6 +75,7 @@ class Context:
     exchanges: frozenset[str]
     exchange: str = defaults.EXCHANGE
     routing_key: str = defaults.ROUTING_KEY
+    on_return: str = defaults.ON_RETURN
 
     def declared(self, exchange: str) -> bool:
         return exchange in self.exchanges or exchange == "" or exchange.startswith("amq.")
@@ -179,6 +190,15 @@ def _properties(name: str, value: Any) -> dict[str, Any]:
     return checked
 
 
+def _on_return(name: str, value: Any) -> str:
+    if value not in defaults.ON_RETURN_CHOICES:
+        raise ConfigError(
+            f"{name}'on_return' is {value!r}; give 'retry' (publish it again until "
+            "TICK_DEADLINE) or 'count' (count it returned and move on)"
+        )
+    return str(value)
+
+
 def recipe(entry: str, kwargs: Mapping[str, Any], context: Context) -> Recipe:
     """The recipe of entry ``entry`` from its ``kwargs``; ``ConfigError`` names what is wrong."""
     name = f"beat_schedule entry {entry!r}: "
@@ -241,6 +261,7 @@ def recipe(entry: str, kwargs: Mapping[str, Any], context: Context) -> Recipe:
         serializer=serializer,
         headers=_headers(name, kwargs.get("headers", {})),
         properties=_properties(name, kwargs.get("properties", {})),
+        on_return=_on_return(name, kwargs.get("on_return", context.on_return)),
     )
 
 

@@ -107,6 +107,7 @@ class Recipe:
     serializer: str | None = None  # for the payload's result (the fixed body is encoded)
     headers: Mapping[str, Any] = field(default_factory=dict)
     properties: Mapping[str, Any] = field(default_factory=dict)  # AMQP names, checked
+    on_return: str = defaults.ON_RETURN  # "retry" a returned message, or "count" it
 
     @property
     def own_body(self) -> bool:

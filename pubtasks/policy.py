@@ -4,7 +4,10 @@ A tick is tried up to ``PUBLISH_ATTEMPTS`` times. Each attempt streams the
 tick's unacked messages through a confirm window: at most ``CONFIRM_WINDOW``
 await their answer at once, and the oldest may wait ``CONFIRM_TIMEOUT``. A
 nacked or unconfirmed message is published again, with the same
-``message_id``, after a short backoff when RabbitMQ nacked. What is still
+``message_id``, after a short backoff when RabbitMQ nacked. A message RabbitMQ
+returned (no queue took it) is published again, backing off up to 2 s, until
+``TICK_DEADLINE``, when its entry's ``on_return`` is ``"retry"`` (the default);
+with ``"count"`` it is counted returned and the tick ends. What is still
 unacked after the last attempt, or when ``TICK_DEADLINE`` has passed, or at
 once on a permanent error (a refused login, a conflicting declaration, a
 channel RabbitMQ closed for good), fails, with its reason.
@@ -116,8 +119,9 @@ class Attempt:
 
 
 def nack_backoff(attempt: int) -> float:
-    """Seconds to wait before attempt ``attempt + 1`` after a nack: 0.1, 0.2, 0.4... at most 2."""
-    return float(min(0.1 * 2 ** (attempt - 1), 2.0))
+    """Seconds to wait before attempt ``attempt + 1`` after a nack (or before publishing a
+    returned message again): 0.1, 0.2, 0.4... at most 2."""
+    return float(min(0.1 * 2 ** (min(attempt, 8) - 1), 2.0))
 
 
 class TickPolicy:
@@ -204,7 +208,7 @@ class TickPolicy:
         deadline = tick.scheduled_at + limits.tick_deadline
         returned = 0
         reason = "no attempt made"
-        attempt = 0
+        attempt = bounces = 0
         while todo and attempt < limits.attempts:
             late = f"TICK_DEADLINE={limits.tick_deadline:g} s passed"
             if self.clock() > deadline:
@@ -222,12 +226,33 @@ class TickPolicy:
                 continue
             attempt += 1
             sent = self._attempt(tick, todo, bodies)
-            returned += sum(1 for x in sent.settled.values() if x.returned)
+            bounced = [x for x in sent.settled.values() if x.returned and x.delivery.retry_return]
+            returned += sum(1 for x in sent.settled.values() if x.returned) - len(bounced)
             acked = {m for m, x in sent.settled.items() if x.outcome is Outcome.ACKED}
+            acked -= {x.delivery.message_id for x in bounced}
             todo = [out for out in todo if out.message_id not in acked]
             if not todo:
                 break
             nacked = sum(1 for x in sent.settled.values() if x.outcome is Outcome.NACKED)
+            if bounced and len(bounced) == len(todo) and sent.error is None:
+                # Only returns are left (no queue took them): published again, backing off,
+                # until TICK_DEADLINE; they do not use up PUBLISH_ATTEMPTS.
+                attempt -= 1
+                bounces += 1
+                reason = str(bounced[-1].delivery.returned)
+                if bounces == 1:
+                    log.warning(
+                        "tick %s: %d message(s) returned by RabbitMQ (%s); publishing them "
+                        "again until TICK_DEADLINE (on_return='retry')",
+                        tick.message_id,
+                        len(bounced),
+                        reason,
+                    )
+                left = deadline - self.clock()
+                if left <= 0:
+                    self._fail(tick, todo, f"{late} before a queue took it (last: {reason})")
+                self.sleep(min(nack_backoff(bounces), left))
+                continue
             reason = sent.error or (f"{nacked} nacked by RabbitMQ" if nacked else "unconfirmed")
             if tick.batch == 1 and nacked:
                 reason = "nacked by RabbitMQ"

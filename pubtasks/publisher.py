@@ -24,7 +24,7 @@ class Publisher:
     def __init__(self, settings: Settings, stats: Stats | None = None) -> None:
         self.settings = settings
         self._owns_stats = stats is None
-        self.stats = stats or Stats.from_url(settings.redis_url, settings.stats_prefix)
+        self.stats = stats or Stats.of(settings)
         self.stream = ConfirmStream(
             Options.from_settings(settings), Topology.from_settings(settings)
         )

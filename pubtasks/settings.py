@@ -1,6 +1,7 @@
 """Settings: the environment and celeryconfig, read and checked once at start.
 
-Environment variables (``AMQP_URL``, ``REDIS_URL``, ``PUBLISH_INTERVAL``) are read
+Environment variables (``AMQP_URL``, ``REDIS_URL``, ``REDIS_MASTER_NAME``,
+``PUBLISH_INTERVAL``) are read
 when the worker, beat or a CLI command starts, never at import. The rest comes
 from ``celeryconfig.py`` (upper-case names, see ``pubtasks.defaults``).
 Every error names the setting and says what to do; no URL is ever shown with
@@ -34,10 +35,10 @@ from pubtasks.errors import ConfigError, kind_of
 from pubtasks.message import Recipe
 
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "sentinel"})
 EXCHANGE_TYPES = frozenset({"direct", "topic", "fanout", "headers"})
 #: The shorthand for one exchange and one queue, which QUEUES replaces.
-SHORTHAND = ("EXCHANGE_TYPE", "QUEUE", "BINDING_KEY")
+SHORTHAND = ("EXCHANGE_TYPE", "QUEUE", "BINDING_KEY", "QUEUE_TYPE")
 
 
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
@@ -49,7 +50,32 @@ def mask_url(url: str) -> str:
 
 
 def check_url(name: str, url: str, schemes: frozenset[str]) -> str:
-    """Return ``url`` if it parses as one of ``schemes``, else raise ConfigError naming ``name``."""
+    """Return ``url`` if it parses as one of ``schemes``, else raise ConfigError naming ``name``.
+
+    Several URLs may be given, separated by ``;`` (kombu's failover URLs; Sentinels):
+    each is checked. In a Redis URL only ``sentinel://`` ones may be listed.
+    """
+    shown = mask_url(url) if "://" in url else repr(url)
+    given = [part.strip() for part in url.split(";")]
+    if not all(given):
+        raise ConfigError(f"{name}={shown} has an empty URL between its ';'; fix {name}")
+    for part in given:
+        _check_one(name, part, schemes)
+    kinds = {urlsplit(part).scheme == "sentinel" for part in given}
+    if len(kinds) > 1 or (len(given) > 1 and "sentinel" in schemes and kinds != {True}):
+        raise ConfigError(
+            f"{name}={shown}: only sentinel:// URLs may be listed with ';' (one per "
+            f"Sentinel); give one redis:// URL or the Sentinels; fix {name}"
+        )
+    return url
+
+
+def is_sentinel(url: str) -> bool:
+    """Whether ``url`` names Redis Sentinels rather than a Redis server."""
+    return url.strip().startswith("sentinel://")
+
+
+def _check_one(name: str, url: str, schemes: frozenset[str]) -> None:
     shown = mask_url(url) if "://" in url else repr(url)
     try:
         parts = urlsplit(url)
@@ -61,7 +87,6 @@ def check_url(name: str, url: str, schemes: frozenset[str]) -> str:
         raise ConfigError(f"{name}={shown} is not a URL of the form {want}...; fix {name}")
     if parts.scheme != "unix" and not parts.hostname:
         raise ConfigError(f"{name}={shown} has no host; fix {name}")
-    return url
 
 
 def parse_interval(name: str, raw: str) -> float:
@@ -99,6 +124,21 @@ def _flag(name: str, value: Any) -> bool:
     return value
 
 
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name}={value!r} in celeryconfig.py must be a whole number, 0 or more")
+    return value
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(
+            f"{name}={value!r} in celeryconfig.py must be one of "
+            + ", ".join(repr(c) for c in choices)
+        )
+    return str(value)
+
+
 def _name(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 255:
         raise ConfigError(f"{name}={value!r} in celeryconfig.py must be a non-empty string")
@@ -111,6 +151,9 @@ class Settings:
 
     amqp_url: str = field(default=defaults.AMQP_URL, repr=False)
     redis_url: str = field(default=defaults.REDIS_URL, repr=False)
+    redis_master_name: str = defaults.REDIS_MASTER_NAME  # with a sentinel:// REDIS_URL
+    #: Replicas each counter write waits for (Redis WAIT); None: 1 with Sentinel, else 0.
+    redis_wait_replicas: int | None = None
     publish_interval: float = defaults.PUBLISH_INTERVAL
     exchange: str = defaults.EXCHANGE  # where an entry publishes unless it says otherwise
     routing_key: str = defaults.ROUTING_KEY  # with this key, unless it says otherwise
@@ -124,6 +167,7 @@ class Settings:
     confirm_window: int = defaults.CONFIRM_WINDOW
     batch_writes: bool = defaults.BATCH_WRITES
     tick_deadline: float = defaults.TICK_DEADLINE
+    on_return: str = defaults.ON_RETURN  # an entry's, unless it says otherwise
     startup_retries: int = defaults.STARTUP_RETRIES
 
     @property
@@ -134,10 +178,19 @@ class Settings:
     def redis_url_masked(self) -> str:
         return mask_url(self.redis_url)
 
+    @property
+    def wait_replicas(self) -> int:
+        """Replicas each counter write waits for: REDIS_WAIT_REPLICAS, or 1 with Sentinel."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if is_sentinel(self.redis_url) else 0
+
     @cached_property
     def context(self) -> Context:
         """What a schedule entry is checked against (``entries.recipe``)."""
-        return Context(frozenset(declared_exchanges(self)), self.exchange, self.routing_key)
+        return Context(
+            frozenset(declared_exchanges(self)), self.exchange, self.routing_key, self.on_return
+        )
 
     def __str__(self) -> str:
         queues = ",".join(q.name for q in self.queues) or "none"
@@ -174,6 +227,12 @@ class Settings:
             redis_url=check_url(
                 "REDIS_URL", env.get("REDIS_URL") or defaults.REDIS_URL, REDIS_SCHEMES
             ),
+            redis_master_name=master_name(env),
+            redis_wait_replicas=(
+                None
+                if cfg.get("REDIS_WAIT_REPLICAS") is None
+                else _count("REDIS_WAIT_REPLICAS", cfg["REDIS_WAIT_REPLICAS"])
+            ),
             publish_interval=parse_interval(
                 "PUBLISH_INTERVAL", env.get("PUBLISH_INTERVAL") or str(defaults.PUBLISH_INTERVAL)
             ),
@@ -198,6 +257,9 @@ class Settings:
             tick_deadline=_positive(
                 "TICK_DEADLINE", opt("TICK_DEADLINE", defaults.TICK_DEADLINE), float
             ),
+            on_return=_choice(
+                "ON_RETURN", opt("ON_RETURN", defaults.ON_RETURN), defaults.ON_RETURN_CHOICES
+            ),
             startup_retries=_positive(
                 "STARTUP_RETRIES", opt("STARTUP_RETRIES", defaults.STARTUP_RETRIES), int
             ),
@@ -211,6 +273,17 @@ class Settings:
         return replace(loaded, recipes=recipes)
 
 
+def master_name(environ: Mapping[str, str]) -> str:
+    """``REDIS_MASTER_NAME``: the name Sentinel knows the master by (``mymaster``)."""
+    value = environ.get("REDIS_MASTER_NAME") or defaults.REDIS_MASTER_NAME
+    if any(c.isspace() for c in value) or len(value) > 255:
+        raise ConfigError(
+            f"REDIS_MASTER_NAME={value!r} is not a name Sentinel can know; give the name of "
+            "its 'sentinel monitor' line, e.g. mymaster"
+        )
+    return value
+
+
 # -- the topology ------------------------------------------------------------------------
 
 
@@ -219,10 +292,16 @@ def shorthand(
     exchange_type: str = defaults.EXCHANGE_TYPE,
     queue: str = defaults.QUEUE,
     binding_key: str = defaults.ROUTING_KEY,
+    queue_type: str = defaults.QUEUE_TYPE,
 ) -> tuple[tuple[Exchange, ...], tuple[Queue, ...]]:
-    """One durable exchange and one durable queue bound to it: the pika example's."""
+    """One durable exchange and one durable queue bound to it: the pika example's.
+
+    ``queue_type="quorum"`` makes the queue a quorum queue (``x-queue-type``).
+    """
     x = Exchange(exchange, type=exchange_type, durable=True, auto_delete=False)
-    return (x,), (Queue(queue, exchange=x, routing_key=binding_key, durable=True),)
+    arguments = {"x-queue-type": queue_type} if queue_type != defaults.QUEUE_TYPE else None
+    q = Queue(queue, exchange=x, routing_key=binding_key, durable=True, queue_arguments=arguments)
+    return (x,), (q,)
 
 
 def exchanges_of(queue: Queue) -> list[Exchange]:
@@ -277,7 +356,10 @@ def _queues(cfg: Mapping[str, Any], exchange: str, routing_key: str) -> tuple[An
             )
         queue = _name("QUEUE", _given(cfg, "QUEUE", defaults.QUEUE))
         binding_key = _name("BINDING_KEY", _given(cfg, "BINDING_KEY", routing_key))
-        return shorthand(exchange, exchange_type, queue, binding_key)
+        queue_type = _choice(
+            "QUEUE_TYPE", _given(cfg, "QUEUE_TYPE", defaults.QUEUE_TYPE), defaults.QUEUE_TYPES
+        )
+        return shorthand(exchange, exchange_type, queue, binding_key, queue_type)
     shortened = [name for name in SHORTHAND if cfg.get(name) is not None]
     if shortened:
         raise ConfigError(

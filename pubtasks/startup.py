@@ -66,7 +66,7 @@ def check_or_exit(s: Settings) -> None:
     """At worker start: Redis, RabbitMQ and the topology, or exit non-zero."""
     log.info("pubtasks: %s", s)
     # One connection attempt per ping: the attempts are counted here, not inside redis-py.
-    stats = Stats.from_url(s.redis_url, s.stats_prefix, retries=0)
+    stats = Stats.of(s, retries=0)
     stream = ConfirmStream(Options.from_settings(s), Topology.from_settings(s))
     failed = 0
 

@@ -40,21 +40,27 @@ it counts its outcome.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
+from pubtasks import defaults
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.errors import StatsUnavailable
 from pubtasks.message import message_id
-from pubtasks.settings import mask_url
+from pubtasks.settings import Settings, is_sentinel, mask_url
+
+log = logging.getLogger(__name__)
 
 COUNTERS = ("published", "acked", "nacked", "returned", "unconfirmed", "failed")
 FAILED_TTL = 24 * 3600
@@ -106,7 +112,8 @@ return total
 # KEYS: totals, pending.
 # ARGV: now, entry key prefix, the highest acked (not returned) message number or 0,
 #       done key prefix, done ttl, then (key, outcome) per publish; outcome is acked,
-#       returned (acked and returned), nacked or unconfirmed.
+#       returned (acked and returned), bounced (acked and returned, and to be published
+#       again: not done), nacked or unconfirmed.
 # Only the caller whose ZREM removes a publish counts it: settling twice counts once.
 # A message counted acked or returned is marked done, in the same call.
 _SETTLE = (
@@ -125,7 +132,7 @@ for i = 6, #ARGV, 2 do
       mark_done(ARGV[4], string.match(ARGV[i], '^(.*)#'))
     end
     for _, hash in ipairs({KEYS[1], ARGV[2] .. entry_of(ARGV[i])}) do
-      if outcome == 'returned' then
+      if outcome == 'returned' or outcome == 'bounced' then
         bump(hash, 'acked')
         bump(hash, 'returned')
       else
@@ -380,17 +387,54 @@ def entry_of(pending_key: str) -> str:
     return pending_key.rpartition("#")[0].rpartition("@")[0] or "?"
 
 
-def connect(url: str, retries: int = 10) -> redis.Redis:
-    """A Redis client that retries connection errors with a bounded backoff (at most 1 s apart)."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        health_check_interval=15,
+def connect(
+    url: str, retries: int = 10, master_name: str = defaults.REDIS_MASTER_NAME
+) -> redis.Redis:
+    """A Redis client that retries connection errors with a bounded backoff (at most 1 s apart).
+
+    With a ``sentinel://`` URL (several separated by ``;``), the client is redis-py's
+    ``Sentinel(...).master_for(master_name)``: each new connection asks the Sentinels
+    where the master is, so a retry after a failover reaches the new master.
+    """
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "health_check_interval": 15,
+    }
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **options)
+    where = sentinels(url)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        where.hosts,
+        sentinel_kwargs={"socket_connect_timeout": 1, "socket_timeout": 1},
     )
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        master_name, db=where.db, username=where.username, password=where.password, **options
+    )
+    return client
+
+
+@dataclass(frozen=True)
+class Sentinels:
+    """What a ``sentinel://h1:26379;sentinel://h2:26380/0`` URL says."""
+
+    hosts: list[tuple[str, int]]
+    db: int = 0
+    username: str | None = None
+    password: str | None = None  # the master's (as Celery's transport takes it)
+
+
+def sentinels(url: str) -> Sentinels:
+    """The Sentinels of a ``sentinel://`` URL; the db, user and password of any part."""
+    parts = [urlsplit(part.strip()) for part in url.split(";")]
+    hosts = [(p.hostname or "localhost", p.port or 26379) for p in parts]
+    db = next((int(p.path.strip("/")) for p in parts if p.path.strip("/").isdigit()), 0)
+    username = next((unquote(p.username) for p in parts if p.username), None)
+    password = next((unquote(p.password) for p in parts if p.password), None)
+    return Sentinels(hosts, db, username, password)
 
 
 @contextmanager
@@ -403,13 +447,60 @@ def _converted(url: str) -> Iterator[None]:
         ) from exc
 
 
+class Replication:
+    """How many replicas each counter write waits for (Redis ``WAIT``), and whether they
+    answer.
+
+    Redis replicates asynchronously: a master that dies can take its last writes
+    with it, and Sentinel then promotes a replica that never saw them. A write that
+    waited for a replica's acknowledgement survives that. When fewer replicas
+    acknowledge within ``REDIS_WAIT_TIMEOUT`` (none is connected, say), that is
+    logged once, and writes stop waiting for ``RECHECK`` seconds before they try
+    again, so a lost replica costs one timeout now and then, not one per write.
+    """
+
+    RECHECK = 5.0
+
+    def __init__(self, wanted: int, clock: Any = time.monotonic) -> None:
+        self.wanted = wanted
+        self.clock = clock
+        self.short_until = 0.0
+        self.short = False
+
+    def replicas(self) -> int:
+        """Replicas to wait for on the next write (0: do not wait now)."""
+        if not self.wanted or self.clock() < self.short_until:
+            return 0
+        return self.wanted
+
+    def acknowledged(self, count: int) -> None:
+        if count >= self.wanted:
+            if self.short:
+                log.warning("Redis replication is back: %d replica(s) acknowledge writes", count)
+            self.short = False
+            return
+        self.short_until = self.clock() + self.RECHECK
+        if not self.short:
+            log.warning(
+                "Redis: %d of %d replica(s) acknowledged a counter write within %g s; "
+                "counting goes on, but a failover now could lose the latest counts",
+                count,
+                self.wanted,
+                defaults.REDIS_WAIT_TIMEOUT,
+            )
+        self.short = True
+
+
 class Stats:
     """The statistics of one prefix in one Redis database."""
 
-    def __init__(self, client: redis.Redis, prefix: str, url: str = "") -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str, url: str = "", wait_replicas: int = 0
+    ) -> None:
         self.client = client
         self.keys = Keys(prefix)
         self._url = url
+        self.replication = Replication(wait_replicas)
         self._begin = client.register_script(_BEGIN)
         self._settle = client.register_script(_SETTLE)
         self._fail = client.register_script(_FAIL)
@@ -419,8 +510,38 @@ class Stats:
         self._claim = client.register_script(_CLAIM)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, retries: int = 10) -> Stats:
-        return cls(connect(url, retries), prefix, url)
+    def from_url(
+        cls,
+        url: str,
+        prefix: str,
+        retries: int = 10,
+        master_name: str = defaults.REDIS_MASTER_NAME,
+        wait_replicas: int = 0,
+    ) -> Stats:
+        return cls(connect(url, retries, master_name), prefix, url, wait_replicas)
+
+    @classmethod
+    def of(cls, s: Settings, retries: int = 10, prefix: str | None = None) -> Stats:
+        """The statistics ``s`` names: its REDIS_URL (or Sentinels) and STATS_PREFIX."""
+        return cls.from_url(
+            s.redis_url,
+            s.stats_prefix if prefix is None else prefix,
+            retries,
+            s.redis_master_name,
+            s.wait_replicas,
+        )
+
+    def _write(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
+        """Run a counting script; with replicas to wait for, WAIT in the same round trip."""
+        wait = self.replication.replicas()
+        if not wait:
+            return script(keys=keys, args=args)
+        with self.client.pipeline(transaction=False) as pipe:
+            script(keys=keys, args=args, client=pipe)
+            pipe.wait(wait, int(defaults.REDIS_WAIT_TIMEOUT * 1000))
+            result, acknowledged = pipe.execute()
+        self.replication.acknowledged(int(acknowledged))
+        return result
 
     def ping(self) -> None:
         with _converted(self._url):
@@ -436,7 +557,8 @@ class Stats:
         """The first of the ``count`` numbers of tick ``tick_id``: allocated once (beat)."""
         k = self.keys
         with _converted(self._url):
-            return int(self._number(keys=[k.totals, k.beat_number(entry)], args=[tick_id, count]))
+            keys = [k.totals, k.beat_number(entry)]
+            return int(self._write(self._number, keys, [tick_id, count]))
 
     def begin(self, deliveries: Iterable[Delivery], now: float) -> int:
         """Count basic.publishes as published and pending, before they are sent."""
@@ -444,7 +566,7 @@ class Stats:
         args: list[Any] = [now, k.entry("")]
         args += (d.key for d in deliveries)
         with _converted(self._url):
-            return int(self._begin(keys=[k.totals, k.pending, k.entries], args=args))
+            return int(self._write(self._begin, [k.totals, k.pending, k.entries], args))
 
     def settle(self, settled: Iterable[Settled], now: float) -> int:
         """Count each outcome once; return how many were counted (not already settled)."""
@@ -454,7 +576,7 @@ class Stats:
         for x in settled:
             outcome = x.outcome.value
             if x.returned:
-                outcome = "returned"
+                outcome = "bounced" if x.delivery.retry_return else "returned"
             elif x.outcome is Outcome.ACKED:
                 number = max(number, x.delivery.number)
             pairs += (x.delivery.key, outcome)
@@ -462,7 +584,7 @@ class Stats:
             return 0
         args = [now, k.entry(""), number, k.done(""), DONE_TTL, *pairs]
         with _converted(self._url):
-            return int(self._settle(keys=[k.totals, k.pending], args=args))
+            return int(self._write(self._settle, [k.totals, k.pending], args))
 
     def fail(self, entry: str, messages: Sequence[tuple[str, int]], reason: str, now: float) -> int:
         """Count messages given up as failed, each once, and make ``reason`` the last error.
@@ -478,7 +600,7 @@ class Stats:
         for failed_id, number in messages:
             args += (failed_id, number)
         with _converted(self._url):
-            return int(self._fail(keys=keys, args=args))
+            return int(self._write(self._fail, keys, args))
 
     def done(self, tick_id: str, batch: int) -> set[int]:
         """Which messages of tick ``tick_id`` are done: counted acked, returned or failed."""
@@ -494,7 +616,12 @@ class Stats:
         with _converted(self._url), self.client.pipeline(transaction=False) as pipe:
             pipe.set(k.beat_last(entry), scheduled_at)
             pipe.zadd(k.beat_sent, {member: now})
-            pipe.execute()
+            wait = self.replication.replicas()
+            if wait:
+                pipe.wait(wait, int(defaults.REDIS_WAIT_TIMEOUT * 1000))
+            replies = pipe.execute()
+        if wait:
+            self.replication.acknowledged(int(replies[-1]))
 
     def overdue(self, cutoff: float, limit: int = 2000) -> list[SentTick]:
         """Sent ticks not yet seen done, sent (or sent again) at or before ``cutoff``;
@@ -520,7 +647,7 @@ class Stats:
         """Take an overdue tick for sending again; False if another worker just did."""
         with _converted(self._url):
             args: list[Any] = [cutoff, now, tick.member]
-            return bool(self._claim(keys=[self.keys.beat_sent], args=args))
+            return bool(self._write(self._claim, [self.keys.beat_sent], args))
 
     # -- workers' heartbeats (``supervision``) ---------------------------------------------
 
@@ -557,9 +684,8 @@ class Stats:
         """Count publishes pending for more than ``older_than`` seconds as unconfirmed."""
         k = self.keys
         with _converted(self._url):
-            return int(
-                self._reap(keys=[k.pending, k.totals], args=[now - older_than, k.entry(""), limit])
-            )
+            args = [now - older_than, k.entry(""), limit]
+            return int(self._write(self._reap, [k.pending, k.totals], args))
 
     def snapshot(self) -> Snapshot:
         """Read every counter in one pipelined round trip (plus one per entry)."""

@@ -130,7 +130,7 @@ class Supervisor:
         self.worker = worker
         self.app = worker.app
         settings = self.app.settings
-        self.stats = Stats.from_url(settings.redis_url, settings.stats_prefix, retries=0)
+        self.stats = Stats.of(settings, retries=0)
         self.abandoned_after = abandoned_after(settings.confirm_timeout)
         self.id = owner_id()
         self.orphans = Orphans(GRACE)

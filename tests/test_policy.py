@@ -131,7 +131,13 @@ class Recorder:
     def publishing(self, tick: Tick, outs: Sequence[Outgoing]) -> list[Delivery]:
         self.published += [out.message_id for out in outs]
         return [
-            Delivery(f"{out.message_id}#{next(self.keys)}", out.message_id, tick.entry, out.number)
+            Delivery(
+                f"{out.message_id}#{next(self.keys)}",
+                out.message_id,
+                tick.entry,
+                out.number,
+                retry_return=tick.recipe.on_return == "retry",
+            )
             for out in outs
         ]
 
@@ -279,10 +285,33 @@ def test_a_tick_past_its_deadline_is_not_published() -> None:
     assert stream.sent == [] and listener.published == []
 
 
-def test_a_returned_message_ends_returned() -> None:
+def test_a_returned_message_with_on_return_count_ends_returned() -> None:
     p, _, listener = policy(always("return"))
-    assert p.publish(tick()).outcome == "returned"
+    counted = Tick("e", T0, number=1, recipe=message.Recipe(on_return="count"))
+    assert p.publish(counted).outcome == "returned"
     assert listener.outcomes == [("e@1795000000000", "returned")]
+
+
+def test_a_returned_message_is_published_again_until_a_queue_takes_it() -> None:
+    # Given RabbitMQ returning the message 5 times (more than PUBLISH_ATTEMPTS), then not
+    p, stream, listener = policy(lambda message_id, attempt: "return" if attempt <= 5 else "ack")
+    result = p.publish(tick())
+    # Then it was published 6 times, backing off, with the same message_id, and is acked
+    assert result.outcome == "acked" and stream.tries == {"e@1795000000000": 6}
+    assert stream.clock.slept == [nack_backoff(n) for n in range(1, 6)]
+    assert listener.count("returned") == 5 and listener.count("acked") == 1
+    assert listener.failures == []
+
+
+def test_a_message_returned_until_tick_deadline_fails_with_the_return_as_reason() -> None:
+    p, stream, listener = policy(always("return"))
+    with pytest.raises(TickFailed, match=r"TICK_DEADLINE=600 s passed .*\(312\) NO_ROUTE"):
+        p.publish(tick())
+    # Every publish was counted returned, backing off at most 2 s, until the deadline
+    assert stream.tries["e@1795000000000"] > 290
+    assert max(stream.clock.slept) == 2.0 and stream.clock.now <= T0 + 602
+    [(ids, reason)] = listener.failures
+    assert ids == ["e@1795000000000"] and "NO_ROUTE" in reason
 
 
 def test_outcomes_the_listener_could_not_take_are_reported_again() -> None:

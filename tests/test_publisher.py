@@ -20,6 +20,7 @@ from pubtasks.message import Recipe, Tick
 from pubtasks.publisher import Publisher
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
+from pubtasks.waiting import wait_for
 from tests.helpers import close_connections, drain
 from tests.proxy import Proxy
 
@@ -33,7 +34,7 @@ def publisher(settings: Settings, stats: Stats) -> Iterator[Publisher]:
     p.close()
 
 
-def tick(stats: Stats, routing_key: str = "example.text") -> Tick:
+def tick(stats: Stats, routing_key: str = "example.text", on_return: str = "retry") -> Tick:
     """Tick n, scheduled a minute ago: due, and well within TICK_DEADLINE however long the
     suite has run.
 
@@ -41,7 +42,7 @@ def tick(stats: Stats, routing_key: str = "example.text") -> Tick:
     same id would be the same tick, done already), and even the ten thousandth tick of a test
     is in the past, so that a message's published_at is never before its scheduled_at.
     """
-    recipe = Recipe(routing_key=routing_key)
+    recipe = Recipe(routing_key=routing_key, on_return=on_return)
     n = stats.next_number()
     return Tick("publish-text", math.floor(time.time()) - 60 + n / 100, n, recipe=recipe)
 
@@ -86,10 +87,10 @@ def test_the_connection_is_reused_across_ticks(publisher: Publisher, stats: Stat
     assert publisher.stream.connection.connection is first
 
 
-def test_an_unroutable_message_counts_as_returned_not_delivered(
+def test_an_unroutable_message_with_on_return_count_counts_as_returned_not_delivered(
     publisher: Publisher, stats: Stats, amqp_url: str
 ) -> None:
-    result = publisher.publish_tick(tick(stats, routing_key="nobody.listens"))
+    result = publisher.publish_tick(tick(stats, "nobody.listens", on_return="count"))
     assert result.outcome == "returned"
     assert drain(amqp_url, "text") == []
     snap = stats.snapshot()
@@ -300,3 +301,37 @@ def test_closing_while_rabbitmq_is_silently_unreachable_returns(
         assert not closer.is_alive()
     finally:
         proxy.close()
+
+
+def test_a_returned_message_is_published_again_until_a_queue_takes_it(
+    settings: Settings, stats: Stats, amqp_url: str
+) -> None:
+    # Given a tick whose routing key no queue is bound with yet
+    t = tick(stats, routing_key="bound.later")
+    results: list[Any] = []
+
+    def publish() -> None:
+        p = Publisher(settings, stats)  # a publisher belongs to the thread that made it
+        try:
+            results.append(p.publish_tick(t))
+        finally:
+            p.close()
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    try:
+        wait_for(lambda: stats.snapshot().totals.returned >= 3, 30, "3 returns")
+    finally:
+        # When a queue is bound with it
+        with Connection(amqp_url) as conn:
+            conn.default_channel.queue_bind("text", "message", "bound.later")
+        thread.join(30)
+    # Then the message was published again until the queue took it: delivered once
+    [result] = results
+    assert result.outcome == "acked"
+    [got] = drain(amqp_url, "text")
+    assert got.properties["message_id"] == t.message_id
+    totals = stats.snapshot().totals
+    assert totals.returned >= 3 and totals.failed == 0 and totals.invariant_holds
+    assert totals.published == totals.acked == totals.returned + 1
+    assert stats.done(t.message_id, 1) == {0}

@@ -170,7 +170,7 @@ def pubtasks_tick(
         publish_attempts=1,
         batch_writes=batch_writes,
     )
-    stats = Stats.from_url(s.redis_url, s.stats_prefix)
+    stats = Stats.of(s)
     publisher = Publisher(s, stats)
     try:
         publisher.stream.ensure()

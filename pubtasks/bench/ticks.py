@@ -42,7 +42,7 @@ def worker_run(
     settings: Settings, names: Names, interval: float, seconds: float, restart: bool
 ) -> dict[str, Any]:
     """One run of the real worker: tick fidelity, memory and, with ``restart``, recovery."""
-    stats = Stats.from_url(settings.redis_url, names.prefix)
+    stats = Stats.of(settings, prefix=names.prefix)
     queue = names.queue("ticks")
     result: dict[str, Any] = {"interval": interval, "seconds": seconds}
     with tempfile.TemporaryDirectory(prefix="pubtasks-bench-") as tmp:
