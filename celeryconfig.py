@@ -2,9 +2,11 @@
 
 The worker reads this module when it starts (``celery -A pubtasks worker -B``
 from this directory). Environment variables stay the way to set the
-connections and the interval: AMQP_URL, REDIS_URL, PUBLISH_INTERVAL
-(and CELERY_BROKER_URL to move Celery's own transport off Redis).
+connections and the interval: AMQP_URL, REDIS_URL, REDIS_MASTER_NAME,
+PUBLISH_INTERVAL (and CELERY_BROKER_URL to move Celery's own transport off Redis).
 """
+
+import os
 
 from celery.schedules import crontab  # noqa: F401 - for crontab entries, see below
 
@@ -53,6 +55,10 @@ EXCHANGE_TYPE = "topic"
 QUEUE = "text"
 ROUTING_KEY = "example.text"  # the routing key of an entry that names none
 BINDING_KEY = "example.text"  # e.g. "example.#" to bind every routing key above
+# "quorum" on a RabbitMQ cluster: the queue is replicated, and a confirm means that a
+# majority of the nodes has the message. "classic" lives on one node. (Read from the
+# environment here so that docker-compose.cluster.yml can say quorum.)
+QUEUE_TYPE = os.environ.get("QUEUE_TYPE", "classic")
 
 # -- Statistics and publishing ------------------------------------------------------
 STATS_PREFIX = "pubtasks:"
@@ -62,4 +68,11 @@ PUBLISH_BATCH = 1  # messages per tick
 CONFIRM_WINDOW = 4096  # publishes that may await their confirm at once
 BATCH_WRITES = True  # write a tick's frames in batches; False: py-amqp's basic_publish
 TICK_DEADLINE = 600.0  # seconds after its scheduled time that a tick may still be published
+# A message RabbitMQ returns (no queue is bound for its routing key): "retry" publishes it
+# again, backing off up to 2 s, until TICK_DEADLINE; "count" counts it returned and moves
+# on. An entry's kwargs may say "on_return" for itself.
+ON_RETURN = "retry"
+# With a sentinel:// REDIS_URL, each counter write waits for this many replicas (Redis
+# WAIT, at most 0.5 s), so that a failover cannot lose it; None: 1 with Sentinel, else 0.
+REDIS_WAIT_REPLICAS = None
 STARTUP_RETRIES = 20  # connection attempts per service at worker start before exiting

@@ -235,23 +235,10 @@ class TickPolicy:
                 break
             nacked = sum(1 for x in sent.settled.values() if x.outcome is Outcome.NACKED)
             if bounced and len(bounced) == len(todo) and sent.error is None:
-                # Only returns are left (no queue took them): published again, backing off,
-                # until TICK_DEADLINE; they do not use up PUBLISH_ATTEMPTS.
+                # Only returns are left: they do not use up PUBLISH_ATTEMPTS.
                 attempt -= 1
                 bounces += 1
-                reason = str(bounced[-1].delivery.returned)
-                if bounces == 1:
-                    log.warning(
-                        "tick %s: %d message(s) returned by RabbitMQ (%s); publishing them "
-                        "again until TICK_DEADLINE (on_return='retry')",
-                        tick.message_id,
-                        len(bounced),
-                        reason,
-                    )
-                left = deadline - self.clock()
-                if left <= 0:
-                    self._fail(tick, todo, f"{late} before a queue took it (last: {reason})")
-                self.sleep(min(nack_backoff(bounces), left))
+                reason = self._bounce(tick, todo, bounced, bounces, deadline)
                 continue
             reason = sent.error or (f"{nacked} nacked by RabbitMQ" if nacked else "unconfirmed")
             if tick.batch == 1 and nacked:
@@ -265,6 +252,32 @@ class TickPolicy:
             self._fail(tick, todo, f"gave up after {attempt} attempts: {reason}")
         outcome = "acked" if not returned else "returned"
         return Result(tick.message_id, tick.number, outcome, attempt, self.clock())
+
+    def _bounce(
+        self,
+        tick: message.Tick,
+        todo: list[message.Outgoing],
+        bounced: list[Settled],
+        bounces: int,
+        deadline: float,
+    ) -> str:
+        """Wait before publishing returned messages again (no queue took them), backing
+        off, until TICK_DEADLINE, when they fail; the return is the reason."""
+        reason = str(bounced[-1].delivery.returned)
+        if bounces == 1:
+            log.warning(
+                "tick %s: %d message(s) returned by RabbitMQ (%s); publishing them again "
+                "until TICK_DEADLINE (on_return='retry')",
+                tick.message_id,
+                len(bounced),
+                reason,
+            )
+        left = deadline - self.clock()
+        if left <= 0:
+            late = f"TICK_DEADLINE={self.limits.tick_deadline:g} s passed"
+            self._fail(tick, todo, f"{late} before a queue took it (last: {reason})")
+        self.sleep(min(nack_backoff(bounces), left))
+        return reason
 
     def _attempt(
         self,

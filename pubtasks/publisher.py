@@ -43,4 +43,4 @@ class Publisher:
     def close(self) -> None:
         self.stream.close()
         if self._owns_stats:
-            self.stats.client.close()
+            self.stats.close()

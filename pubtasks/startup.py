@@ -87,7 +87,7 @@ def check_or_exit(s: Settings) -> None:
         exit_with(f"cannot start: {type(exc).__name__}: {exc}")
     finally:
         stream.close()
-        stats.client.close()
+        stats.close()
     log.info(
         "pubtasks: %d declarations made on %s (%s)",
         len(stream.topology.declarations()),

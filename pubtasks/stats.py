@@ -52,7 +52,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from pubtasks import defaults
 from pubtasks.confirms import Delivery, Outcome, Settled
@@ -441,6 +441,12 @@ def sentinels(url: str) -> Sentinels:
 def _converted(url: str) -> Iterator[None]:
     try:
         yield
+    except MasterNotFoundError as exc:
+        raise StatsUnavailable(
+            f"Redis at {mask_url(url)} failed: {type(exc).__name__}: {exc} (during a "
+            "failover this passes; otherwise check REDIS_MASTER_NAME against the Sentinels' "
+            "'sentinel monitor' name)"
+        ) from exc
     except redis.RedisError as exc:
         raise StatsUnavailable(
             f"Redis at {mask_url(url)} failed: {type(exc).__name__}: {exc}"
@@ -530,6 +536,13 @@ class Stats:
             s.redis_master_name,
             s.wait_replicas,
         )
+
+    def close(self) -> None:
+        """Close the connections: to Redis, and to the Sentinels that named the master."""
+        self.client.close()
+        manager = getattr(self.client.connection_pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            sentinel.close()
 
     def _write(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
         """Run a counting script; with replicas to wait for, WAIT in the same round trip."""

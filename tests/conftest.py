@@ -45,7 +45,7 @@ def prefix(redis_url: str) -> Iterator[str]:
     yield name
     stats = Stats.from_url(redis_url, name)
     stats.clear()  # the statistics and Celery's queues, all named after the prefix
-    stats.client.close()
+    stats.close()
     forget_celery_keys(redis_url, name)  # kombu's binding keys that name them
 
 
@@ -53,7 +53,7 @@ def prefix(redis_url: str) -> Iterator[str]:
 def stats(redis_url: str, prefix: str) -> Iterator[Stats]:
     s = Stats.from_url(redis_url, prefix)
     yield s
-    s.client.close()
+    s.close()
 
 
 @pytest.fixture

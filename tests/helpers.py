@@ -209,3 +209,11 @@ def record(row: Row) -> None:
     fields = {k: v for k, v in row.__dict__.items() if k != "ids"}
     with open(out, "a") as f:
         f.write(json.dumps(fields) + "\n")
+
+
+def record_replication(measure: dict[str, Any]) -> None:
+    """Append a replication measure to $PUBTASKS_RELIABILITY_OUT, when it is set."""
+    out = os.environ.get("PUBTASKS_RELIABILITY_OUT")
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps(measure) + "\n")

@@ -118,7 +118,9 @@ def test_a_missing_replica_costs_one_timeout_per_recheck_not_one_per_write(
 
 def test_sentinel_urls_give_celerys_transport_the_master_name(tmp_path: Path) -> None:
     (tmp_path / "celeryconfig.py").write_text("broker_transport_options = {'unacked_key': 'u'}\n")
-    show = "from pubtasks.celery import app; print(sorted(app.conf.broker_transport_options.items()))"
+    show = (
+        "from pubtasks.celery import app; print(sorted(app.conf.broker_transport_options.items()))"
+    )
     env = {"REDIS_URL": SENTINELS, "REDIS_MASTER_NAME": "counters", "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
         [sys.executable, "-c", show],

@@ -228,3 +228,29 @@ def test_a_queue_that_exists_with_the_other_type_is_one_clear_error(
         "cannot declare queue 'nightly' (durable, x-queue-type=quorum): RabbitMQ replied (406) "
         "PRECONDITION_FAILED - inequivalent arg 'x-queue-type'"
     )
+
+
+def test_queue_type_quorum_over_an_existing_classic_queue_is_the_same_clear_error(
+    env: dict[str, str], prefix: str, stats: Stats, amqp_url: str, publishers: list[Publisher]
+) -> None:
+    with Connection(amqp_url) as conn:
+        Queue("text", durable=True)(conn.default_channel).declare()  # classic, as before
+    p = Publisher(configure(env, prefix, {}, QUEUE_TYPE="quorum"), stats)
+    publishers.append(p)
+    with pytest.raises(TopologyError) as err:
+        p.stream.ensure()
+    assert str(err.value).startswith(
+        "cannot declare queue 'text' (durable, x-queue-type=quorum): RabbitMQ replied (406) "
+        "PRECONDITION_FAILED - inequivalent arg 'x-queue-type'"
+    )
+
+
+def test_a_quorum_queue_takes_the_ticks_on_one_node_too(
+    env: dict[str, str], prefix: str, stats: Stats, amqp_url: str, publishers: list[Publisher]
+) -> None:
+    p = Publisher(configure(env, prefix, {}, QUEUE_TYPE="quorum"), stats)
+    publishers.append(p)
+    n = stats.next_number()
+    assert p.publish_tick(Tick("publish-text", round(time.time(), 1), n)).outcome == "acked"
+    [got] = take(amqp_url, "text")
+    assert json.loads(got.body)["message_number"] == n

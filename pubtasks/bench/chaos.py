@@ -249,7 +249,7 @@ def run(minutes: float, seed: int, interval: float, root: Path) -> dict[str, Any
         ledger = account(take(rabbit.url(), "text"), stats, interval, DEFAULT_ENTRY)
         snap = stats.snapshot()
         gave_back = sum(w.log.count("gave back") for w in workers)
-        stats.client.close()
+        stats.close()
     t = snap.totals
     return {
         "seed": seed,

@@ -3,8 +3,8 @@
 The fault suite (``tests/helpers.tally``) and ``scripts/chaos`` end the same way:
 consume the queue, read Redis, and account for each number. A number is
 delivered (its message is in the queue), or failed (counted, with its reason:
-the failed marker keeps both), or returned (counted, not delivered: these are
-known by count only); anything else is lost. Apart from numbers, every point of
+the failed marker keeps both); anything else is lost. (A returned message is
+published again until a queue takes it or it fails: a return is not an end.) Apart from numbers, every point of
 the tick grid between the first and the last tick must have a message.
 """
 
@@ -83,7 +83,7 @@ class Ledger:
     scheduled: int  # numbers allocated
     delivered: int  # distinct message_ids consumed
     received: int  # messages consumed, duplicates included
-    lost: int  # numbers neither delivered nor failed, less the returned
+    lost: int  # numbers neither delivered nor failed
     missed: int | None  # grid points without a message (None: no fixed grid)
     collisions: int  # numbers delivered under more than one message_id (must be 0)
     stranded: int  # ticks still queued or reserved in Redis
@@ -111,7 +111,7 @@ def account(received: list[Raw], stats: Stats, interval: float | None, entry: st
         by_number.setdefault(number_of(m), set()).add(m.properties["message_id"])
     numbers = by_number.keys() | {number for number, _ in failed.values()}
     unaccounted = sorted(set(range(1, snap.last_message_number + 1)) - numbers)
-    lost = len(unaccounted) - snap.totals.returned
+    lost = len(unaccounted)  # a return is published again (on_return="retry"), not an end
     missed = None
     if interval is not None and unique:
         times = sorted({scheduled_at_of(i) for i in unique | failed.keys()})

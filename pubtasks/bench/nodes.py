@@ -39,11 +39,13 @@ class RabbitNode:
     """``rabbitmq-server`` as node ``<name>@localhost`` with its data, logs, config and
     plugins (none: no management port) under ``directory``."""
 
-    def __init__(self, directory: Path, name: str) -> None:
+    def __init__(
+        self, directory: Path, name: str, port: int | None = None, dist_port: int | None = None
+    ) -> None:
         self.directory = directory
         self.node = f"{name}@localhost"
-        self.port = free_port()
-        self.dist_port = free_port()
+        self.port = port or free_port()
+        self.dist_port = dist_port or free_port()
         self.env = {
             **os.environ,
             "RABBITMQ_NODENAME": self.node,
@@ -86,6 +88,20 @@ class RabbitNode:
         )
         wait_for(lambda: accepting(self.port), timeout, f"RabbitMQ node {self.node}", 0.2)
         self.ctl("await_startup")
+
+    def pid(self) -> int | None:
+        """The node's OS process (the Erlang VM), from its pid file."""
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.directory / "rabbitmq.pid").read_text().strip())
+        return None
+
+    def kill(self) -> None:
+        """SIGKILL the node's VM: a crash, as far as the other nodes and the clients see."""
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: not accepting(self.port), 30, f"{self.node} to die", 0.02)
 
     def stop(self) -> None:
         """Stop the node, whatever state it is in (its app stopped, say)."""

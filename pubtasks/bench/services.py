@@ -66,7 +66,8 @@ def delete_queues(amqp_url: str, queues: Iterable[str], exchange: str | None = N
 
 def forget_celery_keys(redis_url: str, prefix: str) -> None:
     """Delete a worker's Celery transport keys, all named after ``prefix``."""
-    client = Stats.from_url(redis_url, prefix).client
+    stats = Stats.from_url(redis_url, prefix)
+    client = stats.client
     try:
         keys = list(client.scan_iter(match=f"_kombu.binding*.{prefix}*", count=1000))
         if keys:
@@ -75,4 +76,4 @@ def forget_celery_keys(redis_url: str, prefix: str) -> None:
         if ours:
             client.zrem("_kombu.binding_deadlines", *ours)
     finally:
-        client.close()
+        stats.close()

@@ -194,4 +194,4 @@ def pubtasks_tick(
     finally:
         publisher.close()
         stats.clear()
-        stats.client.close()
+        stats.close()

@@ -68,7 +68,7 @@ def worker_run(
             log = worker.log
         finally:
             stats.clear()
-            stats.client.close()
+            stats.close()
             delete_queues(settings.amqp_url, [queue])
     ticks = confirmed_ticks(log)
     window = [t for t in ticks if scheduled_at_of(t["message_id"]) <= stopped]

@@ -1,0 +1,427 @@
+"""Failovers on a 3-node RabbitMQ cluster with a quorum queue and on Redis with Sentinel.
+
+Each scenario runs two real ``celery -A pubtasks worker -B`` at 0.1 s ticks against
+the cluster that ``scripts/cluster up`` starts (its own ports and directory, never
+the default RabbitMQ or Redis), breaks one part of it mid-run, and accounts for
+every tick (``ledger``): nothing lost, duplicates with their ``message_id``, the
+counters' invariant, and the time from the fault to the next confirm of a tick
+scheduled after it. ``scripts/reliability`` records them in docs/reliability.md.
+
+The quorum queue ``text`` is declared through the first node before the workers
+start, so that its leader is that node; the workers are given the nodes in the
+order 2, 3, 1, so that they connect to the second. Killing the connected node
+and stopping the leader are then two different faults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
+
+from pubtasks.bench.cluster import Cluster
+from pubtasks.bench.services import forget_celery_keys
+from pubtasks.confirms import Delivery
+from pubtasks.errors import StatsUnavailable
+from pubtasks.stats import Stats
+from pubtasks.waiting import wait_for
+from tests.helpers import Row, Worker, finish, record, record_replication, tally, write_config
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.faults,
+    pytest.mark.integration,
+    pytest.mark.e2e,
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER_DIR = Path("/tmp/pubtasks-cluster-test")
+INTERVAL = 0.1
+QUORUM = "QUEUE_TYPE = 'quorum'\n"
+#: Workers connect to the second node; the queue's leader is the first.
+ORDER = [1, 2, 0]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """``scripts/cluster up`` under a directory of the tests' own; down afterwards, always."""
+    script = str(ROOT / "scripts" / "cluster")
+    try:
+        subprocess.run([script, "up", "--dir", str(CLUSTER_DIR)], check=True, timeout=300)
+        yield Cluster.load(CLUSTER_DIR)
+    finally:
+        subprocess.run([script, "down", "--dir", str(CLUSTER_DIR)], check=False, timeout=300)
+
+
+def ctl_on_any(cluster: Cluster, *args: str) -> None:
+    """``rabbitmqctl ARGS`` on the first node that is running."""
+    for i in range(len(cluster.nodes)):
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            cluster.rabbit(i).ctl(*args)
+            return
+    raise RuntimeError(f"no cluster node could run rabbitmqctl {' '.join(args)}")
+
+
+@pytest.fixture
+def vhost(cluster: Cluster) -> Iterator[str]:
+    name = f"pubtasks-cluster-{uuid.uuid4().hex[:8]}"
+    ctl_on_any(cluster, "add_vhost", name)
+    try:
+        ctl_on_any(cluster, "set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield name
+    finally:
+        ctl_on_any(cluster, "delete_vhost", name)
+
+
+@pytest.fixture
+def cluster_stats(cluster: Cluster) -> Iterator[Stats]:
+    """The test's counters, read through the Sentinels; every key deleted afterwards."""
+    prefix = f"pubtasks-cluster:{uuid.uuid4().hex[:8]}:"
+    stats = Stats.from_url(cluster.redis_url, prefix, retries=20)
+    try:
+        yield stats
+    finally:
+        stats.clear()
+        stats.close()
+        forget_celery_keys(cluster.redis_url, prefix)
+
+
+def declare_on_first_node(cluster: Cluster, vhost: str) -> None:
+    """The quorum queue, declared through node 1 so that it leads the queue."""
+    x = Exchange("message", type="topic", durable=True)
+    q = Queue(
+        "text", x, routing_key="example.text", durable=True,
+        queue_arguments={"x-queue-type": "quorum"},
+    )  # fmt: skip
+    with Connection(cluster.amqp_url(vhost, [0])) as conn:
+        q(conn.default_channel).declare()
+
+
+def leader_of(cluster: Cluster, vhost: str) -> str:
+    out = cluster.rabbit(0).ctl("list_queues", "-p", vhost, "name", "leader", "--no-table-headers")
+    return next(line.split()[1] for line in out.splitlines() if line.startswith("text"))
+
+
+class Stalls:
+    """Samples the acked counter every 10 ms in a thread: how long confirms stopped."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self.samples: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Stalls:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(StatsUnavailable):
+                self.samples.append((time.time(), self.stats.snapshot().totals.acked))
+            time.sleep(0.01)
+
+    def longest(self, since: float) -> float:
+        """The longest time from ``since`` on between two increases of ``acked``."""
+        last_change, last, longest = since, None, 0.0
+        for at, acked in self.samples:
+            if last is not None and acked > last:
+                longest = max(longest, at - last_change)
+                last_change = max(at, since)
+            last = acked
+        return longest
+
+
+def last_number(stats: Stats) -> int:
+    """The number of the latest tick beat allocated (once Redis answers)."""
+    result: list[int] = []
+
+    def read() -> bool:
+        with contextlib.suppress(StatsUnavailable):
+            result.append(stats.snapshot().last_message_number)
+            return True
+        return False
+
+    wait_for(read, 60, "Redis to answer", 0.01)
+    return result[0]
+
+
+@dataclass
+class Timing:
+    recovery_s: float  # from the part being down to the next tick confirmed
+    sentinel_s: float | None = None  # from the kill to Sentinel naming the new master
+
+
+def confirmed_after(stats: Stats, number: int) -> bool:
+    """A tick numbered after ``number`` has been confirmed (False while Redis is away)."""
+    try:
+        return (stats.snapshot().totals.last_confirmed_number or 0) > number
+    except StatsUnavailable:
+        return False
+
+
+def measure(
+    cluster: Cluster,
+    stats: Stats,
+    fast: Stats,
+    name: str,
+    fault: Callable[[], Callable[[], None]],
+    mends: list[Callable[[], None]],
+    watch_sentinel: bool,
+) -> Timing:
+    """Break something (``fault()``, whose mend goes into ``mends``) and time the recovery:
+    from the part being down to the first confirm of a tick numbered after it went down
+    (after it was killed, for Redis, whose numbers cannot be read while it is away).
+    ``fast`` reads Redis without retrying, so that a dead master never stops the clock."""
+    master = cluster.master_port() if watch_sentinel else None
+    before = last_number(stats)
+    mends.append(fault())
+    fault_at = time.time()  # the part is down (a stop takes a while; a kill does not)
+    if not watch_sentinel:
+        before = last_number(stats)
+    sentinel_s: float | None = None
+    while not confirmed_after(fast, before):
+        if watch_sentinel and sentinel_s is None and cluster.master_port() != master:
+            sentinel_s = time.time() - fault_at
+        if time.time() - fault_at > 120:
+            raise AssertionError(f"{name}: no tick confirmed within 120 s of the fault")
+        time.sleep(0.01)
+    recovery = time.time() - fault_at
+    if watch_sentinel and sentinel_s is None:
+        wait_for(lambda: cluster.master_port() != master, 60, "Sentinel's failover", 0.01)
+        sentinel_s = time.time() - fault_at
+    return Timing(round(recovery, 3), None if sentinel_s is None else round(sentinel_s, 3))
+
+
+def run_scenario(
+    cluster: Cluster,
+    vhost: str,
+    stats: Stats,
+    tmp_path: Path,
+    name: str,
+    fault: Callable[[], Callable[[], None]],
+    watch_sentinel: bool = False,
+) -> tuple[Row, Timing]:
+    """Two -B workers at 0.1 s; ``fault()`` breaks something and returns how to mend it."""
+    declare_on_first_node(cluster, vhost)
+    env = {
+        "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+        "AMQP_URL": cluster.amqp_url(vhost, ORDER),
+        "REDIS_URL": cluster.redis_url,
+        "REDIS_MASTER_NAME": cluster.master_name,
+        "PUBLISH_INTERVAL": str(INTERVAL),
+        "PYTHONUNBUFFERED": "1",
+    }
+    prefix = stats.keys.prefix
+    workers = []
+    for letter in ("a", "b"):
+        (tmp_path / letter).mkdir()
+        write_config(tmp_path / letter, prefix, QUORUM)
+        workers.append(Worker(tmp_path / letter, dict(env), name=f"cluster-{letter}"))
+    write_config(tmp_path, prefix, QUORUM)  # for finish()
+    mends: list[Callable[[], None]] = []
+    try:
+        for w in workers:
+            w.start()
+        wait_for(lambda: stats.snapshot().totals.acked >= 30, 90, "the first 30 acks", 0.1)
+        fast = Stats.from_url(cluster.redis_url, prefix, retries=0)
+        with Stalls(fast) as stalls:  # from the fault until 30 more acks
+            started = time.time()
+            timing = measure(cluster, stats, fast, name, fault, mends, watch_sentinel)
+            after = stats.snapshot().totals.acked
+            wait_for(lambda: stats.snapshot().totals.acked >= after + 30, 60, "30 acks", 0.1)
+        fast.close()
+        longest = stalls.longest(started)
+        mends.pop()()
+        wait_for(lambda: stats.snapshot().totals.acked >= after + 60, 60, "30 more acks", 0.1)
+        for w in workers:
+            assert w.stop() == 0, w.log[-3000:]
+    finally:
+        while mends:
+            mends.pop()()
+        for w in workers:
+            w.stop()
+    queued = finish(tmp_path, env, stats)
+    notes = f"longest time without a confirm: {longest:.2f} s"
+    if timing.sentinel_s is not None:
+        notes += f"; Sentinel's own failover: {timing.sentinel_s:.2f} s"
+    row = tally(name, cluster.amqp_url(vhost), stats, None, timing.recovery_s, notes, queued)
+    return row, timing
+
+
+def check(row: Row) -> None:
+    assert row.lost == 0 and row.accounted, row
+    assert row.invariant, row
+    assert row.failed == 0, row
+    record(row)
+
+
+def restart_node(cluster: Cluster, index: int) -> Callable[[], None]:
+    def mend() -> None:
+        node = cluster.rabbit(index)
+        node.start()
+        wait_for(lambda: _running_nodes(cluster) == len(cluster.nodes), 60, "3 nodes", 0.2)
+
+    return mend
+
+
+def _running_nodes(cluster: Cluster) -> int:
+    try:
+        out = cluster.rabbit(0).ctl("eval", "length(rabbit_nodes:all_running()).")
+        return int(out.strip())
+    except (subprocess.SubprocessError, OSError, ValueError):
+        return 0
+
+
+def test_sigkill_of_the_node_the_workers_are_connected_to(
+    cluster: Cluster, vhost: str, cluster_stats: Stats, tmp_path: Path
+) -> None:
+    connected = ORDER[0]
+
+    def fault() -> Callable[[], None]:
+        cluster.rabbit(connected).kill()
+        return restart_node(cluster, connected)
+
+    row, _ = run_scenario(
+        cluster, vhost, cluster_stats, tmp_path,
+        "cluster: RabbitMQ node the workers are connected to SIGKILLed (quorum queue)", fault,
+    )  # fmt: skip
+    check(row)
+
+
+def test_stopping_the_node_that_leads_the_quorum_queue(
+    cluster: Cluster, vhost: str, cluster_stats: Stats, tmp_path: Path
+) -> None:
+    def fault() -> Callable[[], None]:
+        leader = leader_of(cluster, vhost)
+        index = cluster.nodes.index(leader)
+        assert index != ORDER[0], "the leader is the connected node: not this scenario"
+        cluster.rabbit(index).ctl("stop")
+        return restart_node(cluster, index)
+
+    row, _ = run_scenario(
+        cluster, vhost, cluster_stats, tmp_path,
+        "cluster: the node leading the quorum queue stopped", fault,
+    )  # fmt: skip
+    check(row)
+
+
+def test_sigkill_of_the_redis_master_sentinel_promotes_the_replica(
+    cluster: Cluster, vhost: str, cluster_stats: Stats, tmp_path: Path
+) -> None:
+    def fault() -> Callable[[], None]:
+        return kill_master(cluster)
+
+    row, timing = run_scenario(
+        cluster, vhost, cluster_stats, tmp_path,
+        "cluster: Redis master SIGKILLed, Sentinel promotes the replica", fault,
+        watch_sentinel=True,
+    )  # fmt: skip
+    assert timing.sentinel_s is not None
+    check(row)
+
+
+def _replica_linked(port: int) -> bool:
+    client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+    try:
+        info = client.info("replication")
+        return info.get("role") == "slave" and info.get("master_link_status") == "up"
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+class Writer:
+    """Counts one publish after another, as fast as Redis takes them, in a thread; keeps
+    how many Redis acknowledged to it and how long each took."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self.acknowledged = 0
+        self.latencies: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            delivery = Delivery(f"e@{n}#w.{n}", f"e@{n}", "e", n)
+            started = time.perf_counter()
+            try:
+                self.stats.begin([delivery], time.time())
+            except StatsUnavailable:
+                continue  # not acknowledged: it may or may not be there
+            self.latencies.append(time.perf_counter() - started)
+            self.acknowledged += 1
+
+
+def kill_master(cluster: Cluster) -> Callable[[], None]:
+    port = cluster.master_port()
+    assert port is not None
+    old = cluster.redis_at(port)
+    old.kill()
+
+    def mend() -> None:
+        old.start()  # Sentinel makes it a replica of the new master
+        wait_for(lambda: _replica_linked(old.port), 60, "the old master to replicate", 0.2)
+
+    return mend
+
+
+@pytest.mark.parametrize("wait", [1, 0], ids=["wait-1", "wait-0"])
+def test_counts_a_replica_acknowledged_survive_a_master_kill(
+    cluster: Cluster, cluster_stats: Stats, wait: int
+) -> None:
+    # Given a writer counting publishes through the Sentinels, waiting for `wait` replicas
+    prefix = f"{cluster_stats.keys.prefix}wait{wait}:"
+    stats = Stats.from_url(cluster.redis_url, prefix, retries=30, wait_replicas=wait)
+    writer = Writer(stats)
+    mends = []
+    try:
+        writer.thread.start()
+        wait_for(lambda: writer.acknowledged >= 2000, 60, "2000 counted writes", 0.01)
+        steady = sorted(writer.latencies)
+        # When the master is SIGKILLed mid-stream, and Sentinel promotes the replica
+        mends.append(kill_master(cluster))
+        done = writer.acknowledged
+        wait_for(lambda: writer.acknowledged >= done + 500, 60, "500 writes after", 0.05)
+    finally:
+        writer.stop.set()
+        writer.thread.join(60)
+        while mends:
+            mends.pop()()
+    # Then every write Redis acknowledged to the writer is there, on the new master,
+    # when it waited for a replica; without waiting, some may not be (it is recorded)
+    counted = stats.snapshot().totals.published
+    lost = writer.acknowledged - counted
+    stats.clear()
+    stats.close()
+    if wait:
+        assert lost == 0
+    assert lost >= 0
+    record_replication(
+        {
+            "kind": "replication",
+            "wait_replicas": wait,
+            "acknowledged": writer.acknowledged,
+            "lost": lost,
+            "write_p50_ms": round(1000 * steady[len(steady) // 2], 3),
+            "write_p99_ms": round(1000 * steady[int(len(steady) * 0.99)], 3),
+        }
+    )
