@@ -418,8 +418,11 @@ class ConfirmStream:
 
     def abandon(self) -> None:
         """Drop the connection (it may be silently dead): its unanswered publishes are
-        unconfirmed, and a late answer on it can never be counted."""
+        unconfirmed, and a late answer on it can never be counted. With several nodes in
+        AMQP_URL, the next connection goes to the next node (kombu's failover cycle):
+        a node that went silent is not the first one tried again."""
         self._reset()
+        self.connection.maybe_switch_next()
 
     def close(self) -> None:
         """Close the channel and the connection; each wait for RabbitMQ's answer is

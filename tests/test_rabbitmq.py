@@ -22,6 +22,7 @@ from pubtasks.settings import Settings
 from pubtasks.topology import Topology
 from pubtasks.waiting import wait_for
 from tests.helpers import close_connections, drain
+from tests.proxy import Proxy
 
 
 @pytest.fixture
@@ -157,3 +158,22 @@ def test_a_message_ttl_reaches_kombu_as_the_exact_milliseconds(milliseconds: int
 
 def test_every_ttl_up_to_a_million_milliseconds_survives_kombus_conversion() -> None:
     assert all(int(kombu_expiration(str(m)) * 1000) == m for m in range(1, 1_000_001))
+
+
+@pytest.mark.integration
+def test_an_abandoned_connection_is_followed_by_one_to_the_next_node(
+    settings: Settings, vhost: str, proxy: Proxy
+) -> None:
+    # Given two URLs, the node's and a proxy's to it, as for two nodes of a cluster
+    both = f"amqp://guest:guest@127.0.0.1:5672/{vhost};amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}"
+    s = ConfirmStream(Options(url=both, confirm_timeout=2.0), Topology.from_settings(settings))
+    try:
+        s.ensure()
+        assert s.connection.port == 5672
+        # When the publisher gives up on the connection (a confirm that never came)
+        s.abandon()
+        s.ensure()
+        # Then it connects to the next node, not to the one that went silent
+        assert s.connection.port == proxy.port
+    finally:
+        s.close()

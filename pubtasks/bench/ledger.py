@@ -4,8 +4,9 @@ The fault suite (``tests/helpers.tally``) and ``scripts/chaos`` end the same way
 consume the queue, read Redis, and account for each number. A number is
 delivered (its message is in the queue), or failed (counted, with its reason:
 the failed marker keeps both); anything else is lost. (A returned message is
-published again until a queue takes it or it fails: a return is not an end.) Apart from numbers, every point of
-the tick grid between the first and the last tick must have a message.
+published again until a queue takes it or it fails: a return is not an end.)
+Apart from numbers, every point of the tick grid between the first and the last
+tick must have a message.
 """
 
 from __future__ import annotations
