@@ -15,8 +15,8 @@ key                       type    holds
 ``failed:<message_id>``   string  "<number> <reason>" of a message counted as failed
                                   (marks it counted; kept 1 day)
 ``done:<tick>``           bitmap  bit i set: message i of the tick was counted acked,
-                                  returned or failed (kept 2 h: a redelivered tick
-                                  publishes only what is not done)
+                                  returned (on_return="count") or failed (kept 2 h:
+                                  a redelivered tick publishes only what is not done)
 ``workers``               set     the ids of running workers (host.pid.id)
 ``worker:<id>``           string  a running worker's reserved deliveries, expires 10 s
                                   after its last heartbeat
@@ -43,7 +43,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -467,7 +467,7 @@ class Replication:
 
     RECHECK = 5.0
 
-    def __init__(self, wanted: int, clock: Any = time.monotonic) -> None:
+    def __init__(self, wanted: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.wanted = wanted
         self.clock = clock
         self.short_until = 0.0
