@@ -47,17 +47,18 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
-from redis.sentinel import MasterNotFoundError, Sentinel
+from redis.sentinel import MasterNotFoundError
 
 from pubtasks import defaults
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.errors import StatsUnavailable
 from pubtasks.message import message_id
+from pubtasks.sentinel import master_client
 from pubtasks.settings import Settings, is_sentinel, mask_url
 
 log = logging.getLogger(__name__)
@@ -406,35 +407,7 @@ def connect(
     }
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **options)
-    where = sentinels(url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        where.hosts,
-        sentinel_kwargs={"socket_connect_timeout": 1, "socket_timeout": 1},
-    )
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        master_name, db=where.db, username=where.username, password=where.password, **options
-    )
-    return client
-
-
-@dataclass(frozen=True)
-class Sentinels:
-    """What a ``sentinel://h1:26379;sentinel://h2:26380/0`` URL says."""
-
-    hosts: list[tuple[str, int]]
-    db: int = 0
-    username: str | None = None
-    password: str | None = None  # the master's (as Celery's transport takes it)
-
-
-def sentinels(url: str) -> Sentinels:
-    """The Sentinels of a ``sentinel://`` URL; the db, user and password of any part."""
-    parts = [urlsplit(part.strip()) for part in url.split(";")]
-    hosts = [(p.hostname or "localhost", p.port or 26379) for p in parts]
-    db = next((int(p.path.strip("/")) for p in parts if p.path.strip("/").isdigit()), 0)
-    username = next((unquote(p.username) for p in parts if p.username), None)
-    password = next((unquote(p.password) for p in parts if p.password), None)
-    return Sentinels(hosts, db, username, password)
+    return master_client(url, master_name, options)
 
 
 @contextmanager
@@ -549,10 +522,20 @@ class Stats:
         wait = self.replication.replicas()
         if not wait:
             return script(keys=keys, args=args)
-        with self.client.pipeline(transaction=False) as pipe:
-            script(keys=keys, args=args, client=pipe)
-            pipe.wait(wait, int(defaults.REDIS_WAIT_TIMEOUT * 1000))
-            result, acknowledged = pipe.execute()
+        for attempt in (1, 2):
+            try:
+                with self.client.pipeline(transaction=False) as pipe:
+                    script(keys=keys, args=args, client=pipe)
+                    pipe.wait(wait, int(defaults.REDIS_WAIT_TIMEOUT * 1000))
+                    result, acknowledged = pipe.execute()
+                break
+            except NoScriptError:
+                # redis-py loads a pipeline's scripts before it runs, not again when it
+                # retries a lost connection: a retry that lands on a new master (a
+                # failover; replicas do not share the script cache) finds none there.
+                # Once more loads them on it; the scripts are idempotent.
+                if attempt == 2:
+                    raise
         self.replication.acknowledged(int(acknowledged))
         return result
 

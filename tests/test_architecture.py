@@ -1,4 +1,4 @@
-"""Unit tests: the shape of the package (imports in one direction, one AMQP seam)."""
+"""Unit tests: the shape of the package (imports in one direction, one seam per library)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,14 @@ WORKER_INTERNALS = [
     r"\bscheduled_requests\b",
     r"\.unacked_key\b",
     r"\.restore_by_tag\b",
+]
+
+
+#: redis-py connection internals that only the Redis seam may touch (pubtasks/sentinel.py).
+REDIS_INTERNALS = [
+    r"\bSentinelManagedConnection\b",
+    r"\bconnect_check_health\b",
+    r"\bget_master_address\b",
 ]
 
 
@@ -116,3 +124,9 @@ def test_library_internals_stay_in_the_amqp_seam(internal: str) -> None:
 def test_worker_internals_stay_in_the_worker_seam(internal: str) -> None:
     users = sorted(name for name, path in MODULES.items() if re.search(internal, code_of(path)))
     assert set(users) <= {"pubtasks.supervision"}, users
+
+
+@pytest.mark.parametrize("internal", REDIS_INTERNALS)
+def test_redis_internals_stay_in_the_redis_seam(internal: str) -> None:
+    users = sorted(name for name, path in MODULES.items() if re.search(internal, code_of(path)))
+    assert set(users) <= {"pubtasks.sentinel"}, users

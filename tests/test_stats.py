@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pubtasks.confirms import Delivery, Outcome, Settled
+from pubtasks.sentinel import FollowingConnection
 from pubtasks.stats import Counts, Stats
 from pubtasks.waiting import wait_for
 
@@ -144,3 +145,31 @@ def test_live_workers_say_what_they_hold_and_gone_ones_are_forgotten(stats: Stat
     wait_for(lambda: not stats.client.exists(stats.keys.worker("w1")), 5, "w1's expiry", 0.01)
     assert stats.held_by_live_workers() == set()
     assert stats.client.smembers(stats.keys.workers) == {"w2"}
+
+
+class Pool:
+    """What a FollowingConnection asks of its pool: where the master is now."""
+
+    is_master = True
+    check_connection = False
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+
+    def get_master_address(self) -> tuple[str, int]:
+        return self.address
+
+
+def test_a_sentinel_connection_asks_where_the_master_is_on_every_connect() -> None:
+    # Given a connection whose last master (port 1) is gone, and a pool that now names
+    # the running Redis (as the Sentinels would after a failover)
+    conn = FollowingConnection(connection_pool=Pool(("127.0.0.1", 6379)), port=1)
+    try:
+        # When it reconnects as a retry does (not through connect())
+        conn.connect_check_health(check_health=False)
+        # Then it went to the master named now, not to the address it had
+        assert conn.port == 6379
+        conn.send_command("PING")
+        assert conn.read_response() in (b"PONG", "PONG")
+    finally:
+        conn.disconnect()
