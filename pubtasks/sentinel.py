@@ -11,7 +11,10 @@ connect, the dead master, until the retries run out, so the first command after
 a failover fails after its whole retry budget although the new master was named
 seconds before (redis/redis-py#3874, open). ``FollowingConnection`` asks the
 Sentinels on every connect, retries included, and leaves the retrying to the
-command's own retry (with its backoff) rather than retrying the dead address.
+command's own retry (with its backoff) rather than retrying the dead address. It
+overrides ``connect_check_health()`` and reads ``_sock`` (connected or not), as
+redis-py's own ``SentinelManagedConnection`` does; the public alternative, a retry
+loop of our own around every Redis call, would duplicate redis-py's retry.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Settings: the environment and celeryconfig, read and checked once at start.
 
 Environment variables (``AMQP_URL``, ``REDIS_URL``, ``REDIS_MASTER_NAME``,
-``PUBLISH_INTERVAL``) are read
-when the worker, beat or a CLI command starts, never at import. The rest comes
-from ``celeryconfig.py`` (upper-case names, see ``pubtasks.defaults``).
+``PUBLISH_INTERVAL``) are read when the worker, beat or a CLI command starts,
+never at import. The rest comes from ``celeryconfig.py`` (upper-case names, see
+``pubtasks.defaults``).
 Every error names the setting and says what to do; no URL is ever shown with
 its password.
 

@@ -43,6 +43,7 @@ REDIS_INTERNALS = [
     r"\bSentinelManagedConnection\b",
     r"\bconnect_check_health\b",
     r"\bget_master_address\b",
+    r"\._sock\b",
 ]
 
 
