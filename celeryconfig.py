@@ -25,7 +25,7 @@ beat_schedule = {
         "schedule": every(),
     },
     # A body of its own, with a routing key of its own, every 5 s (BINDING_KEY below
-    # must match the key, or the messages come back from RabbitMQ as `returned`):
+    # must match the key, or RabbitMQ returns the messages: see ON_RETURN):
     # "publish-audit": {
     #     "task": "pubtasks.publish",
     #     "schedule": every(5.0),
