@@ -61,8 +61,7 @@ def check_url(name: str, url: str, schemes: frozenset[str]) -> str:
         raise ConfigError(f"{name}={shown} has an empty URL between its ';'; fix {name}")
     for part in given:
         _check_one(name, part, schemes)
-    kinds = {urlsplit(part).scheme == "sentinel" for part in given}
-    if len(kinds) > 1 or (len(given) > 1 and "sentinel" in schemes and kinds != {True}):
+    if len(given) > 1 and "sentinel" in schemes and not all(map(is_sentinel, given)):
         raise ConfigError(
             f"{name}={shown}: only sentinel:// URLs may be listed with ';' (one per "
             f"Sentinel); give one redis:// URL or the Sentinels; fix {name}"

@@ -519,15 +519,21 @@ class Stats:
 
     def _write(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
         """Run a counting script; with replicas to wait for, WAIT in the same round trip."""
+        if not self.replication.replicas():
+            return script(keys=keys, args=args)  # redis-py reloads a script Redis lacks
+        return self._replicated(lambda pipe: script(keys=keys, args=args, client=pipe))[0]
+
+    def _replicated(self, queue: Callable[[Any], object]) -> list[Any]:
+        """Run the commands ``queue`` puts in a pipeline, then WAIT for the replicas (if
+        any are wanted now), in one round trip; their replies, without WAIT's."""
         wait = self.replication.replicas()
-        if not wait:
-            return script(keys=keys, args=args)
         for attempt in (1, 2):
             try:
                 with self.client.pipeline(transaction=False) as pipe:
-                    script(keys=keys, args=args, client=pipe)
-                    pipe.wait(wait, int(defaults.REDIS_WAIT_TIMEOUT * 1000))
-                    result, acknowledged = pipe.execute()
+                    queue(pipe)
+                    if wait:
+                        pipe.wait(wait, int(defaults.REDIS_WAIT_TIMEOUT * 1000))
+                    replies = list(pipe.execute())
                 break
             except NoScriptError:
                 # redis-py loads a pipeline's scripts before it runs, not again when it
@@ -536,8 +542,9 @@ class Stats:
                 # Once more loads them on it; the scripts are idempotent.
                 if attempt == 2:
                     raise
-        self.replication.acknowledged(int(acknowledged))
-        return result
+        if wait:
+            self.replication.acknowledged(int(replies.pop()))
+        return replies
 
     def ping(self) -> None:
         with _converted(self._url):
@@ -609,15 +616,13 @@ class Stats:
         """Beat sent this tick: where the next beat goes on from, and one to see done."""
         k = self.keys
         member = json.dumps([entry, scheduled_at, number, batch])
-        with _converted(self._url), self.client.pipeline(transaction=False) as pipe:
+
+        def queue(pipe: Any) -> None:
             pipe.set(k.beat_last(entry), scheduled_at)
             pipe.zadd(k.beat_sent, {member: now})
-            wait = self.replication.replicas()
-            if wait:
-                pipe.wait(wait, int(defaults.REDIS_WAIT_TIMEOUT * 1000))
-            replies = pipe.execute()
-        if wait:
-            self.replication.acknowledged(int(replies[-1]))
+
+        with _converted(self._url):
+            self._replicated(queue)
 
     def overdue(self, cutoff: float, limit: int = 2000) -> list[SentTick]:
         """Sent ticks not yet seen done, sent (or sent again) at or before ``cutoff``;

@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
-from pubtasks.bench.cluster import Cluster
+from pubtasks.bench.cluster import Cluster, replica_linked
 from pubtasks.bench.services import forget_celery_keys
 from pubtasks.confirms import Delivery
 from pubtasks.errors import StatsUnavailable
@@ -368,17 +367,6 @@ def test_sigkill_of_the_redis_master_sentinel_promotes_the_replica(
     check(row)
 
 
-def _replica_linked(port: int) -> bool:
-    client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
-    try:
-        info = client.info("replication")
-        return info.get("role") == "slave" and info.get("master_link_status") == "up"
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
 class Writer:
     """Counts one publish after another, as fast as Redis takes them, in a thread; keeps
     how many Redis acknowledged to it and how long each took."""
@@ -416,7 +404,7 @@ def kill_master(cluster: Cluster) -> Callable[[], None]:
 
     def mend() -> None:
         old.start()  # Sentinel makes it a replica of the new master
-        wait_for(lambda: _replica_linked(old.port), 60, "the old master to replicate", 0.2)
+        wait_for(lambda: replica_linked(old.port), 60, "the old master to replicate", 0.2)
 
     return mend
 

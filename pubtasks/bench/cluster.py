@@ -35,7 +35,7 @@ from typing import Any
 
 import redis
 
-from pubtasks.bench.nodes import RabbitNode, free_port
+from pubtasks.bench.nodes import RabbitNode, free_port, pings
 from pubtasks.waiting import wait_for
 
 DEFAULT_DIR = Path("/tmp/pubtasks-cluster")
@@ -63,13 +63,6 @@ def _alive(pid: int) -> bool:
     return False
 
 
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
 @dataclass
 class RedisProcess:
     """A daemonized ``redis-server`` (or Sentinel) with its own directory and port."""
@@ -88,7 +81,7 @@ class RedisProcess:
         subprocess.run(self.args, check=True, capture_output=True, timeout=30)
         client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
         try:
-            wait_for(lambda: _pings(client), 30, f"{self.name} on port {self.port}", 0.05)
+            wait_for(lambda: pings(client), 30, f"{self.name} on port {self.port}", 0.05)
         finally:
             client.close()
 
@@ -234,7 +227,7 @@ def up(directory: Path = DEFAULT_DIR) -> Cluster:
         replica.start()
         for s in sentinels:
             s.start()
-        wait_for(lambda: _replicating(replica.port), 30, "the replica to sync", 0.1)
+        wait_for(lambda: replica_linked(replica.port), 30, "the replica to sync", 0.1)
         wait_for(lambda: _sentinels_agree(cluster), 30, "the Sentinels to see each other", 0.1)
     except BaseException:
         down(directory)
@@ -243,10 +236,12 @@ def up(directory: Path = DEFAULT_DIR) -> Cluster:
     return cluster
 
 
-def _replicating(port: int) -> bool:
+def replica_linked(port: int) -> bool:
+    """Whether the Redis on ``port`` is a replica whose link to its master is up."""
     client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
     try:
-        return client.info("replication").get("master_link_status") == "up"
+        info = client.info("replication")
+        return info.get("role") == "slave" and info.get("master_link_status") == "up"
     except redis.RedisError:
         return False
     finally:

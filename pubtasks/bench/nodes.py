@@ -132,7 +132,7 @@ class RedisNode:
         self.proc = subprocess.Popen(self.args)
         client = redis.Redis(port=self.port)
         try:
-            wait_for(lambda: _pings(client), 30, "Redis to load its AOF and answer", 0.05)
+            wait_for(lambda: pings(client), 30, "Redis to load its AOF and answer", 0.05)
         finally:
             client.close()
 
@@ -149,7 +149,8 @@ class RedisNode:
             self.proc.wait(20)
 
 
-def _pings(client: redis.Redis) -> bool:
+def pings(client: redis.Redis) -> bool:
+    """Whether Redis answers (False while it is down or loading)."""
     try:
         return bool(client.ping())
     except (redis.ConnectionError, redis.BusyLoadingError):
