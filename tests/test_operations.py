@@ -58,7 +58,6 @@ def test_two_workers_fire_each_tick_once_and_one_takes_over(
     # No tick twice, none missing on the grid (the new holder went on from the last
     # tick sent), the invariant exact; the dead worker's reserved ticks were given back.
     assert row.duplicates == 0 and row.accounted and row.failed == 0 and row.invariant
-    assert took_over <= 20
     record(row)
 
 
