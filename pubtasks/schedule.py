@@ -1,18 +1,23 @@
-"""A drift-free interval schedule for Celery beat, anchored to the wall-clock grid.
+"""Schedules of exact ticks for Celery beat, and what to do about the ticks missed.
 
 Celery's ``timedelta`` schedule runs "interval after the last run", so every
 late wake-up of beat pushes all later ticks back (the pika example drifts the
-same way: it schedules the next publish after the current one). Here tick k
-is due at exactly ``k * interval`` seconds since the epoch, whenever beat
-actually wakes, and its scheduled time is that grid point.
+same way: it schedules the next publish after the current one). A ``Grid``
+schedule instead has a fixed set of ticks, each an exact instant, whenever beat
+actually wakes: ``every`` puts tick k at ``k * interval`` seconds since the epoch,
+and ``cron.Cron`` at each matching local time of a crontab. A tick's scheduled
+time is that instant.
 
 The maths is pure and works in integer microseconds, so no float error
-accumulates: ``plan()`` decides, ``every`` adapts it to Celery's schedule API.
+accumulates: ``plan_ticks()`` decides, ``Grid`` adapts it to Celery's schedule
+API, and ``resume()`` applies an entry's missed-tick policy (``catch_up``) when a
+beat takes the beat lock.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,15 +29,12 @@ from pubtasks.defaults import CATCH_UP_WITHIN
 US = 1_000_000
 #: Beat may wake this early (timer granularity) and still fire the tick.
 EARLY_US = 200
+#: What an entry's ``catch_up`` may say (the first is the default).
+POLICIES = ("all", "latest", "none")
 
 
 def to_us(seconds: float) -> int:
     return round(seconds * US)
-
-
-def slot(t_us: int, interval_us: int) -> int:
-    """The index of the latest grid tick at or before ``t_us`` (allowing an early wake)."""
-    return (t_us + EARLY_US) // interval_us
 
 
 @dataclass(frozen=True)
@@ -44,32 +46,120 @@ class Plan:
     wait: float
 
 
+def plan_ticks(last_us: int, now_us: int, within_us: int, following: Callable[[int], int]) -> Plan:
+    """Decide the next tick after the one fired at (or the start recorded as) ``last_us``.
+
+    ``following(t)`` is the schedule's first tick strictly after ``t``. Ticks missed
+    while beat was busy or stalled are fired one after another, each with its own
+    time, so none is lost; but a tick more than ``within_us`` late is not fired:
+    beat goes on from the oldest tick within that window (or waits for the next).
+    """
+    tick = following(last_us)
+    if tick > now_us + EARLY_US:
+        return Plan(False, None, (tick - now_us) / US)
+    if now_us - tick > within_us:
+        tick = following(now_us - within_us - 1)  # the oldest tick still within the window
+        if tick > now_us + EARLY_US:
+            return Plan(False, None, (tick - now_us) / US)
+    after = following(tick)
+    wait = 0 if after <= now_us + EARLY_US else after - now_us
+    return Plan(True, tick / US, wait / US)
+
+
 def plan(
     last_tick: float, now: float, interval: float, catch_up_within: float = CATCH_UP_WITHIN
 ) -> Plan:
-    """Decide the next tick after the one fired at (or the start recorded as) ``last_tick``.
-
-    Ticks missed while beat was busy or stalled are fired one after another,
-    each with its own grid time, so none is lost. When the last tick is more
-    than ``catch_up_within`` seconds old, beat was down rather than slow: it moves
-    on to the next future tick instead of bursting, whatever the interval.
-    """
+    """``plan_ticks`` for the grid of ``interval`` seconds."""
     iv = to_us(interval)
     if iv <= 0:
         raise ValueError(f"interval must be positive, got {interval!r}")
-    now_us, last_us = to_us(now), to_us(last_tick)
-    current = slot(now_us, iv)
-    following = slot(last_us, iv) + 1
-    if now_us - last_us > to_us(catch_up_within):
-        following = max(following, current + 1)
-    if following <= current:
-        behind = following < current
-        wait_us = 0 if behind else (current + 1) * iv - now_us
-        return Plan(True, following * iv / US, wait_us / US)
-    return Plan(False, None, (following * iv - now_us) / US)
+    return plan_ticks(
+        to_us(last_tick), to_us(now), to_us(catch_up_within), lambda t: (t // iv + 1) * iv
+    )
 
 
-class every(BaseSchedule):  # type: ignore[misc]  # noqa: N801 - named like celery's own ``crontab`` and ``schedule``
+class Grid(BaseSchedule):  # type: ignore[misc]
+    """A schedule whose ticks are exact instants: ``following`` says which.
+
+    ``within`` is the entry's catch-up window (``catch_up_within``): a tick fired
+    more than that late is skipped, whatever the reason beat was late.
+    """
+
+    within: float = CATCH_UP_WITHIN
+
+    def following_us(self, t_us: int) -> int:
+        """The first tick strictly after ``t_us`` (microseconds since the epoch)."""
+        raise NotImplementedError
+
+    def following(self, t: float) -> float:
+        return self.following_us(to_us(t)) / US
+
+    def latest(self, after: float, until: float) -> float | None:
+        """The newest tick in ``(after, until]``; None if there is none."""
+        found, tick = None, self.following_us(to_us(after))
+        end = to_us(until) + EARLY_US
+        while tick <= end:
+            found, tick = tick, self.following_us(tick)
+        return None if found is None else found / US
+
+    def plan(self, last_run_at: datetime, now: float | None = None) -> Plan:
+        now = time.time() if now is None else now
+        return plan_ticks(
+            to_us(last_run_at.timestamp()), to_us(now), to_us(self.within), self.following_us
+        )
+
+    def is_due(self, last_run_at: datetime) -> schedstate:
+        p = self.plan(last_run_at)
+        return schedstate(p.due, p.wait)
+
+    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
+        p = self.plan(last_run_at)
+        return timedelta(seconds=0 if p.due else p.wait)
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Where a beat that took the beat lock goes on from, for one entry: its
+    ``last_run_at``, and the one tick to fire at once (``catch_up="latest"``)."""
+
+    last_run_at: float
+    fire: float | None = None
+    missed: int = 0  # ticks that fell due while nobody fired, counted for the log
+
+
+def resume(grid: Grid, policy: str, last: float | None, now: float) -> Resumed:
+    """Apply an entry's missed-tick policy: ``last`` is the time of its last tick (fired,
+    or skipped while paused) by any beat; None if it never had one.
+
+    - ``"all"``: go on from ``last``: every missed tick fires, each with its own time,
+      but only those within the window (``Grid.within``), as ``plan_ticks`` decides;
+    - ``"latest"``: fire the most recent missed tick (if within the window), then go on;
+    - ``"none"``: go on from now: the next tick is the next one on the schedule.
+    """
+    if last is None or last > now:
+        return Resumed(now)
+    newest = grid.latest(last, now)
+    if newest is None:
+        return Resumed(last)  # nothing missed: the next tick is the next one
+    missed = _count(grid, last, newest)
+    if policy == "all":
+        return Resumed(last, missed=missed)
+    if policy == "latest" and now - newest <= grid.within:
+        return Resumed(newest, fire=newest, missed=missed)
+    return Resumed(now, missed=missed)
+
+
+def _count(grid: Grid, after: float, until: float, limit: int = 10_000) -> int:
+    if isinstance(grid, every) and grid.fixed is not None:
+        iv = to_us(grid.fixed)
+        return to_us(until) // iv - to_us(after) // iv
+    n, tick, end = 0, grid.following_us(to_us(after)), to_us(until)
+    while tick <= end and n < limit:
+        n, tick = n + 1, grid.following_us(tick)
+    return n
+
+
+class every(Grid):  # noqa: N801 - named like celery's own ``crontab`` and ``schedule``
     """Fire every ``seconds`` on the wall-clock grid; ``every()`` means PUBLISH_INTERVAL.
 
     ``every()`` is resolved by pubtasks' beat scheduler when it starts
@@ -77,18 +167,25 @@ class every(BaseSchedule):  # type: ignore[misc]  # noqa: N801 - named like cele
     imported.
     """
 
-    def __init__(self, seconds: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, seconds: float | None = None, within: float = CATCH_UP_WITHIN, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self._seconds = seconds
+        self.within = within
 
     @property
     def fixed(self) -> float | None:
         """The interval given to ``every(seconds)``; None for ``every()`` (PUBLISH_INTERVAL)."""
         return self._seconds
 
-    def with_default(self, seconds: float) -> every:
-        """This schedule, with ``seconds`` standing in for PUBLISH_INTERVAL if it has none."""
-        return self if self._seconds is not None else every(seconds)
+    def with_default(self, seconds: float, within: float | None = None) -> every:
+        """This schedule, with ``seconds`` standing in for PUBLISH_INTERVAL if it has none,
+        and with the entry's catch-up window."""
+        return every(
+            self._seconds if self._seconds is not None else seconds,
+            self.within if within is None else within,
+        )
 
     @property
     def seconds(self) -> float:
@@ -99,27 +196,30 @@ class every(BaseSchedule):  # type: ignore[misc]  # noqa: N801 - named like cele
             )
         return self._seconds
 
-    def plan(self, last_run_at: datetime, now: float | None = None) -> Plan:
-        return plan(last_run_at.timestamp(), time.time() if now is None else now, self.seconds)
+    def following_us(self, t_us: int) -> int:
+        iv = to_us(self.seconds)
+        if iv <= 0:
+            raise ValueError(f"interval must be positive, got {self.seconds!r}")
+        return (t_us // iv + 1) * iv
 
-    def is_due(self, last_run_at: datetime) -> schedstate:
-        p = self.plan(last_run_at)
-        return schedstate(p.due, p.wait)
-
-    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
-        p = self.plan(last_run_at)
-        return timedelta(seconds=0 if p.due else p.wait)
+    def latest(self, after: float, until: float) -> float | None:
+        iv = to_us(self.seconds)
+        newest = (to_us(until) + EARLY_US) // iv * iv
+        return newest / US if newest > to_us(after) else None
 
     def __repr__(self) -> str:
         return "<every PUBLISH_INTERVAL>" if self._seconds is None else f"<every {self._seconds}s>"
 
+    def describe(self) -> str:
+        return "every PUBLISH_INTERVAL" if self._seconds is None else f"every {self._seconds:g} s"
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return self.__class__, (self._seconds,)
+        return self.__class__, (self._seconds, self.within)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, every):
-            return self._seconds == other._seconds
+            return (self._seconds, self.within) == (other._seconds, other.within)
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash((every, self._seconds))
+        return hash((every, self._seconds, self.within))
