@@ -18,9 +18,15 @@ It uses Celery's public scheduler hooks only (``setup_schedule``, ``tick``,
   an entry's wait before it sends and adds it to the time after, so sending
   inside ``apply_async`` would make every wake-up late by the send (two Redis
   round trips). Queued, the send happens after Celery has recorded the next wake.
-- When a beat takes the beat lock (at start, or from a holder that died) it goes
-  on from the last tick fired, if that was within ``CATCH_UP_WITHIN``; after a
-  longer silence it begins from "now", with no burst of the ticks that fell due.
+- ``every`` and ``crontab`` entries become ``Grid`` schedules (a crontab in its
+  time zone, exact across DST: ``cron.Cron``), so every tick has an exact time.
+- When a beat takes the beat lock (at start, from a holder that died, or after a
+  Redis outage that made it stand by) each grid entry goes on as its
+  ``catch_up`` option says (``schedule.resume``): from its last tick (``all``, the
+  default, within ``catch_up_within``), with only the latest missed tick
+  (``latest``), or from the next tick (``none``).
+- A paused entry's ticks are skipped as they are numbered, and ticks asked for by
+  hand are fired as they are read (``control``).
 """
 
 from __future__ import annotations
@@ -39,10 +45,12 @@ import redis
 from celery.beat import PersistentScheduler, ScheduleEntry, SchedulingError
 
 from pubtasks import defaults
+from pubtasks.control import POLL, Control, Trigger
+from pubtasks.cron import grid_of
+from pubtasks.entries import catch_up_of, task_options
 from pubtasks.errors import StatsUnavailable
 from pubtasks.lock import BeatLock, owner_id
-from pubtasks.message import message_id
-from pubtasks.schedule import every
+from pubtasks.schedule import Grid, resume
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 
@@ -54,7 +62,7 @@ LOCK_TTL = 10.0
 
 def due_time(entry: ScheduleEntry, now: float) -> float:
     """The scheduled time of the tick that ``entry`` is firing now."""
-    if isinstance(entry.schedule, every):
+    if isinstance(entry.schedule, Grid):
         tick_at = entry.schedule.plan(entry.last_run_at, now).tick_at
         return now if tick_at is None else tick_at
     remaining: float = entry.schedule.remaining_estimate(entry.last_run_at).total_seconds()
@@ -95,6 +103,7 @@ class Unsent:
     scheduled_at: float
     batch: int
     number: int | None = None
+    trigger: Trigger | None = None  # asked for by hand (``pubtasks schedule trigger``)
 
 
 class Scheduler(PersistentScheduler):  # type: ignore[misc]
@@ -112,6 +121,10 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         self._lock: BeatLock | None = None
         self._leading = False
         self._renewed = 0.0
+        self._control: Control | None = None
+        self._polled = 0.0
+        self._asked: set[str] = set()  # trigger requests in _unsent
+        self._paused: set[str] = set()  # entries seen paused (logged once)
         super().__init__(*args, **kwargs)
 
     @property
@@ -156,21 +169,69 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             self._renewed = now
         return self._leading
 
+    @property
+    def control(self) -> Control:
+        if self._control is None:
+            self._control = Control(self.stats)
+        return self._control
+
     def _resume(self) -> None:
-        """Go on from the last tick fired by any beat (this one before a restart, or a
-        holder that died), so no tick is skipped: ticks due since then fire at once,
-        each with its own time. After a longer silence, start from now: no burst."""
+        """Go on from the last tick of each grid entry by any beat (this one before a
+        restart, or a holder that died), as the entry's ``catch_up`` says."""
         now = time.time()
         for name, entry in list(self.schedule.items()):
-            if not isinstance(entry.schedule, every):
+            if not isinstance(entry.schedule, Grid) or entry.task != defaults.TASK_NAME:
                 continue
             last = self.stats.client.get(self.stats.keys.beat_last(name))
-            if last is not None and 0 <= now - float(last) <= defaults.CATCH_UP_WITHIN:
-                self.schedule[name] = changed(entry, last_run_at=at(float(last)))
-            else:
-                self.schedule[name] = changed(entry, last_run_at=at(now))
+            policy = catch_up_of(entry.options).policy
+            r = resume(entry.schedule, policy, None if last is None else float(last), now)
+            self.schedule[name] = changed(entry, last_run_at=at(r.last_run_at))
+            if r.fire is not None:
+                self._unsent.append(Unsent(entry, r.fire, self.settings.publish_batch))
+            if r.missed:
+                log.warning(
+                    "beat: %s missed %d tick(s) since %s; catch_up=%r: %s",
+                    name,
+                    r.missed,
+                    at(float(last or now)).isoformat(),
+                    policy,
+                    {
+                        "all": "firing those within catch_up_within, each with its own time",
+                        "latest": "firing the latest" if r.fire else "none within catch_up_within",
+                        "none": "going on from the next tick",
+                    }[policy],
+                )
         # Celery compares entries without their last_run_at: have it read them again.
         self.populate_heap()
+
+    def _take_triggers(self) -> None:
+        """Queue one extra tick for each request made by ``pubtasks schedule trigger``."""
+        now = time.monotonic()
+        if now - self._polled < POLL:
+            return
+        self._polled = now
+        try:
+            asked = self.control.triggers()
+        except StatsUnavailable as exc:
+            log.debug("beat: cannot read the trigger requests: %s", exc)
+            return
+        for trigger in asked:
+            if trigger.member in self._asked:
+                continue
+            entry = self.schedule.get(trigger.entry)
+            if entry is None or entry.task != defaults.TASK_NAME:
+                log.warning(
+                    "beat: dropped the request to trigger %r: this beat's beat_schedule has no "
+                    "such publish entry",
+                    trigger.entry,
+                )
+                self.control.drop(trigger.member)
+                continue
+            log.warning("beat: triggered by hand: %s, firing %s", trigger.entry, trigger.tick_id)
+            self._asked.add(trigger.member)
+            self._unsent.append(
+                Unsent(entry, trigger.at, self.settings.publish_batch, trigger=trigger)
+            )
 
     def close(self) -> None:
         if self._unsent:  # fired as beat was stopping: send them if Redis takes them
@@ -192,11 +253,12 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         started = self.app.now()
         interval = self.settings.publish_interval
         for name, entry in list(self.schedule.items()):
-            if isinstance(entry.schedule, every):
-                # every() is PUBLISH_INTERVAL; the first tick is the next grid point.
-                self.schedule[name] = changed(
-                    entry, schedule=entry.schedule.with_default(interval), last_run_at=started
-                )
+            # every() is PUBLISH_INTERVAL; a crontab is in its zone. The first tick is the
+            # next one on the schedule (a beat that takes the lock resumes: _resume).
+            within = catch_up_of(entry.options).within
+            grid = grid_of(entry.schedule, interval, self.app.timezone, within)
+            if grid is not None:
+                self.schedule[name] = changed(entry, schedule=grid, last_run_at=started)
 
     def adjust(self, n: float, drift: float = 0.0) -> float:
         # Celery wakes 10 ms early and then spins until the tick is due; wake on time instead.
@@ -207,11 +269,14 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             self._send_unsent(self.producer)
         if not self.leading():
             return 1.0
+        self._take_triggers()
+        if self._unsent:
+            self._send_unsent(self.producer)
         wait: float = super().tick(*args, **kwargs)  # 0 when it fired: sent on the next call
-        return min(wait, 0.5, LOCK_TTL / 5) if self._unsent else min(wait, LOCK_TTL / 5)
+        return min(wait, POLL)
 
     def reserve(self, entry: ScheduleEntry) -> ScheduleEntry:
-        if not isinstance(entry.schedule, every):
+        if not isinstance(entry.schedule, Grid):
             new: ScheduleEntry = super().reserve(entry)
             return new
         tick_at = due_time(entry, time.time())
@@ -239,18 +304,31 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
     def _send_each(self, producer: Any) -> None:
         while self._unsent:
             tick = self._unsent[0]
+            name, manual = tick.entry.name, tick.trigger is not None
             try:
                 if tick.number is None:
-                    tick_id = message_id(tick.entry.name, tick.scheduled_at)
-                    tick.number = self.stats.tick_number(tick.entry.name, tick_id, tick.batch)
+                    tick.number = self.stats.tick_number(
+                        name, tick.scheduled_at, tick.batch, manual=manual
+                    )
+                    if tick.number is None:  # paused: skipped, as if it had not fallen due
+                        self._unsent.popleft()
+                        if name not in self._paused:
+                            log.warning("beat: %s is paused; skipping its ticks", name)
+                            self._paused.add(name)
+                        continue
+                    if name in self._paused:
+                        log.warning("beat: %s is resumed; firing its ticks again", name)
+                        self._paused.discard(name)
                 kwargs = {
                     **(tick.entry.kwargs or {}),
-                    "entry": tick.entry.name,
+                    "entry": name,
                     "scheduled_at": tick.scheduled_at,
                     "number": tick.number,
                     "batch": tick.batch,
+                    **({"manual": True} if manual else {}),
                 }
-                entry = changed(tick.entry, kwargs=kwargs)
+                options = task_options(tick.entry.options)
+                entry = changed(tick.entry, kwargs=kwargs, options=options)
                 super().apply_async(entry, producer=producer, advance=False)
             except (StatsUnavailable, SchedulingError) as exc:  # Celery wraps transport errors
                 log.warning(
@@ -262,9 +340,12 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                 )
                 return
             self._unsent.popleft()
+            member = None if tick.trigger is None else tick.trigger.member
             try:  # sent: where the next holder of the beat lock goes on from
                 self.stats.sent(
-                    tick.entry.name, tick.scheduled_at, tick.number, tick.batch, time.time()
+                    name, tick.scheduled_at, tick.number, tick.batch, time.time(), trigger=member
                 )
             except StatsUnavailable:
-                log.debug("beat: could not record the tick of %s as sent", tick.entry.name)
+                log.debug("beat: could not record the tick of %s as sent", name)
+            if member is not None:
+                self._asked.discard(member)

@@ -1,4 +1,5 @@
-"""The ``pubtasks`` command: ``stats [--json | --watch]``, ``metrics``, ``health``, ``bench``."""
+"""The ``pubtasks`` command: ``stats [--json | --watch]``, ``schedule list | pause | resume |
+trigger``, ``metrics``, ``health``, ``bench``."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import json
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
+from pubtasks import defaults, listing
 from pubtasks.bench import command as bench
 from pubtasks.celery import app
-from pubtasks.errors import PubtasksError
+from pubtasks.control import Control
+from pubtasks.errors import ConfigError, PubtasksError
 from pubtasks.health import check
 from pubtasks.metrics import StatsCollector
 from pubtasks.settings import mask_url
@@ -110,6 +113,66 @@ def stats_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def publish_entry(beat_schedule: Mapping[str, object], name: str) -> str:
+    """``name``, if it is a publish entry of ``beat_schedule``; else ``ConfigError``."""
+    ours = [
+        n
+        for n, spec in beat_schedule.items()
+        if isinstance(spec, Mapping) and spec.get("task") == defaults.TASK_NAME
+    ]
+    if name not in ours:
+        raise ConfigError(
+            f"beat_schedule has no publish entry {name!r} (entries: {', '.join(ours) or 'none'}); "
+            "name one of them, as celeryconfig.py spells it"
+        )
+    return name
+
+
+def schedule_command(args: argparse.Namespace) -> int:
+    stats, where, prefix = _stats(args)
+    control = Control(stats)
+    beat_schedule = app.conf.beat_schedule or {}
+    now = time.time()
+    if args.action == "list":
+        names = [str(n) for n in beat_schedule]
+        state = control.state(names)
+        rows = listing.rows(
+            beat_schedule,
+            app.settings.publish_interval,
+            app.timezone,
+            state=state,
+            entries=stats.snapshot().entries,
+            now=now,
+        )
+        if args.json:
+            print(json.dumps(listing.as_json(rows, state), sort_keys=True))
+        else:
+            print(listing.render(rows, state, where, prefix, now))
+        return 0
+    name = publish_entry(beat_schedule, args.entry)
+    holder = control.state([]).holder
+    nobody = "" if holder else " (no beat holds the beat lock now: it applies when one starts)"
+    if args.action == "pause":
+        since = control.pause(name, now)
+        if since is not None:
+            print(f"{name} was already paused, {now - since:.1f} s ago")
+        else:
+            print(f"paused {name}: its ticks are skipped from the next one{nobody}")
+    elif args.action == "resume":
+        since = control.resume(name, now)
+        if since is None:
+            print(f"{name} was not paused")
+        else:
+            print(
+                f"resumed {name} after {now - since:.1f} s paused: it goes on from its next "
+                f"tick, without the ticks of the pause{nobody}"
+            )
+    else:
+        trigger = control.trigger(name, now)
+        print(f"triggered {name}: the beat holder fires tick {trigger.tick_id}{nobody}")
+    return 0
+
+
 def metrics_command(args: argparse.Namespace) -> int:
     stats, where, prefix = _stats(args)
     stats.ping()
@@ -133,7 +196,10 @@ def health_command(args: argparse.Namespace) -> int:
     stats, _, _ = _stats(args)
     snap = stats.snapshot()
     interval = app.settings.publish_interval
-    healthy, lines = check(app.conf.beat_schedule or {}, interval, snap.entries)
+    state = Control(stats).state([])
+    healthy, lines = check(
+        app.conf.beat_schedule or {}, interval, snap.entries, state.paused, state.resumed
+    )
     print(("healthy: " if healthy else "unhealthy: ") + "; ".join(lines))
     return 0 if healthy else 1
 
@@ -153,6 +219,26 @@ def parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--count", type=int, help="with --watch: stop after this many screens")
     stats.set_defaults(run=stats_command)
+    schedule = sub.add_parser(
+        "schedule",
+        help="list the schedule's entries, pause or resume one, or fire one extra tick now "
+        "(reads REDIS_URL and celeryconfig.py)",
+    )
+    actions = schedule.add_subparsers(dest="action", required=True)
+    listed = actions.add_parser(
+        "list", help="every entry: schedule, next and last tick, paused or not, counters"
+    )
+    listed.add_argument("--json", action="store_true", help="print one JSON object")
+    for action, text in (
+        ("pause", "stop firing an entry's ticks until it is resumed (kept in Redis)"),
+        ("resume", "fire an entry's ticks again, from its next tick on the schedule"),
+        ("trigger", "fire one extra tick of an entry now (message_id <entry>@manual-<ms>)"),
+    ):
+        one = actions.add_parser(action, help=text)
+        one.add_argument("entry", help="the entry's name in beat_schedule")
+    for each in actions.choices.values():
+        each.add_argument("--prefix", help="key prefix (default: STATS_PREFIX)")
+    schedule.set_defaults(run=schedule_command)
     metrics = sub.add_parser(
         "metrics", help="serve the counters as Prometheus metrics on /metrics (reads REDIS_URL)"
     )

@@ -104,15 +104,16 @@ class Cron(Grid):
         return to_us(self.next_after(after).timestamp())
 
     def describe(self) -> str:
+        """The five fields as cron writes them (minute hour day month weekday), and the zone."""
         s = self.spec
         fields = (
-            s._orig_minute,
-            s._orig_hour,
-            s._orig_day_of_month,
-            s._orig_month_of_year,
-            s._orig_day_of_week,
+            _field(s.minute, range(60)),
+            _field(s.hour, range(24)),
+            _field(s.day_of_month, range(1, 32)),
+            _field(s.month_of_year, range(1, 13)),
+            _field(s.day_of_week, range(7)),
         )
-        return f"crontab {' '.join(str(f) for f in fields)} ({zone_name(self.tz)})"
+        return f"crontab {' '.join(fields)} ({zone_name(self.tz)})"
 
     def __repr__(self) -> str:
         return f"<{self.describe()}>"
@@ -131,6 +132,17 @@ class Cron(Grid):
 
     def __hash__(self) -> int:
         return hash((Cron, zone_name(self.tz), self.within))
+
+
+def _field(values: set[int], full: range) -> str:
+    """``*``, ``*/n`` or a list, from the values a crontab field expanded to."""
+    ordered = sorted(values)
+    if ordered == list(full):
+        return "*"
+    step = ordered[1] - ordered[0] if len(ordered) > 1 else 0
+    if step > 1 and ordered == list(range(full.start, full.stop, step)):
+        return f"*/{step}"
+    return ",".join(str(v) for v in ordered)
 
 
 def zone_name(tz: tzinfo) -> str:

@@ -43,9 +43,9 @@ BATCH_WRITES: Final = True
 TICK_DEADLINE: Final = 600.0
 #: Connection attempts, per service, at worker start before it exits non-zero.
 STARTUP_RETRIES: Final = 20
-#: Ticks missed for up to this many seconds (beat stalled, restarted, or taken over by
-#: another worker) are fired late, each with its own time; after a longer silence beat
-#: goes on from the next tick instead.
+#: An entry's ``catch_up_within`` unless its options say: a tick missed (beat stalled,
+#: restarted, or taken over by another worker) may still fire, with its own time, up to
+#: this many seconds late; a later one is skipped.
 CATCH_UP_WITHIN: Final = 60.0
 
 APP_ID: Final = "pubtasks"

@@ -22,19 +22,20 @@ import functools
 import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from celery.schedules import BaseSchedule
+from celery.schedules import BaseSchedule, crontab
 from celery.schedules import schedule as interval_schedule
 from celery.utils.imports import import_from_cwd
 from kombu import serialization
 
 from pubtasks import defaults
+from pubtasks.cron import Cron
 from pubtasks.errors import BodyError, ConfigError, kind_of
 from pubtasks.message import NUMBER_HEADER, SCHEDULED_HEADER, Body, Payload, Recipe, encode
-from pubtasks.schedule import every
+from pubtasks.schedule import POLICIES, every
 
 #: What an entry's kwargs may say.
 KWARGS = (
@@ -48,7 +49,10 @@ KWARGS = (
     "on_return",
 )
 #: What beat adds to each tick's kwargs.
-SET_BY_BEAT = ("entry", "scheduled_at", "number", "batch")
+SET_BY_BEAT = ("entry", "scheduled_at", "number", "batch", "manual")
+#: What an entry's options may say for pubtasks' beat (the rest go to Celery's
+#: ``apply_async``): the missed-tick policy and its window, in seconds.
+OPTIONS = ("catch_up", "catch_up_within")
 #: The AMQP properties an entry may set: string ones, and the three checked apart.
 STRING_PROPERTIES = ("type", "correlation_id", "reply_to", "content_type", "content_encoding")
 PROPERTIES = (*STRING_PROPERTIES, "priority", "expiration", "delivery_mode")
@@ -282,8 +286,14 @@ def check_schedule_value(entry: str, value: Any) -> None:
         return
     if isinstance(value, interval_schedule):
         seconds = value.run_every.total_seconds()
+    elif isinstance(value, crontab):
+        try:
+            Cron(value, UTC).next_after(datetime.now(UTC))
+        except ValueError as exc:
+            raise ConfigError(f"{name}{exc}; check its day, month and day of week") from None
+        return
     elif isinstance(value, BaseSchedule):
-        return  # crontab, solar: Celery's own
+        return  # solar: Celery's own
     elif isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
@@ -292,6 +302,56 @@ def check_schedule_value(entry: str, value: Any) -> None:
         raise ConfigError(f"{name}{value!r} is not a schedule; {hint}")
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"{name}{value!r} is not a positive interval; {hint}")
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """An entry's missed-tick policy (``schedule.resume``) and its window in seconds."""
+
+    policy: str = POLICIES[0]
+    within: float = defaults.CATCH_UP_WITHIN
+
+
+def catch_up_of(options: Mapping[str, Any] | None) -> CatchUp:
+    """The policy an entry's ``options`` give (checked at start by ``check_schedule``)."""
+    options = options or {}
+    return CatchUp(
+        str(options.get("catch_up", POLICIES[0])),
+        float(options.get("catch_up_within", defaults.CATCH_UP_WITHIN)),
+    )
+
+
+def task_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """An entry's options without pubtasks' own: what Celery's ``apply_async`` gets."""
+    return {k: v for k, v in (options or {}).items() if k not in OPTIONS}
+
+
+def _check_catch_up(entry: str, options: Mapping[str, Any], schedule: Any) -> None:
+    name = f"beat_schedule entry {entry!r}: options: "
+    if not (options.keys() & set(OPTIONS)):
+        return
+    if not isinstance(schedule, every | crontab):
+        raise ConfigError(
+            f"{name}'catch_up' applies to every() and crontab() entries; give the entry "
+            "'schedule': every(seconds) (a timedelta or a number keeps Celery's own catching up)"
+        )
+    policy = options.get("catch_up", POLICIES[0])
+    if policy not in POLICIES:
+        raise ConfigError(
+            f"{name}'catch_up' is {policy!r}; give 'all' (fire every missed tick within "
+            "'catch_up_within'), 'latest' (fire the most recent one) or 'none' (skip them)"
+        )
+    within = options.get("catch_up_within", defaults.CATCH_UP_WITHIN)
+    if (
+        isinstance(within, bool)
+        or not isinstance(within, int | float)
+        or not math.isfinite(within)
+        or within <= 0
+    ):
+        raise ConfigError(
+            f"{name}'catch_up_within' {within!r} is not a positive number of seconds; give "
+            f"how late a missed tick may still fire, e.g. {defaults.CATCH_UP_WITHIN:g}"
+        )
 
 
 def _transportable(entry: str, kwargs: Mapping[str, Any], task_serializer: str) -> None:
@@ -357,6 +417,7 @@ def check_schedule(
                 f"{name}options: 'expires' would let Celery drop a tick unseen; leave it out "
                 "(TICK_DEADLINE bounds how late a tick may publish, and counts it failed)"
             )
+        _check_catch_up(entry, options, spec["schedule"])
         recipes[entry] = resolve(entry, kwargs, context)
         _transportable(entry, kwargs, task_serializer)
     return recipes

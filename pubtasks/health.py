@@ -2,7 +2,9 @@
 
 Pure judgement (``verdicts``) apart from the I/O (``check``): an entry is
 healthy when its last confirmed publish is no older than three of its
-intervals. Crontab entries have no fixed interval and are not judged.
+intervals, counted from its resume if it was resumed since. A paused entry is
+reported as paused, and is not unhealthy. Crontab entries have no fixed interval
+and are not judged.
 """
 
 from __future__ import annotations
@@ -56,14 +58,28 @@ class Verdict:
 
 
 def verdicts(
-    expected: Mapping[str, float], seen: Mapping[str, Counts], now: float
+    expected: Mapping[str, float],
+    seen: Mapping[str, Counts],
+    now: float,
+    paused: Mapping[str, float] | None = None,
+    resumed: Mapping[str, float] | None = None,
 ) -> list[Verdict]:
-    """Judge each expected entry by the age of its last confirmed publish."""
+    """Judge each expected entry by the age of its last confirmed publish; ``paused``
+    and ``resumed`` say since when an entry is paused, or when it was last resumed."""
     out = []
+    paused, resumed = paused or {}, resumed or {}
     for name, seconds in sorted(expected.items()):
+        if name in paused:
+            since = now - paused[name]
+            out.append(Verdict(name, True, f"{name}: paused {since:.1f} s ago"))
+            continue
         limit = INTERVALS * seconds
         counts = seen.get(name)
         at = counts.last_confirmed_at if counts else None
+        if name in resumed and (at is None or at < resumed[name]) and now - resumed[name] <= limit:
+            age = now - resumed[name]
+            out.append(Verdict(name, True, f"{name}: resumed {age:.1f} s ago"))
+            continue
         if at is None:
             out.append(Verdict(name, False, f"{name}: no confirmed publish yet"))
             continue
@@ -83,11 +99,15 @@ def verdicts(
 
 
 def check(
-    beat_schedule: Mapping[str, Any], publish_interval: float, entries: Mapping[str, Counts]
+    beat_schedule: Mapping[str, Any],
+    publish_interval: float,
+    entries: Mapping[str, Counts],
+    paused: Mapping[str, float] | None = None,
+    resumed: Mapping[str, float] | None = None,
 ) -> tuple[bool, list[str]]:
     """(healthy, lines) for the CLI."""
     expected = intervals(beat_schedule, publish_interval)
     if not expected:
         return False, ["no interval entry in beat_schedule to check"]
-    judged = verdicts(expected, entries, time.time())
+    judged = verdicts(expected, entries, time.time(), paused, resumed)
     return all(v.healthy for v in judged), [v.reason for v in judged]

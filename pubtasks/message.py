@@ -38,14 +38,21 @@ NUMBER_HEADER = "x-message-number"
 SCHEDULED_HEADER = "x-scheduled-at"
 
 
-def message_id(entry: str, scheduled_at: float) -> str:
-    """The stable id of a tick: the entry's name and its scheduled time in milliseconds."""
-    return f"{entry}@{round(scheduled_at * 1000)}"
+#: Marks the id of a tick fired by hand (``pubtasks schedule trigger``).
+MANUAL = "manual-"
+
+
+def message_id(entry: str, scheduled_at: float, manual: bool = False) -> str:
+    """The stable id of a tick: the entry's name and its scheduled time in milliseconds
+    (``<entry>@<ms>``); a tick fired by hand is ``<entry>@manual-<ms>``, its time that of
+    the request, so that it never shares an id with a tick of the schedule."""
+    return f"{entry}@{MANUAL if manual else ''}{round(scheduled_at * 1000)}"
 
 
 def scheduled_at_of(message_id: str) -> float:
-    """The scheduled time back from a message id (``<entry>@<ms>`` or ``<entry>@<ms>.<i>``)."""
-    return int(message_id.rsplit("@", 1)[1].split(".", maxsplit=1)[0]) / 1000
+    """The scheduled time back from a message id (``<entry>@[manual-]<ms>[.<i>]``)."""
+    stamp = message_id.rsplit("@", 1)[1].split(".", maxsplit=1)[0]
+    return int(stamp.removeprefix(MANUAL)) / 1000
 
 
 @dataclass(frozen=True)
@@ -160,11 +167,12 @@ class Tick:
     batch: int = 1  # messages per tick (PUBLISH_BATCH)
     recipe: Recipe = Recipe()
     text: str | None = None  # the default body's "text"; by default the example's sentence
+    manual: bool = False  # fired by hand (``pubtasks schedule trigger``), not by the schedule
 
     @property
     def message_id(self) -> str:
         """The tick's id; with a batch, message i's id is this plus ``.i``."""
-        return message_id(self.entry, self.scheduled_at)
+        return message_id(self.entry, self.scheduled_at, self.manual)
 
     @property
     def exchange(self) -> str:

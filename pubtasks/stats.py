@@ -24,7 +24,14 @@ key                       type    holds
 ``beat:last:<entry>``     string  the scheduled time of the entry's last sent tick
 ``beat:number:<entry>``   string  the entry's latest tick and its first number
 ``beat:sent``             zset    ticks beat has sent and nobody has seen done yet
-                                  ([entry, scheduled_at, number, batch] -> sent at)
+                                  ([entry, scheduled_at, number, batch(, manual)]
+                                  -> sent at)
+``beat:manual:<entry>``   string  the entry's latest tick fired by hand and its number
+``beat:triggers``         list    ticks asked for by hand, for the beat holder to fire
+                                  ([entry, ms] of ``schedule trigger``)
+``triggered``             hash    entry -> the ms of its latest tick asked for by hand
+``paused``                hash    entry -> when it was paused (``schedule pause``)
+``resumed``               hash    entry -> when it was last resumed
 ========================  ======  ==================================================
 
 At any quiet moment ``published == acked + nacked + unconfirmed + pending``,
@@ -44,7 +51,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +84,7 @@ _ENTRY_OF = """
 local function entry_of(key) return string.match(key, '^(.*)@') or '?' end
 local marked = {}
 local function mark_done(prefix, message_id)
-  local tick, i = string.match(message_id, '^(.*@%d+)%.(%d+)$')
+  local tick, i = string.match(message_id, '^(.*@[%w%-]+)%.(%d+)$')
   if not tick then tick, i = message_id, 0 end
   redis.call('SETBIT', prefix .. tick, tonumber(i), 1)
   marked[prefix .. tick] = true
@@ -181,15 +188,23 @@ return failed
 """
 )
 
-# KEYS: totals, beat:number:<entry>.  ARGV: the tick's id, how many numbers.
+# KEYS: totals, beat:number:<entry> (or beat:manual:<entry>), paused, beat:last:<entry>.
+# ARGV: the tick's id, how many numbers, the entry, its scheduled time, 1 to obey a pause.
 # The numbers of the entry's latest tick are kept with its id, so asking again for the
 # same tick (a retried write, or a beat that died before sending it and the next
 # holder firing it again) returns the same numbers: no gap, no double allocation.
+# A tick of a paused entry gets no number (-1): it is skipped, and becomes the tick
+# the entry's next beat goes on from.
 _NUMBER = """
 local held = redis.call('GET', KEYS[2])
 if held then
   local id, first = string.match(held, '^(.*) (%d+)$')
   if id == ARGV[1] then return tonumber(first) end
+end
+if ARGV[5] == '1' and redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then
+  local last = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if tonumber(ARGV[4]) > last then redis.call('SET', KEYS[4], ARGV[4]) end
+  return -1
 end
 local first = redis.call('HINCRBY', KEYS[1], 'last_message_number', ARGV[2]) - ARGV[2] + 1
 redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. first)
@@ -276,8 +291,24 @@ class Keys:
     def beat_last(self, entry: str) -> str:
         return f"{self.prefix}beat:last:{entry}"
 
-    def beat_number(self, entry: str) -> str:
-        return f"{self.prefix}beat:number:{entry}"
+    def beat_number(self, entry: str, manual: bool = False) -> str:
+        return f"{self.prefix}beat:{'manual' if manual else 'number'}:{entry}"
+
+    @property
+    def beat_triggers(self) -> str:
+        return f"{self.prefix}beat:triggers"
+
+    @property
+    def triggered(self) -> str:
+        return f"{self.prefix}triggered"
+
+    @property
+    def paused(self) -> str:
+        return f"{self.prefix}paused"
+
+    @property
+    def resumed(self) -> str:
+        return f"{self.prefix}resumed"
 
     @property
     def beat_sent(self) -> str:
@@ -293,15 +324,20 @@ class SentTick:
     scheduled_at: float
     number: int
     batch: int
+    manual: bool = False
 
     @classmethod
     def parse(cls, member: str) -> SentTick:
-        entry, scheduled_at, number, batch = json.loads(member)
-        return cls(member, str(entry), float(scheduled_at), int(number), int(batch))
+        entry, scheduled_at, number, batch, *manual = json.loads(member)
+        return cls(member, str(entry), float(scheduled_at), int(number), int(batch), bool(manual))
+
+    @staticmethod
+    def member_of(entry: str, scheduled_at: float, number: int, batch: int, manual: bool) -> str:
+        return json.dumps([entry, scheduled_at, number, batch, *([True] if manual else [])])
 
     @property
     def tick_id(self) -> str:
-        return message_id(self.entry, self.scheduled_at)
+        return message_id(self.entry, self.scheduled_at, self.manual)
 
 
 @dataclass(frozen=True)
@@ -546,6 +582,10 @@ class Stats:
             self.replication.acknowledged(int(replies.pop()))
         return replies
 
+    def converted(self) -> AbstractContextManager[None]:
+        """Redis errors inside become ``StatsUnavailable``, the URL masked (``control``)."""
+        return _converted(self._url)
+
     def ping(self) -> None:
         with _converted(self._url):
             self.client.ping()
@@ -556,12 +596,18 @@ class Stats:
             last = int(self.client.hincrby(self.keys.totals, "last_message_number", count))
         return last - count + 1
 
-    def tick_number(self, entry: str, tick_id: str, count: int = 1) -> int:
-        """The first of the ``count`` numbers of tick ``tick_id``: allocated once (beat)."""
+    def tick_number(
+        self, entry: str, scheduled_at: float, count: int = 1, manual: bool = False
+    ) -> int | None:
+        """The first of the ``count`` numbers of a tick: allocated once (beat). None when
+        the entry is paused: the tick is skipped (a tick fired by hand is not)."""
         k = self.keys
+        tick_id = message_id(entry, scheduled_at, manual)
+        keys = [k.totals, k.beat_number(entry, manual), k.paused, k.beat_last(entry)]
+        args: list[Any] = [tick_id, count, entry, scheduled_at, 0 if manual else 1]
         with _converted(self._url):
-            keys = [k.totals, k.beat_number(entry)]
-            return int(self._write(self._number, keys, [tick_id, count]))
+            first = int(self._write(self._number, keys, args))
+        return None if first < 0 else first
 
     def begin(self, deliveries: Iterable[Delivery], now: float) -> int:
         """Count basic.publishes as published and pending, before they are sent."""
@@ -612,13 +658,27 @@ class Stats:
 
     # -- ticks beat has sent, until they are done (``beat``, ``supervision``) -------------
 
-    def sent(self, entry: str, scheduled_at: float, number: int, batch: int, now: float) -> None:
-        """Beat sent this tick: where the next beat goes on from, and one to see done."""
+    def sent(
+        self,
+        entry: str,
+        scheduled_at: float,
+        number: int,
+        batch: int,
+        now: float,
+        *,
+        trigger: str | None = None,
+    ) -> None:
+        """Beat sent this tick: where the next beat goes on from, and one to see done.
+        ``trigger`` is the request (``beat:triggers``) of a tick fired by hand, now done."""
         k = self.keys
-        member = json.dumps([entry, scheduled_at, number, batch])
+        manual = trigger is not None
+        member = SentTick.member_of(entry, scheduled_at, number, batch, manual)
 
         def queue(pipe: Any) -> None:
-            pipe.set(k.beat_last(entry), scheduled_at)
+            if trigger is None:
+                pipe.set(k.beat_last(entry), scheduled_at)
+            else:
+                pipe.lrem(k.beat_triggers, 0, trigger)
             pipe.zadd(k.beat_sent, {member: now})
 
         with _converted(self._url):

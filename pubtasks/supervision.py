@@ -69,6 +69,7 @@ from kombu.utils.encoding import bytes_to_str
 
 from pubtasks import defaults
 from pubtasks.accounting import abandoned_after
+from pubtasks.entries import task_options
 from pubtasks.lock import owner_id
 from pubtasks.message import message_id
 from pubtasks.orphans import Orphans
@@ -104,7 +105,8 @@ def queued_ticks(channel: Any, queue: str) -> set[str]:
         try:
             message = json.loads(bytes_to_str(item)) if isinstance(item, str | bytes) else item
             kwargs = json.loads(base64.b64decode(message["body"]))[1]
-            found.add(message_id(kwargs["entry"], float(kwargs["scheduled_at"])))
+            manual = bool(kwargs.get("manual", False))
+            found.add(message_id(kwargs["entry"], float(kwargs["scheduled_at"]), manual))
         except (ValueError, KeyError, TypeError, IndexError):
             continue  # not a tick (another task in the same queue)
     return found
@@ -264,8 +266,9 @@ class Supervisor:
             "scheduled_at": tick.scheduled_at,
             "number": tick.number,
             "batch": tick.batch,
+            **({"manual": True} if tick.manual else {}),
         }
-        self.app.send_task(defaults.TASK_NAME, kwargs=kwargs, **(entry.get("options") or {}))
+        self.app.send_task(defaults.TASK_NAME, kwargs=kwargs, **task_options(entry.get("options")))
         log.warning(
             "pubtasks: sent tick %s (number %d) again: %.0f s after beat sent it, it was "
             "neither done, queued nor reserved (its task message was lost in Redis)",

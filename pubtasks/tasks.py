@@ -69,13 +69,15 @@ def publish(
     scheduled_at: float | None = None,
     number: int | None = None,
     batch: int | None = None,
+    manual: bool = False,
     **message: Any,
 ) -> dict[str, Any]:
     """Publish one tick of schedule entry ``entry`` and wait for RabbitMQ's confirm.
 
     Beat passes ``entry``, ``scheduled_at``, ``number`` (the first) and ``batch``
-    (PUBLISH_BATCH), with the entry's own kwargs (``message``: exchange,
-    routing_key, body or payload, serializer, headers, properties); a retry or a
+    (PUBLISH_BATCH), ``manual`` for a tick fired by hand, and the entry's own kwargs
+    (``message``: exchange, routing_key, body or payload, serializer, headers,
+    properties); a retry or a
     redelivery of the same tick publishes the same message ids and numbers.
     Whatever goes wrong, the tick ends confirmed or counted as failed with its reason.
     """
@@ -85,7 +87,7 @@ def publish(
     when = time.time() if scheduled_at is None else float(scheduled_at)
     try:
         first = p.stats.next_number(size) if number is None else int(number)
-        tick = Tick(entry=entry, scheduled_at=when, number=first, batch=size)
+        tick = Tick(entry=entry, scheduled_at=when, number=first, batch=size, manual=bool(manual))
         try:
             tick = replace(tick, recipe=entries.recipe(entry, message, s.context))
         except ConfigError as exc:
@@ -104,7 +106,10 @@ def publish(
     except Exception as exc:  # a bug, ours or a library's, before the policy took the tick
         reason = f"unexpected error: {type(exc).__name__}: {exc}"
         log.exception("tick of %s at %s: %s", entry, scheduled_at, reason)
-        p.refuse(Tick(entry=str(entry), scheduled_at=when, number=0, batch=size), reason)
+        p.refuse(
+            Tick(entry=str(entry), scheduled_at=when, number=0, batch=size, manual=bool(manual)),
+            reason,
+        )
         raise TickFailed(f"tick of {entry} at {scheduled_at} failed: {reason}") from exc
     return {
         "message_id": result.message_id,

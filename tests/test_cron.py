@@ -128,3 +128,18 @@ def test_describe_names_the_fields_and_the_zone() -> None:
         "crontab */15 2 * * * (Europe/Berlin)"
     )
     assert every(0.5).describe() == "every 0.5 s"
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (crontab(), "* * * * *"),
+        (
+            crontab(minute=0, hour="9-17", day_of_week="mon-fri"),
+            "0 9,10,11,12,13,14,15,16,17 * * 1,2,3,4,5",
+        ),
+        (crontab(minute="*/10", day_of_month=1, month_of_year="*/3"), "*/10 * 1 */3 *"),
+    ],
+)
+def test_describe_writes_the_fields_as_cron_does(spec: crontab, expected: str) -> None:
+    assert Cron(spec, UTC).describe() == f"crontab {expected} (UTC)"

@@ -10,6 +10,8 @@ import pytest
 from celery.schedules import crontab
 from kombu import Exchange, Queue, binding
 
+from pubtasks.defaults import CATCH_UP_WITHIN
+from pubtasks.entries import CatchUp, catch_up_of, task_options
 from pubtasks.errors import ConfigError
 from pubtasks.message import BINARY, TEXT
 from pubtasks.schedule import every
@@ -109,6 +111,25 @@ def test_schedules_that_are_schedules(schedule: Any) -> None:
     assert set(load({"e": {"task": PUBLISH, "schedule": schedule}}).recipes) == {"e"}
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"catch_up": "all"},
+        {"catch_up": "latest", "catch_up_within": 86400},
+        {"catch_up": "none", "priority": 3},
+    ],
+)
+def test_a_missed_tick_policy_is_taken_and_kept_from_celery(options: dict[str, Any]) -> None:
+    spec = {"e": {"task": PUBLISH, "schedule": crontab(minute=0), "options": options}}
+    assert set(load(spec).recipes) == {"e"}
+    policy = catch_up_of(options)
+    assert policy.policy == options["catch_up"]
+    assert policy.within == options.get("catch_up_within", CATCH_UP_WITHIN)
+    assert "catch_up" not in task_options(options)
+    assert "catch_up_within" not in task_options(options)
+    assert catch_up_of(None) == CatchUp("all", CATCH_UP_WITHIN)
+
+
 # -- what is refused, in one line naming the entry and the field ----------------------------
 
 
@@ -159,6 +180,18 @@ def test_schedules_that_are_schedules(schedule: Any) -> None:
             "'expires' would let Celery drop a tick",
         ),
         ({"e": {"task": PUBLISH, "schedule": 1, "args": [1]}}, "'args' are not taken"),
+        (
+            {"e": {"task": PUBLISH, "schedule": every(), "options": {"catch_up": "some"}}},
+            "options: 'catch_up' is 'some'; give 'all'",
+        ),
+        (
+            {"e": {"task": PUBLISH, "schedule": every(), "options": {"catch_up_within": 0}}},
+            "'catch_up_within' 0 is not a positive number of seconds",
+        ),
+        (
+            {"e": {"task": PUBLISH, "schedule": 5, "options": {"catch_up": "none"}}},
+            "'catch_up' applies to every() and crontab() entries",
+        ),
     ],
 )
 def test_a_bad_entry_is_one_line_naming_the_entry_and_the_field(

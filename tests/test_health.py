@@ -45,3 +45,20 @@ def test_an_entry_is_late_after_three_intervals(
     [verdict] = verdicts({"e": 1.0}, seen, now=100.0)
     assert verdict.healthy is healthy
     assert verdict.reason.startswith(reason)
+
+
+def test_a_paused_entry_is_reported_paused_not_unhealthy() -> None:
+    # Given an entry paused 30 s ago, whose last confirm is long past
+    seen = {"e": Counts(acked=1, published=1, last_confirmed_at=10.0)}
+    [verdict] = verdicts({"e": 1.0}, seen, now=100.0, paused={"e": 70.0})
+    assert verdict.healthy
+    assert verdict.reason == "e: paused 30.0 s ago"
+
+
+def test_a_resumed_entry_has_three_intervals_from_its_resume() -> None:
+    seen = {"e": Counts(acked=1, published=1, last_confirmed_at=10.0)}
+    [fresh] = verdicts({"e": 1.0}, seen, now=100.0, resumed={"e": 99.0})
+    assert fresh.healthy
+    assert fresh.reason == "e: resumed 1.0 s ago"
+    [late] = verdicts({"e": 1.0}, seen, now=100.0, resumed={"e": 90.0})
+    assert not late.healthy

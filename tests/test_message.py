@@ -23,6 +23,7 @@ from pubtasks.message import (
     encode,
     message_id,
     properties,
+    scheduled_at_of,
 )
 
 
@@ -197,3 +198,14 @@ def test_any_serializer_registered_with_kombu_can_encode_a_body() -> None:
         assert encode({"a": "b"}, "shout") == Body(b'{"A": "B"}', "application/x-shout", "utf-8")
     finally:
         unregister("shout")
+
+
+def test_a_tick_fired_by_hand_has_an_id_of_its_own() -> None:
+    # Given a tick by hand at the very millisecond of a tick of the schedule
+    by_hand = Tick(entry="e", scheduled_at=12.0, number=5, batch=2, manual=True)
+    # Then its ids are marked manual, never those of the schedule's tick, and they
+    # give back the entry's name and the time of the request
+    assert by_hand.message_id == "e@manual-12000" != message_id("e", 12.0)
+    assert [m.message_id for m in by_hand.messages()] == ["e@manual-12000.0", "e@manual-12000.1"]
+    assert scheduled_at_of("e@manual-12000.1") == 12.0
+    assert scheduled_at_of("e@12000") == 12.0

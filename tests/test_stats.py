@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pubtasks.confirms import Delivery, Outcome, Settled
+from pubtasks.control import Control
+from pubtasks.message import message_id
 from pubtasks.sentinel import FollowingConnection
 from pubtasks.stats import Counts, Stats
 from pubtasks.waiting import wait_for
@@ -98,11 +100,44 @@ def test_message_numbers_increase(stats: Stats) -> None:
 
 def test_a_tick_keeps_its_numbers_when_asked_again(stats: Stats) -> None:
     # Beat numbers a tick, dies before sending it; the next beat fires it again
-    assert stats.tick_number("e", "e@1000", 3) == 1
-    assert stats.tick_number("e", "e@1000", 3) == 1  # the same numbers, no gap
-    assert stats.tick_number("e", "e@2000", 1) == 4
-    assert stats.tick_number("other", "other@2000", 1) == 5
+    assert stats.tick_number("e", 1.0, 3) == 1
+    assert stats.tick_number("e", 1.0, 3) == 1  # the same numbers, no gap
+    assert stats.tick_number("e", 2.0, 1) == 4
+    assert stats.tick_number("other", 2.0, 1) == 5
     assert stats.snapshot().last_message_number == 5
+
+
+def test_a_paused_entrys_tick_gets_no_number_but_a_tick_by_hand_does(stats: Stats) -> None:
+    # Given entry e numbered at 1 s, then paused
+    assert stats.tick_number("e", 1.0) == 1
+    Control(stats).pause("e", now=1.5)
+    # Then its tick at 1 s keeps its number (it was fired before the pause), the one at
+    # 2 s gets none and becomes where the next beat goes on from; other entries go on
+    assert stats.tick_number("e", 1.0) == 1
+    assert stats.tick_number("e", 2.0) is None
+    assert stats.client.get(stats.keys.beat_last("e")) == "2.0"
+    assert stats.tick_number("other", 2.0) == 2
+    # A tick fired by hand is numbered, paused or not, under its own id
+    assert stats.tick_number("e", 2.0, manual=True) == 3
+    assert stats.tick_number("e", 2.0, manual=True) == 3
+    Control(stats).resume("e", now=2.5)
+    assert stats.tick_number("e", 3.0) == 4
+    assert stats.snapshot().last_message_number == 4
+
+
+def test_a_manual_ticks_messages_are_marked_done_by_index(stats: Stats) -> None:
+    # Given a tick by hand of 2 messages, the first acked, the second failed
+    tick = message_id("e", 7.0, manual=True)
+    ds = [Delivery(f"{tick}.{i}#x", f"{tick}.{i}", "e", i + 1) for i in range(2)]
+    stats.begin(ds, now=1.0)
+    stats.settle([Settled(ds[0], Outcome.ACKED)], now=2.0)
+    stats.fail("e", [(f"{tick}.1", 2)], "gave up", now=3.0)
+    # Then both are done, under the manual tick's id, and the entry is counted
+    assert tick == "e@manual-7000"
+    assert stats.done(tick, 2) == {0, 1}
+    assert stats.done("e@7000", 2) == set()
+    snap = stats.snapshot()
+    assert (snap.entries["e"].acked, snap.entries["e"].failed) == (1, 1)
 
 
 def test_what_was_counted_acked_returned_or_failed_is_marked_done(stats: Stats) -> None:
