@@ -36,13 +36,22 @@ beat_schedule = {
     #         "properties": {"priority": 5, "expiration": 60000},  # TTL in milliseconds
     #     },
     # },
-    # A payload function's result, at 03:00 every day (in Celery's `timezone`, UTC unless set):
+    # A payload function's result, at 03:00 every day (in Celery's `timezone`, UTC unless
+    # set; exact across the DST changes); if the workers were down at 03:00, once when
+    # they are back, up to 6 hours late:
     # "publish-nightly": {
     #     "task": "pubtasks.publish",
     #     "schedule": crontab(minute=0, hour=3),
+    #     "options": {"catch_up": "latest", "catch_up_within": 6 * 3600},
     #     "kwargs": {"payload": "pubtasks.payloads:load_average"},
     # },
 }
+# Ticks missed while no beat ran (a restart, a takeover, a Redis outage), per entry in
+# its "options": "catch_up": "all" (the default: each missed tick fires, with its own
+# time), "latest" (the most recent one only) or "none" (skip to the next tick), for
+# ticks less than "catch_up_within" seconds old (default 60).
+# At run time: pubtasks schedule list | pause ENTRY | resume ENTRY | trigger ENTRY.
+# timezone = "Europe/Berlin"  # the zone of crontab entries (every() is on the UTC grid)
 
 # -- The topology (the pika example's names) -----------------------------------------
 # The shorthand for one exchange and one queue. For more, give kombu objects instead,
