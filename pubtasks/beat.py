@@ -207,8 +207,8 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
     def _take_triggers(self) -> None:
         """Queue one extra tick for each request made by ``pubtasks schedule trigger``."""
         now = time.monotonic()
-        if now - self._polled < POLL:
-            return
+        if now - self._polled < POLL or now - self._renewed > LOCK_TTL / 5 + POLL:
+            return  # read lately, or Redis is failing (the lock's renewal is overdue)
         self._polled = now
         try:
             asked = self.control.triggers()
