@@ -21,7 +21,8 @@ key                       type    holds
 ``worker:<id>``           string  a running worker's reserved deliveries, expires 10 s
                                   after its last heartbeat
 ``beat:lock``             string  the beat firing ticks (host.pid.id), expires in 10 s
-``beat:last:<entry>``     string  the scheduled time of the entry's last sent tick
+``beat:last:<entry>``     string  the scheduled time of the entry's last sent tick (or
+                                  tick skipped while paused)
 ``beat:number:<entry>``   string  the entry's latest tick and its first number
 ``beat:sent``             zset    ticks beat has sent and nobody has seen done yet
                                   ([entry, scheduled_at, number, batch(, manual)]
