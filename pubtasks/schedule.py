@@ -146,7 +146,7 @@ def resume(grid: Grid, policy: str, last: float | None, now: float) -> Resumed:
         return Resumed(last, missed=missed)
     if policy == "latest" and now - newest <= grid.within:
         return Resumed(newest, fire=newest, missed=missed)
-    return Resumed(now, missed=missed)
+    return Resumed(newest, missed=missed)  # "none": each missed tick counted is skipped
 
 
 def _count(grid: Grid, after: float, until: float, limit: int = 10_000) -> int:
