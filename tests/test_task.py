@@ -12,6 +12,7 @@ from celery import Celery
 from pubtasks import tasks
 from pubtasks.celery import app as pubtasks_app
 from pubtasks.stats import Stats
+from pubtasks.supervision import Supervision
 from pubtasks.waiting import wait_for
 from tests.helpers import celery_isolation, drain
 
@@ -36,9 +37,14 @@ def celery_app(
     app.conf.update(overrides)
     forget_transport(app)
     app.use_settings(None)  # loaded again, from this test's environment and overrides
+    # Without pubtasks' supervisor: its heartbeat lasts as long as the process (by design,
+    # see supervision.py), and this worker's process is pytest's, which outlives the
+    # test and its prefix. The real worker's tests cover the supervisor.
+    app.steps["worker"].discard(Supervision)
     try:
         yield app
     finally:
+        app.steps["worker"].add(Supervision)
         tasks.publish.close_publishers()
         app.use_settings(None)
         app.conf.update(saved)
