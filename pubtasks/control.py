@@ -4,7 +4,9 @@
 holding the beat lock reads the mark atomically with each tick's number
 (``Stats.tick_number``): a tick of a paused entry is not numbered, not sent and
 not counted, and the next tick after ``resume`` is the next one on the schedule.
-The mark is in Redis, so it outlives restarts and lock takeovers.
+The mark is in Redis, so it outlives restarts and lock takeovers; ``resume``
+moves the entry's last tick to the resume, so a beat that was down meanwhile
+does not catch up the paused time either.
 
 ``pubtasks schedule trigger ENTRY`` appends a request to ``beat:triggers``; the beat
 holder reads the list at least every ``POLL`` seconds, fires one extra tick for
@@ -34,6 +36,21 @@ redis.call('HSET', KEYS[2], ARGV[1], ms)
 local member = cjson.encode({ARGV[1], ms})
 redis.call('RPUSH', KEYS[1], member)
 return member
+"""
+
+
+# KEYS: paused, resumed, beat:last:<entry>.  ARGV: entry, now.
+# Resumes the entry; returns when it was paused (nil: it was not). Its last tick becomes
+# now at the latest, so a beat that takes the lock later (one was down during the pause)
+# goes on from the resume, not from before the pause: no burst of the paused time.
+_RESUME = """
+local since = redis.call('HGET', KEYS[1], ARGV[1])
+if not since then return false end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+if tonumber(ARGV[2]) > last then redis.call('SET', KEYS[3], ARGV[2]) end
+return since
 """
 
 
@@ -75,6 +92,7 @@ class Control:
         self.stats = stats
         self.keys = stats.keys
         self._trigger = stats.client.register_script(_TRIGGER)
+        self._resume = stats.client.register_script(_RESUME)
 
     def pause(self, entry: str, now: float) -> float | None:
         """Pause ``entry``; the time it was already paused at, if it was."""
@@ -86,14 +104,10 @@ class Control:
 
     def resume(self, entry: str, now: float) -> float | None:
         """Resume ``entry``; when it had been paused (None: it was not)."""
-        c, k = self.stats.client, self.keys
-        with self.stats.converted(), c.pipeline(transaction=True) as pipe:
-            pipe.hget(k.paused, entry)
-            pipe.hdel(k.paused, entry)
-            since, removed = pipe.execute()
-            if removed:
-                c.hset(k.resumed, entry, now)
-        return float(since) if removed and since is not None else None
+        k = self.keys
+        with self.stats.converted():
+            since = self._resume(keys=[k.paused, k.resumed, k.beat_last(entry)], args=[entry, now])
+        return None if since is None else float(since)
 
     def trigger(self, entry: str, now: float) -> Trigger:
         """Ask the beat holder for one extra tick of ``entry`` now."""

@@ -33,8 +33,20 @@ def test_pause_and_resume_are_kept_in_redis_and_say_what_they_found(stats: Stats
     assert control.state([]).paused == {"fast": 10.0}
     assert control.resume("fast", now=12.0) == 10.0
     assert control.resume("fast", now=13.0) is None  # was not paused
-    state = control.state([])
+    state = control.state(["fast"])
     assert (state.paused, state.resumed) == ({}, {"fast": 12.0})
+    # The entry goes on from its resume: a beat taking the lock later (one was down
+    # during the pause) does not catch up the paused ticks
+    assert state.last == {"fast": 12.0}
+
+
+@pytest.mark.integration
+def test_a_resume_never_moves_the_last_tick_back(stats: Stats) -> None:
+    stats.client.set(stats.keys.beat_last("fast"), 20.0)
+    control = Control(stats)
+    control.pause("fast", now=10.0)
+    control.resume("fast", now=15.0)
+    assert control.state(["fast"]).last == {"fast": 20.0}
 
 
 @pytest.mark.integration
