@@ -95,12 +95,20 @@ class Grid(BaseSchedule):  # type: ignore[misc]
         return self.following_us(to_us(t)) / US
 
     def latest(self, after: float, until: float) -> float | None:
-        """The newest tick in ``(after, until]``; None if there is none."""
-        found, tick = None, self.following_us(to_us(after))
-        end = to_us(until) + EARLY_US
-        while tick <= end:
-            found, tick = tick, self.following_us(tick)
-        return None if found is None else found / US
+        """The newest tick in ``(after, until]``; None if there is none.
+
+        Looked for in the last hour first, then in spans four times longer, so that a
+        last tick a year ago costs a frequent schedule one hour's ticks, not a year's."""
+        span = 3600.0
+        while True:
+            start = max(after, until - span)
+            found, tick = None, self.following_us(to_us(start))
+            end = to_us(until) + EARLY_US
+            while tick <= end:
+                found, tick = tick, self.following_us(tick)
+            if found is not None or start <= after:
+                return None if found is None else found / US
+            span *= 4
 
     def plan(self, last_run_at: datetime, now: float | None = None) -> Plan:
         now = time.time() if now is None else now
@@ -124,7 +132,8 @@ class Resumed:
 
     last_run_at: float
     fire: float | None = None
-    missed: int = 0  # ticks that fell due while nobody fired, counted for the log
+    missed: int = 0  # ticks that fell due while nobody fired, for the log (a crontab's
+    # are counted up to 10 000)
 
 
 def resume(grid: Grid, policy: str, last: float | None, now: float) -> Resumed:

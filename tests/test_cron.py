@@ -143,3 +143,17 @@ def test_describe_names_the_fields_and_the_zone() -> None:
 )
 def test_describe_writes_the_fields_as_cron_does(spec: crontab, expected: str) -> None:
     assert Cron(spec, UTC).describe() == f"crontab {expected} (UTC)"
+
+
+def test_the_latest_missed_tick_of_a_frequent_crontab_a_year_on_is_found_at_once() -> None:
+    # Given an entry every minute whose last tick was a year before now
+    cron = Cron(crontab(), BERLIN)
+    now = FALL.timestamp() + 90.5
+    # Then the newest missed tick is the last whole minute, found without a year's ticks
+    assert cron.latest(now - 366 * 86400, now) == FALL.timestamp() + 60
+    # And a yearly one, two years on, is its last occurrence
+    yearly = Cron(crontab(minute=0, hour=0, day_of_month=1, month_of_year=1), BERLIN)
+    assert (
+        yearly.latest(now - 2 * 366 * 86400, now) == datetime(2026, 1, 1, tzinfo=BERLIN).timestamp()
+    )
+    assert yearly.latest(now - 60, now) is None
