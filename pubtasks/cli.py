@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
-from pubtasks import defaults, listing
+from pubtasks import listing
 from pubtasks.bench import command as bench
 from pubtasks.celery import app
 from pubtasks.control import Control
+from pubtasks.entries import publish_entries
 from pubtasks.errors import ConfigError, PubtasksError
 from pubtasks.health import check
 from pubtasks.metrics import StatsCollector
@@ -115,11 +116,7 @@ def stats_command(args: argparse.Namespace) -> int:
 
 def publish_entry(beat_schedule: Mapping[str, object], name: str) -> str:
     """``name``, if it is a publish entry of ``beat_schedule``; else ``ConfigError``."""
-    ours = [
-        n
-        for n, spec in beat_schedule.items()
-        if isinstance(spec, Mapping) and spec.get("task") == defaults.TASK_NAME
-    ]
+    ours = list(publish_entries(beat_schedule))
     if name not in ours:
         raise ConfigError(
             f"beat_schedule has no publish entry {name!r} (entries: {', '.join(ours) or 'none'}); "

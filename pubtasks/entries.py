@@ -321,6 +321,15 @@ def catch_up_of(options: Mapping[str, Any] | None) -> CatchUp:
     )
 
 
+def publish_entries(beat_schedule: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The entries of ``beat_schedule`` that run ``pubtasks.publish``, in its order."""
+    return {
+        name: spec
+        for name, spec in beat_schedule.items()
+        if isinstance(spec, Mapping) and spec.get("task") == defaults.TASK_NAME
+    }
+
+
 def task_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     """An entry's options without pubtasks' own: what Celery's ``apply_async`` gets."""
     return {k: v for k, v in (options or {}).items() if k not in OPTIONS}

@@ -17,7 +17,7 @@ from typing import Any
 
 from celery.schedules import schedule as interval_schedule
 
-from pubtasks import defaults
+from pubtasks.entries import publish_entries
 from pubtasks.schedule import every
 from pubtasks.stats import Counts
 
@@ -41,9 +41,7 @@ def interval_of(spec: Any, publish_interval: float) -> float | None:
 def intervals(beat_schedule: Mapping[str, Any], publish_interval: float) -> dict[str, float]:
     """The publish entries of ``beat_schedule`` that have a fixed interval."""
     found = {}
-    for name, entry in beat_schedule.items():
-        if entry.get("task") != defaults.TASK_NAME:
-            continue
+    for name, entry in publish_entries(beat_schedule).items():
         seconds = interval_of(entry.get("schedule"), publish_interval)
         if seconds is not None:
             found[name] = seconds

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from pubtasks import defaults
 from pubtasks.control import State
 from pubtasks.cron import grid_of
-from pubtasks.entries import CatchUp, catch_up_of
+from pubtasks.entries import CatchUp, catch_up_of, publish_entries
 from pubtasks.schedule import every
 from pubtasks.stats import COUNTERS, Counts
 
@@ -44,9 +43,7 @@ def rows(
 ) -> list[Row]:
     """One row per publish entry of ``beat_schedule``, in its order."""
     out = []
-    for name, spec in beat_schedule.items():
-        if spec.get("task") != defaults.TASK_NAME:
-            continue
+    for name, spec in publish_entries(beat_schedule).items():
         policy = catch_up_of(spec.get("options"))
         grid = grid_of(spec.get("schedule"), publish_interval, tz, policy.within)
         if grid is None:
