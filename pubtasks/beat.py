@@ -307,8 +307,10 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             name, manual = tick.entry.name, tick.trigger is not None
             try:
                 if tick.number is None:
+                    grid = tick.entry.schedule
+                    late = isinstance(grid, Grid) and grid.late(tick.scheduled_at, time.time())
                     tick.number = self.stats.tick_number(
-                        name, tick.scheduled_at, tick.batch, manual=manual
+                        name, tick.scheduled_at, tick.batch, manual=manual, late=late and not manual
                     )
                     if tick.number is None:  # paused: skipped, as if it had not fallen due
                         self._unsent.popleft()

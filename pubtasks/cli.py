@@ -21,7 +21,7 @@ from pubtasks.control import Control
 from pubtasks.entries import publish_entries
 from pubtasks.errors import ConfigError, PubtasksError
 from pubtasks.health import check
-from pubtasks.metrics import StatsCollector
+from pubtasks.metrics import Schedule, StatsCollector
 from pubtasks.settings import mask_url
 from pubtasks.stats import COUNTERS, Counts, Snapshot, Stats
 
@@ -174,7 +174,11 @@ def metrics_command(args: argparse.Namespace) -> int:
     stats, where, prefix = _stats(args)
     stats.ping()
     registry = CollectorRegistry()
-    registry.register(StatsCollector(stats))
+    settings = app.settings
+    schedule = Schedule(
+        app.conf.beat_schedule or {}, settings.publish_interval, settings.confirm_timeout
+    )
+    registry.register(StatsCollector(stats, schedule))
     start_http_server(args.port, addr=args.address, registry=registry)
     print(
         f"pubtasks: serving http://{args.address}:{args.port}/metrics from {where} "
@@ -237,7 +241,9 @@ def parser() -> argparse.ArgumentParser:
         each.add_argument("--prefix", help="key prefix (default: STATS_PREFIX)")
     schedule.set_defaults(run=schedule_command)
     metrics = sub.add_parser(
-        "metrics", help="serve the counters as Prometheus metrics on /metrics (reads REDIS_URL)"
+        "metrics",
+        help="serve the counters as Prometheus metrics on /metrics (reads REDIS_URL and "
+        "celeryconfig.py)",
     )
     metrics.add_argument("--port", type=int, default=9808, help="port (default 9808)")
     metrics.add_argument("--address", default="0.0.0.0", help="address (default 0.0.0.0)")

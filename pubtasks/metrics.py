@@ -1,14 +1,35 @@
-"""``pubtasks metrics``: the Redis counters as Prometheus metrics, read at each scrape."""
+"""``pubtasks metrics``: the Redis counters as Prometheus metrics, read at each scrape.
+
+``read`` does the I/O (one snapshot, the control state and the latency histograms,
+three round trips); ``families`` turns a ``Reading`` into metric families and is pure.
+When Redis cannot be read, a scrape still answers, with ``pubtasks_redis_up 0``, so
+that an alert can say "Redis" rather than "the exporter is down".
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from pubtasks.stats import COUNTERS, Stats
+from pubtasks import defaults
+from pubtasks.control import Control, State
+from pubtasks.errors import StatsUnavailable
+from pubtasks.health import intervals, verdicts
+from pubtasks.stats import COUNTERS, TICKS, Latency, Snapshot, Stats
+
+log = logging.getLogger(__name__)
 
 HELP = {
     "published": "basic.publish sent (each attempt), counted before sending",
@@ -17,40 +38,164 @@ HELP = {
     "returned": "publishes acked but returned unroutable (basic.return)",
     "unconfirmed": "publishes whose connection or channel was lost, or timed out, before an answer",
     "failed": "messages given up, with a reason (see pubtasks stats)",
+    "ticks": "ticks beat fired on the schedule (each once, whoever fired it)",
+    "ticks_late": "ticks fired more than one interval after their time on the schedule",
+    "ticks_manual": "ticks fired by hand (pubtasks schedule trigger)",
 }
 
 
-class StatsCollector(Collector):
-    """Reads one snapshot per scrape: counters and gauges labelled by schedule entry."""
+@dataclass(frozen=True)
+class Schedule:
+    """What the exporter knows of the schedule: ``celeryconfig.py``, as the worker reads it."""
 
-    def __init__(self, stats: Stats) -> None:
+    beat_schedule: Mapping[str, Any] = field(default_factory=dict)
+    publish_interval: float = defaults.PUBLISH_INTERVAL
+    confirm_timeout: float = defaults.CONFIRM_TIMEOUT
+
+    @property
+    def intervals(self) -> dict[str, float]:
+        return intervals(self.beat_schedule, self.publish_interval)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Everything one scrape shows, read from Redis."""
+
+    snapshot: Snapshot
+    state: State
+    latencies: dict[str, Latency]
+
+
+def read(stats: Stats) -> Reading:
+    snapshot = stats.snapshot()
+    return Reading(snapshot, Control(stats).state([]), stats.latencies(snapshot.entries))
+
+
+def holder_parts(holder: str) -> tuple[str, str]:
+    """(host, pid) of a beat lock holder ``<host>.<pid>.<id>`` (a host may hold dots)."""
+    parts = holder.rsplit(".", 2)
+    return (parts[0], parts[1]) if len(parts) == 3 else (holder, "")
+
+
+def _per_entry(
+    name: str,
+    text: str,
+    values: Mapping[str, float],
+    kind: type[GaugeMetricFamily] | type[CounterMetricFamily] = GaugeMetricFamily,
+) -> Metric:
+    family = kind(name, text, labels=["entry"])
+    for entry, value in sorted(values.items()):
+        family.add_metric([entry], value)
+    return family
+
+
+def _le(bound: float) -> str:
+    """A bucket's upper bound as Prometheus writes it: ``0.005``, ``1.0``, ``+Inf``."""
+    return "+Inf" if math.isinf(bound) else repr(bound)
+
+
+def families(r: Reading, schedule: Schedule, now: float) -> Iterator[Metric]:
+    """The metric families of one reading, taken at ``now``."""
+    entries = r.snapshot.entries
+    yield GaugeMetricFamily("pubtasks_redis_up", "1 when Redis answered this scrape", value=1)
+    for name in COUNTERS + TICKS:
+        values = {e: getattr(c, name) for e, c in entries.items()}
+        yield _per_entry(f"pubtasks_{name}", HELP[name], values, CounterMetricFamily)
+    yield _per_entry(
+        "pubtasks_pending",
+        "publishes awaiting their confirm",
+        {e: c.pending for e, c in entries.items()},
+    )
+    age = r.snapshot.oldest_pending_at
+    yield GaugeMetricFamily(
+        "pubtasks_oldest_pending_age_seconds",
+        "age of the oldest publish awaiting its confirm (0 when none)",
+        value=0.0 if age is None else max(now - age, 0.0),
+    )
+    yield _per_entry(
+        "pubtasks_last_confirmed_timestamp_seconds",
+        "when the entry's last message was confirmed",
+        {e: c.last_confirmed_at for e, c in entries.items() if c.last_confirmed_at is not None},
+    )
+    latency = HistogramMetricFamily(
+        "pubtasks_tick_confirm_latency_seconds",
+        "from a tick's time on the schedule (or its request, by hand) to the ack of its message",
+        labels=["entry"],
+    )
+    for entry, h in sorted(r.latencies.items()):
+        buckets = [(_le(le), float(n)) for le, n in h.buckets]
+        latency.add_metric([entry], buckets, sum_value=h.sum)
+    yield latency
+    yield from _beat(r.state)
+    expected = schedule.intervals
+    known = set(entries) | set(expected) | set(r.state.paused)
+    yield _per_entry(
+        "pubtasks_paused",
+        "1 while the entry is paused (pubtasks schedule pause)",
+        {e: int(e in r.state.paused) for e in known},
+    )
+    yield _per_entry(
+        "pubtasks_schedule_interval_seconds",
+        "seconds between the ticks of each interval entry of beat_schedule",
+        expected,
+    )
+    judged = verdicts(expected, entries, now, r.state.paused, r.state.resumed)
+    yield _per_entry(
+        "pubtasks_healthy",
+        "1 when the entry's last confirm is within 3 intervals, or it is paused (pubtasks health)",
+        {v.entry: int(v.healthy) for v in judged},
+    )
+    yield GaugeMetricFamily(
+        "pubtasks_confirm_timeout_seconds",
+        "CONFIRM_TIMEOUT: a publish still pending after it is counted unconfirmed",
+        value=schedule.confirm_timeout,
+    )
+    error = GaugeMetricFamily(
+        "pubtasks_last_error_timestamp_seconds",
+        "when the last error was recorded, labelled with its entry, message_id and reason",
+        labels=["entry", "message_id", "reason"],
+    )
+    last = r.snapshot.last_error
+    if last.get("at"):
+        labels = [last.get(k, "") for k in ("entry", "message_id", "reason")]
+        error.add_metric(labels, float(last["at"]))
+    yield error
+
+
+def _beat(state: State) -> Iterator[Metric]:
+    held = state.holder is not None
+    yield GaugeMetricFamily(
+        "pubtasks_beat_lock_held", "1 while a beat holds the beat lock", value=int(held)
+    )
+    info = GaugeMetricFamily(
+        "pubtasks_beat_holder_info",
+        "the beat holding the beat lock: its host, pid and lock id (1)",
+        labels=["holder", "host", "pid"],
+    )
+    if state.holder is not None:
+        info.add_metric([state.holder, *holder_parts(state.holder)], 1)
+    yield info
+    yield GaugeMetricFamily(
+        "pubtasks_beat_lock_ttl_seconds",
+        "seconds until the beat lock expires unless its holder renews it (0 when free)",
+        value=(state.holder_ttl or 0.0) if held else 0.0,
+    )
+
+
+class StatsCollector(Collector):
+    """Reads Redis once per scrape: counters and gauges labelled by schedule entry."""
+
+    def __init__(self, stats: Stats, schedule: Schedule | None = None) -> None:
         self.stats = stats
+        self.schedule = schedule or Schedule()
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.stats.snapshot()
-        for name in COUNTERS:
-            family = CounterMetricFamily(f"pubtasks_{name}", HELP[name], labels=["entry"])
-            for entry, counts in sorted(snap.entries.items()):
-                family.add_metric([entry], getattr(counts, name))
-            yield family
-        pending = GaugeMetricFamily(
-            "pubtasks_pending", "publishes awaiting their confirm", labels=["entry"]
-        )
-        for entry, counts in sorted(snap.entries.items()):
-            pending.add_metric([entry], counts.pending)
-        yield pending
-        age = snap.oldest_pending_at
-        yield GaugeMetricFamily(
-            "pubtasks_oldest_pending_age_seconds",
-            "age of the oldest publish awaiting its confirm (0 when none)",
-            value=0.0 if age is None else max(time.time() - age, 0.0),
-        )
-        confirmed = GaugeMetricFamily(
-            "pubtasks_last_confirmed_timestamp_seconds",
-            "when the entry's last message was confirmed",
-            labels=["entry"],
-        )
-        for entry, counts in sorted(snap.entries.items()):
-            if counts.last_confirmed_at is not None:
-                confirmed.add_metric([entry], counts.last_confirmed_at)
-        yield confirmed
+        try:
+            reading = read(self.stats)
+        except StatsUnavailable as exc:
+            log.warning("pubtasks metrics: %s", exc)
+            yield GaugeMetricFamily(
+                "pubtasks_redis_up", "1 when Redis answered this scrape", value=0
+            )
+            return
+        yield from families(reading, self.schedule, time.time())

@@ -94,6 +94,10 @@ class Grid(BaseSchedule):  # type: ignore[misc]
     def following(self, t: float) -> float:
         return self.following_us(to_us(t)) / US
 
+    def late(self, tick: float, fired_at: float) -> bool:
+        """Is tick ``tick`` fired more than one interval late, after the next tick's time?"""
+        return fired_at > self.following(tick)
+
     def latest(self, after: float, until: float) -> float | None:
         """The newest tick in ``(after, until]``; None if there is none.
 

@@ -9,7 +9,11 @@ key                       type    holds
                                   failed, last_message_number,
                                   last_confirmed_number, last_confirmed_at
 ``entry:<name>``          hash    the same counters for one schedule entry
+                                  (an entry's also ticks, ticks_late, ticks_manual)
 ``entries``               set     the schedule entries seen so far
+``latency:<entry>``       hash    tick-to-confirm latency histogram of the entry's acked
+                                  publishes: a count per bucket (``LATENCY_BUCKETS``,
+                                  upper bounds, and ``+Inf``), ``count`` and ``sum``
 ``pending``               zset    publishes awaiting a confirm -> publish time
 ``last_error``            hash    at, entry, message_id, reason
 ``failed:<message_id>``   string  "<number> <reason>" of a message counted as failed
@@ -49,6 +53,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -72,6 +77,13 @@ from pubtasks.settings import Settings, is_sentinel, mask_url
 log = logging.getLogger(__name__)
 
 COUNTERS = ("published", "acked", "nacked", "returned", "unconfirmed", "failed")
+#: Per entry, counted by beat as it numbers a tick: ticks fired on the schedule, those
+#: fired more than one interval after their time on it, and ticks fired by hand.
+TICKS = ("ticks", "ticks_late", "ticks_manual")
+#: Upper bounds (seconds) of the tick-to-confirm latency histogram's buckets, 1 ms to 60 s.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
+)  # fmt: skip
 FAILED_TTL = 24 * 3600
 #: Seconds a tick's done marks are kept. A tick is redelivered within seconds of its
 #: worker's death (``supervision``), or at worst after Celery's visibility_timeout
@@ -120,26 +132,45 @@ return total
 
 # KEYS: totals, pending.
 # ARGV: now, entry key prefix, the highest acked (not returned) message number or 0,
-#       done key prefix, done ttl, then (key, outcome) per publish; outcome is acked,
+#       done key prefix, done ttl, latency key prefix, then (key, outcome) per publish;
+#       outcome is acked,
 #       returned (acked and returned), bounced (acked and returned, and to be published
 #       again: not done), nacked or unconfirmed.
 # Only the caller whose ZREM removes a publish counts it: settling twice counts once.
-# A message counted acked or returned is marked done, in the same call.
+# A message counted acked or returned is marked done, in the same call. Every acked one
+# (returned included) adds its latency, from its tick's time (the ms of its message id,
+# the request's for a tick fired by hand) to now, to its entry's histogram.
 _SETTLE = (
     _ENTRY_OF
+    + f"local BUCKETS = {{{', '.join(map(repr, LATENCY_BUCKETS))}}}\n"
     + """
-local counts, counted = {}, 0
+local counts, counted, latencies = {}, 0, {}
 local function bump(hash, field)
   counts[hash] = counts[hash] or {}
   counts[hash][field] = (counts[hash][field] or 0) + 1
 end
-for i = 6, #ARGV, 2 do
+local function observe(key)
+  local ms = string.match(key, '@[%a%-]*(%d+)[^@]*#')
+  if not ms then return end
+  local seconds = math.max(tonumber(ARGV[1]) - tonumber(ms) / 1000, 0)
+  local bucket = '+Inf'
+  for _, le in ipairs(BUCKETS) do
+    if seconds <= le then bucket = le; break end
+  end
+  local h = ARGV[6] .. entry_of(key)
+  latencies[h] = latencies[h] or {n = 0, sum = 0, buckets = {}}
+  local l = latencies[h]
+  l.n, l.sum = l.n + 1, l.sum + seconds
+  l.buckets[bucket] = (l.buckets[bucket] or 0) + 1
+end
+for i = 7, #ARGV, 2 do
   if redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
     counted = counted + 1
     local outcome = ARGV[i + 1]
     if outcome == 'acked' or outcome == 'returned' then
       mark_done(ARGV[4], string.match(ARGV[i], '^(.*)#'))
     end
+    if outcome ~= 'nacked' and outcome ~= 'unconfirmed' then observe(ARGV[i]) end
     for _, hash in ipairs({KEYS[1], ARGV[2] .. entry_of(ARGV[i])}) do
       if outcome == 'returned' or outcome == 'bounced' then
         bump(hash, 'acked')
@@ -157,6 +188,11 @@ for hash, fields in pairs(counts) do
   if fields['acked'] and number > 0 and number >= current then
     redis.call('HSET', hash, 'last_confirmed_number', number, 'last_confirmed_at', ARGV[1])
   end
+end
+for h, l in pairs(latencies) do
+  for bucket, n in pairs(l.buckets) do redis.call('HINCRBY', h, tostring(bucket), n) end
+  redis.call('HINCRBY', h, 'count', l.n)
+  redis.call('HINCRBYFLOAT', h, 'sum', string.format('%.6f', l.sum))
 end
 expire_marked(ARGV[5])
 return counted
@@ -189,13 +225,15 @@ return failed
 """
 )
 
-# KEYS: totals, beat:number:<entry> (or beat:manual:<entry>), paused, beat:last:<entry>.
-# ARGV: the tick's id, how many numbers, the entry, its scheduled time, 1 to obey a pause.
+# KEYS: totals, beat:number:<entry> (or beat:manual:<entry>), paused, beat:last:<entry>,
+#       entry:<entry>, entries.
+# ARGV: the tick's id, how many numbers, the entry, its scheduled time, 1 to obey a pause
+#       (0: a tick fired by hand), 1 if it fires late.
 # The numbers of the entry's latest tick are kept with its id, so asking again for the
 # same tick (a retried write, or a beat that died before sending it and the next
 # holder firing it again) returns the same numbers: no gap, no double allocation.
 # A tick of a paused entry gets no number (-1): it is skipped, and becomes the tick
-# the entry's next beat goes on from.
+# the entry's next beat goes on from. A tick numbered is counted fired, once.
 _NUMBER = """
 local held = redis.call('GET', KEYS[2])
 if held then
@@ -209,6 +247,9 @@ if ARGV[5] == '1' and redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then
 end
 local first = redis.call('HINCRBY', KEYS[1], 'last_message_number', ARGV[2]) - ARGV[2] + 1
 redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. first)
+redis.call('SADD', KEYS[6], ARGV[3])
+redis.call('HINCRBY', KEYS[5], ARGV[5] == '1' and 'ticks' or 'ticks_manual', 1)
+if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[5], 'ticks_late', 1) end
 return first
 """
 
@@ -271,6 +312,9 @@ class Keys:
 
     def entry(self, name: str) -> str:
         return f"{self.prefix}entry:{name}"
+
+    def latency(self, name: str) -> str:
+        return f"{self.prefix}latency:{name}"
 
     def failed(self, message_id: str) -> str:
         return f"{self.prefix}failed:{message_id}"
@@ -352,13 +396,16 @@ class Counts:
     unconfirmed: int = 0
     failed: int = 0
     pending: int = 0
+    ticks: int = 0
+    ticks_late: int = 0
+    ticks_manual: int = 0
     last_confirmed_number: int | None = None
     last_confirmed_at: float | None = None
 
     @classmethod
     def from_hash(cls, raw: dict[str, str], pending: int) -> Counts:
         """The counters of ``raw``; ``pending`` is counted in the pending set, not derived."""
-        counters = {name: int(raw.get(name, 0)) for name in COUNTERS}
+        counters = {name: int(raw.get(name, 0)) for name in COUNTERS + TICKS}
         number = raw.get("last_confirmed_number")
         at = raw.get("last_confirmed_at")
         return cls(
@@ -372,6 +419,26 @@ class Counts:
     def invariant_holds(self) -> bool:
         """published == acked + nacked + unconfirmed + pending."""
         return self.published == self.acked + self.nacked + self.unconfirmed + self.pending
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One entry's tick-to-confirm latency histogram, as Prometheus wants it: cumulative
+    counts per upper bound (``LATENCY_BUCKETS``, then infinity), their count and sum."""
+
+    buckets: tuple[tuple[float, int], ...]
+    count: int
+    sum: float
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> Latency:
+        """From the ``latency:<entry>`` hash: a count per bucket, each field an upper bound."""
+        per = Counter({float(k): int(v) for k, v in raw.items() if k not in ("count", "sum")})
+        running, cumulative = 0, []
+        for le in (*LATENCY_BUCKETS, math.inf):
+            running += per[le]
+            cumulative.append((le, running))
+        return cls(tuple(cumulative), int(raw.get("count", 0)), float(raw.get("sum", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -598,14 +665,21 @@ class Stats:
         return last - count + 1
 
     def tick_number(
-        self, entry: str, scheduled_at: float, count: int = 1, manual: bool = False
+        self,
+        entry: str,
+        scheduled_at: float,
+        count: int = 1,
+        manual: bool = False,
+        late: bool = False,
     ) -> int | None:
-        """The first of the ``count`` numbers of a tick: allocated once (beat). None when
-        the entry is paused: the tick is skipped (a tick fired by hand is not)."""
+        """The first of the ``count`` numbers of a tick: allocated once (beat), when the
+        tick is counted fired (and ``late``). None when the entry is paused: the tick is
+        skipped (a tick fired by hand is not)."""
         k = self.keys
         tick_id = message_id(entry, scheduled_at, manual)
         keys = [k.totals, k.beat_number(entry, manual), k.paused, k.beat_last(entry)]
-        args: list[Any] = [tick_id, count, entry, scheduled_at, 0 if manual else 1]
+        keys += [k.entry(entry), k.entries]
+        args: list[Any] = [tick_id, count, entry, scheduled_at, 0 if manual else 1, int(late)]
         with _converted(self._url):
             first = int(self._write(self._number, keys, args))
         return None if first < 0 else first
@@ -632,7 +706,7 @@ class Stats:
             pairs += (x.delivery.key, outcome)
         if not pairs:
             return 0
-        args = [now, k.entry(""), number, k.done(""), DONE_TTL, *pairs]
+        args = [now, k.entry(""), number, k.done(""), DONE_TTL, k.latency(""), *pairs]
         with _converted(self._url):
             return int(self._write(self._settle, [k.totals, k.pending], args))
 
@@ -748,6 +822,15 @@ class Stats:
         with _converted(self._url):
             args = [now - older_than, k.entry(""), limit]
             return int(self._write(self._reap, [k.pending, k.totals], args))
+
+    def latencies(self, entries: Iterable[str]) -> dict[str, Latency]:
+        """The tick-to-confirm latency histogram of each of ``entries`` that has one."""
+        names = sorted(entries)
+        with _converted(self._url), self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self.keys.latency(name))
+            raws = pipe.execute()
+        return {name: Latency.from_hash(raw) for name, raw in zip(names, raws, strict=True) if raw}
 
     def snapshot(self) -> Snapshot:
         """Read every counter in one pipelined round trip (plus one per entry)."""

@@ -125,6 +125,55 @@ def test_a_paused_entrys_tick_gets_no_number_but_a_tick_by_hand_does(stats: Stat
     assert stats.snapshot().last_message_number == 4
 
 
+def test_each_tick_is_counted_fired_once_late_or_by_hand(stats: Stats) -> None:
+    # Given ticks numbered: one asked for twice (a retried write), one late, one by hand
+    stats.tick_number("e", 1.0)
+    stats.tick_number("e", 1.0)
+    stats.tick_number("e", 2.0, late=True)
+    stats.tick_number("e", 2.5, manual=True)
+    # and one skipped while paused
+    Control(stats).pause("e", now=2.6)
+    assert stats.tick_number("e", 3.0, late=True) is None
+    # Then each fired tick is counted once, the skipped one not at all
+    e = stats.snapshot().entries["e"]
+    assert (e.ticks, e.ticks_late, e.ticks_manual) == (2, 1, 1)
+
+
+def test_acked_publishes_fill_their_entrys_latency_histogram(stats: Stats) -> None:
+    # Given publishes of ticks at 100 s (two messages of a batch), a tick by hand asked
+    # for at 100.5 s, a nacked one and one whose acked reply comes 90 s late
+    def d(key: str) -> Delivery:
+        return Delivery(key, key.partition("#")[0], "e", 1)
+
+    fast, batch, by_hand, nacked = (
+        d("e@100000#p.1"),
+        d("e@100000.1#p.2"),
+        d("e@manual-100500#p.3"),
+        d("e@100000.2#p.4"),
+    )
+    slow = d("e@10000#p.5")
+    stats.begin([fast, batch, by_hand, nacked, slow], now=100.0)
+    stats.settle(
+        [
+            Settled(fast, Outcome.ACKED),
+            Settled(batch, Outcome.ACKED),
+            Settled(by_hand, Outcome.ACKED),
+            Settled(nacked, Outcome.NACKED),
+        ],
+        now=100.004,
+    )
+    stats.settle([Settled(slow, Outcome.ACKED)], now=100.0)
+    # Then each acked one adds its latency from its tick's time: 4 ms twice, 0 for the
+    # one by hand (acked before its request's time on a skewed clock: not negative), 90 s
+    h = stats.latencies(["e", "other"])
+    assert list(h) == ["e"]
+    buckets = dict(h["e"].buckets)
+    assert (buckets[0.001], buckets[0.0025], buckets[0.005]) == (1, 1, 3)
+    assert (buckets[60.0], buckets[float("inf")]) == (3, 4)
+    assert h["e"].count == 4
+    assert h["e"].sum == pytest.approx(90.008, abs=1e-5)
+
+
 def test_a_manual_ticks_messages_are_marked_done_by_index(stats: Stats) -> None:
     # Given a tick by hand of 2 messages, the first acked, the second failed
     tick = message_id("e", 7.0, manual=True)

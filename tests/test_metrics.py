@@ -1,0 +1,161 @@
+"""Unit tests: what ``pubtasks metrics`` serves for a reading of Redis (pure, no I/O)."""
+
+from __future__ import annotations
+
+import math
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pubtasks.control import State
+from pubtasks.metrics import Reading, Schedule, families, holder_parts
+from pubtasks.schedule import every
+from pubtasks.stats import LATENCY_BUCKETS, Counts, Latency, Snapshot
+
+NOW = 1_000.0
+
+
+def state(**changes: object) -> State:
+    fields: dict[str, object] = {
+        "holder": "web-1.example.org.4711.3fa2c1",
+        "holder_ttl": 9.5,
+        "paused": {},
+        "resumed": {},
+        "triggered": {},
+        "last": {},
+        "waiting": 0,
+    }
+    return State(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def reading(**changes: object) -> Reading:
+    counts = Counts(
+        published=10,
+        acked=8,
+        nacked=1,
+        returned=1,
+        unconfirmed=1,
+        pending=0,
+        ticks=9,
+        ticks_late=2,
+        ticks_manual=1,
+        last_confirmed_at=NOW - 1,
+    )
+    snap = Snapshot(
+        totals=counts,
+        last_message_number=10,
+        oldest_pending_at=None,
+        last_error={"at": "990.5", "entry": "one", "message_id": "one@1", "reason": "nacked 3x"},
+        entries={"one": counts},
+    )
+    per_bucket = [(le, 0) for le in LATENCY_BUCKETS] + [(math.inf, 0)]
+    per_bucket[3] = (LATENCY_BUCKETS[3], 5)  # 10 ms
+    cumulative = tuple((le, 5 if i >= 3 else 0) for i, (le, _) in enumerate(per_bucket))
+    latency = Latency(cumulative, 5, 0.04)
+    fields: dict[str, object] = {"snapshot": snap, "state": state(), "latencies": {"one": latency}}
+    return Reading(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+SCHEDULE = Schedule(
+    {
+        "one": {"task": "pubtasks.publish", "schedule": every(2)},
+        "two": {"task": "pubtasks.publish", "schedule": every()},
+    },
+    publish_interval=1.0,
+    confirm_timeout=30.0,
+)
+
+
+def samples(r: Reading, schedule: Schedule = SCHEDULE) -> dict[tuple[str, frozenset], float]:
+    """Every sample served, by name and labels: through prometheus_client's own text
+    format and parser, as Prometheus reads them."""
+
+    class One:
+        def collect(self):  # type: ignore[no-untyped-def]
+            return families(r, schedule, NOW)
+
+    registry = CollectorRegistry()
+    registry.register(One())  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def one(name: str, **labels: str) -> tuple[str, frozenset]:
+    return name, frozenset(labels.items())
+
+
+def test_counters_are_served_with_total_and_an_entry_label() -> None:
+    got = samples(reading())
+    for name, value in (
+        ("published", 10),
+        ("acked", 8),
+        ("nacked", 1),
+        ("returned", 1),
+        ("unconfirmed", 1),
+        ("failed", 0),
+        ("ticks", 9),
+        ("ticks_late", 2),
+        ("ticks_manual", 1),
+    ):
+        assert got[one(f"pubtasks_{name}_total", entry="one")] == value
+    assert got[one("pubtasks_redis_up")] == 1
+
+
+def test_latency_is_a_histogram_per_entry_from_1_ms_to_60_s() -> None:
+    got = samples(reading())
+    name = "pubtasks_tick_confirm_latency_seconds"
+    assert got[one(f"{name}_bucket", entry="one", le="0.001")] == 0
+    assert got[one(f"{name}_bucket", entry="one", le="0.01")] == 5
+    assert got[one(f"{name}_bucket", entry="one", le="60.0")] == 5
+    assert got[one(f"{name}_bucket", entry="one", le="+Inf")] == 5
+    assert (got[one(f"{name}_count", entry="one")], got[one(f"{name}_sum", entry="one")]) == (
+        5,
+        0.04,
+    )
+    les = {dict(labels)["le"] for n, labels in got if n == f"{name}_bucket"}
+    assert len(les) == len(LATENCY_BUCKETS) + 1
+
+
+def test_the_beat_holder_is_named_by_host_and_pid() -> None:
+    got = samples(reading())
+    holder = "web-1.example.org.4711.3fa2c1"
+    assert got[
+        one("pubtasks_beat_holder_info", holder=holder, host="web-1.example.org", pid="4711")
+    ]
+    assert got[one("pubtasks_beat_lock_held")] == 1
+    assert got[one("pubtasks_beat_lock_ttl_seconds")] == 9.5
+    free = samples(reading(state=state(holder=None, holder_ttl=None)))
+    assert free[one("pubtasks_beat_lock_held")] == 0
+    assert not [n for n, _ in free if n == "pubtasks_beat_holder_info"]
+    assert holder_parts("odd") == ("odd", "")
+
+
+def test_paused_health_and_interval_cover_every_entry_of_the_schedule() -> None:
+    # Given entry two of the schedule, paused, and never published
+    got = samples(reading(state=state(paused={"two": NOW - 5})))
+    assert got[one("pubtasks_paused", entry="one")] == 0
+    assert got[one("pubtasks_paused", entry="two")] == 1
+    assert got[one("pubtasks_schedule_interval_seconds", entry="one")] == 2
+    assert got[one("pubtasks_schedule_interval_seconds", entry="two")] == 1
+    # Then one (confirmed 1 s ago, every 2 s) is healthy, and two, paused, is too
+    assert got[one("pubtasks_healthy", entry="one")] == 1
+    assert got[one("pubtasks_healthy", entry="two")] == 1
+    # Unpaused, two has no confirm yet: unhealthy
+    assert samples(reading())[one("pubtasks_healthy", entry="two")] == 0
+
+
+def test_the_last_error_and_the_confirm_timeout_are_served() -> None:
+    got = samples(reading())
+    labels = {"entry": "one", "message_id": "one@1", "reason": "nacked 3x"}
+    assert got[one("pubtasks_last_error_timestamp_seconds", **labels)] == 990.5
+    assert got[one("pubtasks_confirm_timeout_seconds")] == 30
+    assert got[one("pubtasks_oldest_pending_age_seconds")] == 0
+
+
+def test_latency_buckets_are_rising_and_span_1_ms_to_60_s() -> None:
+    assert LATENCY_BUCKETS[0] == 0.001 and LATENCY_BUCKETS[-1] == 60.0
+    assert list(LATENCY_BUCKETS) == sorted(set(LATENCY_BUCKETS))
