@@ -8,8 +8,8 @@ key                       type    holds
 ``totals``                hash    published, acked, nacked, returned, unconfirmed,
                                   failed, last_message_number,
                                   last_confirmed_number, last_confirmed_at
-``entry:<name>``          hash    the same counters for one schedule entry
-                                  (an entry's also ticks, ticks_late, ticks_manual)
+``entry:<name>``          hash    the same counters for one schedule entry, and the
+                                  ticks beat fired: ticks, ticks_late, ticks_manual
 ``entries``               set     the schedule entries seen so far
 ``latency:<entry>``       hash    tick-to-confirm latency histogram of the entry's acked
                                   publishes: a count per bucket (``LATENCY_BUCKETS``,

@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import yaml
+
 from pubtasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +25,11 @@ def worker_env() -> dict[str, str]:
 def test_the_worker_runs_the_documented_command_after_healthy_services() -> None:
     text = COMPOSE.read_text()
     assert 'command: ["celery", "-A", "pubtasks", "worker", "-B", "-l", "info"]' in text
-    assert text.count("condition: service_healthy") == 2
+    worker = yaml.safe_load(text)["services"]["worker"]
+    assert worker["depends_on"] == {
+        "rabbitmq": {"condition": "service_healthy"},
+        "redis": {"condition": "service_healthy"},
+    }
     assert text.count("healthcheck:") == 3
     assert 'test: ["CMD", "pubtasks", "health"]' in text
     assert '"--appendonly", "yes"' in text  # Redis keeps the counters across restarts
