@@ -171,6 +171,12 @@ def test_a_restarted_worker_catches_up_as_each_entry_says(
     snap = stats.snapshot()
     assert snap.totals.invariant_holds
     assert snap.totals.published == snap.totals.acked == sum(map(len, messages.values()))
+    # and counted each tick it fired once (pubtasks_ticks_total); those of "all" caught
+    # up at the restart were fired late (pubtasks_ticks_late_total), but the newest
+    for name in names:
+        assert snap.entries[name].ticks == len(messages[name]), name
+    [line] = [x for x in worker.log.splitlines() if "beat: all missed" in x]
+    assert snap.entries["all"].ticks_late >= int(line.split(" missed ")[1].split()[0]) - 2
 
 
 def test_a_crontab_in_a_named_time_zone_fires_on_its_local_minute(

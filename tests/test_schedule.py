@@ -187,3 +187,10 @@ def test_every_keeps_its_window_through_pickling_and_equality() -> None:
     assert pickle.loads(pickle.dumps(s)) == s
     assert s != every(2.0)
     assert every().with_default(1.0, 30.0) == every(1.0, within=30.0)
+
+
+def test_a_tick_is_late_once_the_next_tick_is_due() -> None:
+    grid = every(1)
+    assert not grid.late(10.0, 10.0)
+    assert not grid.late(10.0, 11.0)  # on the next tick's time: not yet
+    assert grid.late(10.0, 11.001)
