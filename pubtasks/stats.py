@@ -133,9 +133,8 @@ return total
 # KEYS: totals, pending.
 # ARGV: now, entry key prefix, the highest acked (not returned) message number or 0,
 #       done key prefix, done ttl, latency key prefix, then (key, outcome) per publish;
-#       outcome is acked,
-#       returned (acked and returned), bounced (acked and returned, and to be published
-#       again: not done), nacked or unconfirmed.
+#       outcome is acked, returned (acked and returned), bounced (acked and returned,
+#       and to be published again: not done), nacked or unconfirmed.
 # Only the caller whose ZREM removes a publish counts it: settling twice counts once.
 # A message counted acked or returned is marked done, in the same call. Every acked one
 # (returned included) adds its latency, from its tick's time (the ms of its message id,
