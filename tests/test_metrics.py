@@ -1,4 +1,4 @@
-"""Unit tests: what ``pubtasks metrics`` serves for a reading of Redis (pure, no I/O)."""
+"""Unit tests: what ``pubtasks metrics`` serves for a reading of Redis (no services needed)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import math
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pubtasks.bench.nodes import free_port
 from pubtasks.control import State
-from pubtasks.metrics import Reading, Schedule, families, holder_parts
+from pubtasks.metrics import Reading, Schedule, StatsCollector, families, holder_parts
 from pubtasks.schedule import every
-from pubtasks.stats import LATENCY_BUCKETS, Counts, Latency, Snapshot
+from pubtasks.stats import LATENCY_BUCKETS, Counts, Latency, Snapshot, Stats
 
 NOW = 1_000.0
 
@@ -159,3 +160,17 @@ def test_the_last_error_and_the_confirm_timeout_are_served() -> None:
 def test_latency_buckets_are_rising_and_span_1_ms_to_60_s() -> None:
     assert LATENCY_BUCKETS[0] == 0.001 and LATENCY_BUCKETS[-1] == 60.0
     assert list(LATENCY_BUCKETS) == sorted(set(LATENCY_BUCKETS))
+
+
+def test_a_scrape_while_redis_is_down_answers_redis_up_0_alone() -> None:
+    # Given an exporter whose Redis refuses connections (a port nobody listens on)
+    stats = Stats.from_url(f"redis://127.0.0.1:{free_port()}/0", "pubtasks-test:", retries=0)
+    registry = CollectorRegistry()
+    registry.register(StatsCollector(stats, SCHEDULE))
+    try:
+        text = generate_latest(registry).decode()
+    finally:
+        stats.close()
+    # Then the scrape still answers, and says Redis is down, with nothing made up
+    served = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    assert [(s.name, s.value) for s in served] == [("pubtasks_redis_up", 0)]
