@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from pubtasks.bench.nodes import free_port
 from pubtasks.control import State
@@ -67,16 +70,19 @@ SCHEDULE = Schedule(
 )
 
 
-def samples(r: Reading, schedule: Schedule = SCHEDULE) -> dict[tuple[str, frozenset], float]:
+Sample = tuple[str, frozenset[tuple[str, str]]]
+
+
+def samples(r: Reading, schedule: Schedule = SCHEDULE) -> dict[Sample, float]:
     """Every sample served, by name and labels: through prometheus_client's own text
     format and parser, as Prometheus reads them."""
 
-    class One:
-        def collect(self):  # type: ignore[no-untyped-def]
+    class One(Collector):
+        def collect(self) -> Iterable[Metric]:
             return families(r, schedule, NOW)
 
     registry = CollectorRegistry()
-    registry.register(One())  # type: ignore[arg-type]
+    registry.register(One())
     text = generate_latest(registry).decode()
     return {
         (s.name, frozenset(s.labels.items())): s.value
@@ -85,7 +91,7 @@ def samples(r: Reading, schedule: Schedule = SCHEDULE) -> dict[tuple[str, frozen
     }
 
 
-def one(name: str, **labels: str) -> tuple[str, frozenset]:
+def one(name: str, **labels: str) -> Sample:
     return name, frozenset(labels.items())
 
 

@@ -126,7 +126,8 @@ def test_the_dashboard_follows_grafanas_dashboard_model() -> None:
     assert variables["datasource"]["query"] == "prometheus"
     source = {"type": "prometheus", "uid": "${datasource}"}
     assert variables["entry"]["datasource"] == source
-    ids, cells = set(), set()
+    ids: set[int] = set()
+    cells: set[tuple[int, int]] = set()
     for panel in d["panels"]:
         title = panel["title"]
         assert isinstance(panel["id"], int) and panel["id"] not in ids, title
