@@ -307,10 +307,14 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             name, manual = tick.entry.name, tick.trigger is not None
             try:
                 if tick.number is None:
-                    grid = tick.entry.schedule
-                    late = isinstance(grid, Grid) and grid.late(tick.scheduled_at, time.time())
+                    grid = tick.entry.schedule  # a tick by hand is never late
+                    late = (
+                        not manual
+                        and isinstance(grid, Grid)
+                        and grid.late(tick.scheduled_at, time.time())
+                    )
                     tick.number = self.stats.tick_number(
-                        name, tick.scheduled_at, tick.batch, manual=manual, late=late and not manual
+                        name, tick.scheduled_at, tick.batch, manual=manual, late=late
                     )
                     if tick.number is None:  # paused: skipped, as if it had not fallen due
                         self._unsent.popleft()

@@ -1,7 +1,8 @@
 """``pubtasks metrics``: the Redis counters as Prometheus metrics, read at each scrape.
 
-``read`` does the I/O (one snapshot, the control state and the latency histograms,
-three round trips); ``families`` turns a ``Reading`` into metric families and is pure.
+``read`` does the I/O (the snapshot in two round trips, the control state and the
+latency histograms in one each); ``families`` turns a ``Reading`` into metric families
+and is pure.
 When Redis cannot be read, a scrape still answers, with ``pubtasks_redis_up 0``, so
 that an alert can say "Redis" rather than "the exporter is down".
 """
