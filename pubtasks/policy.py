@@ -4,13 +4,23 @@ A tick is tried up to ``PUBLISH_ATTEMPTS`` times. Each attempt streams the
 tick's unacked messages through a confirm window: at most ``CONFIRM_WINDOW``
 await their answer at once, and the oldest may wait ``CONFIRM_TIMEOUT``. A
 nacked or unconfirmed message is published again, with the same
-``message_id``, after a short backoff when RabbitMQ nacked. A message RabbitMQ
-returned (no queue took it) is published again, backing off up to 2 s, until
+``message_id``, after a backoff when RabbitMQ nacked (``nack_backoff``: 0.5 s
+doubling, 7.5 s in all before the fifth attempt, which covers a quorum queue's
+leader election), on a new channel. A message RabbitMQ returned (no
+queue took it) is published again, backing off up to 2 s, until
 ``TICK_DEADLINE``, when its entry's ``on_return`` is ``"retry"`` (the default);
 with ``"count"`` it is counted returned and the tick ends. What is still
 unacked after the last attempt, or when ``TICK_DEADLINE`` has passed, or at
 once on a permanent error (a refused login, a conflicting declaration, a
 channel RabbitMQ closed for good), fails, with its reason.
+
+**The policy never sleeps.** Where a tick must wait before its next attempt (a
+backoff after a nack or a return, RabbitMQ unreachable, a confirm timeout), it
+raises ``Later`` with the delay and how far the tick got (``Tries``), and the
+caller gives the tick back to wait outside the process (``tasks``: a Celery
+retry with a countdown, or parked in its entry's lane, ``lanes``). The next
+``publish`` of the same tick goes on from those ``Tries``. So a sick entry
+never holds a worker process that another entry's tick needs.
 
 The policy speaks to RabbitMQ only through a ``Stream`` (``rabbitmq.ConfirmStream``)
 and reports every step to a ``Listener`` (``accounting.Accounting`` writes them to
@@ -19,12 +29,13 @@ Redis), so it runs against fakes of both in the unit tests.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, Protocol
 
 from pubtasks import message
@@ -53,6 +64,8 @@ class Stream(Protocol):
     def in_flight(self) -> int: ...
 
     def ensure(self, timeout: float | None = None) -> None: ...
+
+    def renew(self) -> None: ...
 
     def publish(
         self,
@@ -116,12 +129,87 @@ class Attempt:
     settled: dict[str, Settled]  # message_id -> how its publish ended
     error: str | None = None  # why the attempt stopped early
     permanent: bool = False  # a channel error that retrying cannot fix
+    timed_out: bool = False  # the oldest publish waited CONFIRM_TIMEOUT for its answer
+
+
+@dataclass(frozen=True)
+class Tries:
+    """How far a tick got before it was given back to wait; the next ``publish`` of the
+    tick goes on from here (the publish task carries it in its kwargs, ``as_kwargs``)."""
+
+    attempt: int = 0  # attempts used, of PUBLISH_ATTEMPTS
+    bounces: int = 0  # times its messages were returned and published again
+    reason: str = "no attempt made"  # why the last attempt did not end it
+    #: The payload's bodies, by message_id: made once per tick, so that every attempt
+    #: publishes the same body under the same message_id.
+    bodies: Mapping[str, message.Body] = field(default_factory=dict)
+
+    def at(self, attempt: int, bounces: int, reason: str = "") -> Tries:
+        """These tries, moved on (the bodies kept)."""
+        return replace(self, attempt=attempt, bounces=bounces, reason=reason or self.reason)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """JSON-safe keyword arguments for the publish task (``of`` reads them back)."""
+        kwargs: dict[str, Any] = {
+            "attempt": self.attempt,
+            "bounces": self.bounces,
+            "reason": self.reason,
+        }
+        if self.bodies:
+            kwargs["bodies"] = {
+                m: [base64.b64encode(b.data).decode(), b.content_type, b.content_encoding]
+                for m, b in self.bodies.items()
+            }
+        return kwargs
+
+    @classmethod
+    def of(
+        cls,
+        attempt: int = 0,
+        bounces: int = 0,
+        reason: str | None = None,
+        bodies: Mapping[str, Sequence[Any]] | None = None,
+    ) -> Tries:
+        """The tries that ``as_kwargs`` wrote."""
+        made = {
+            m: message.Body(base64.b64decode(data), content_type, encoding)
+            for m, (data, content_type, encoding) in (bodies or {}).items()
+        }
+        return cls(int(attempt), int(bounces), reason or cls.reason, made)
+
+
+class Later(Exception):
+    """The tick must wait ``delay`` seconds before its next attempt, which goes on from
+    ``tries``. Raised instead of sleeping, so that the caller can give the worker process
+    back meanwhile. Everything published so far is settled and counted."""
+
+    def __init__(self, delay: float, tries: Tries) -> None:
+        super().__init__(f"next attempt in {delay:.2f} s: {tries.reason}")
+        self.delay = delay
+        self.tries = tries
+
+
+#: Seconds an attempt may spend connecting to RabbitMQ before the tick is given back
+#: to wait (``UNREACHABLE_DELAY``): a worker process is never held through an outage.
+CONNECT_BUDGET = 1.0
+#: Seconds a tick waits, given back, before it tries an unreachable RabbitMQ again.
+UNREACHABLE_DELAY = 1.0
 
 
 def nack_backoff(attempt: int) -> float:
-    """Seconds to wait before attempt ``attempt + 1`` after a nack (or before publishing a
-    returned message again): 0.1, 0.2, 0.4... at most 2."""
-    return float(min(0.1 * 2 ** (min(attempt, 8) - 1), 2.0))
+    """Seconds to wait before attempt ``attempt + 1`` after a nack: 0.5, 1, 2, 4, at most 8.
+
+    Before the fifth attempt (PUBLISH_ATTEMPTS' default) the nacks have been waited on
+    for 7.5 s in all: longer than a quorum queue's leader election after its leader's
+    node was killed (docs/reliability.md measures it on a 3-node cluster).
+    """
+    return float(min(0.5 * 2 ** (min(attempt, 8) - 1), 8.0))
+
+
+def return_backoff(bounces: int) -> float:
+    """Seconds to wait before publishing a returned message again: 0.1, 0.2, 0.4... at
+    most 2."""
+    return float(min(0.1 * 2 ** (min(bounces, 8) - 1), 2.0))
 
 
 class TickPolicy:
@@ -134,19 +222,20 @@ class TickPolicy:
         limits: Limits,
         *,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.stream = stream
         self.listener = listener
         self.limits = limits
         self.clock = clock
-        self.sleep = sleep
         self._unreported: list[Settled] = []
         self._outcomes: dict[str, Settled] = {}  # of the tick being published, by message_id
         self._tracebacks: set[str] = set()  # unexpected errors logged with a traceback
 
-    def publish(self, tick: message.Tick) -> Result:
+    def publish(self, tick: message.Tick, tries: Tries | None = None) -> Result:
         """Publish the tick's message(s) until RabbitMQ acks each, or fail what is left.
+
+        ``tries``: how far an earlier call got with this tick (``Later.tries``). Raises
+        ``Later`` when the tick must wait before its next attempt.
 
         A message counted acked, returned or failed before (the tick is a redelivery:
         its worker died before Celery's ack) is neither published nor counted again.
@@ -166,23 +255,34 @@ class TickPolicy:
         if not todo:
             log.info("tick %s was confirmed or failed before: not published again", tick.message_id)
             return Result(tick.message_id, tick.number, "done before", 0, self.clock())
+        tries = tries or Tries()
         try:
-            bodies = self._bodies(tick, todo)
+            bodies = self._bodies(tick, todo, tries.bodies)
         except BodyError as exc:
             self._fail(tick, todo, str(exc), exc)
         try:
-            return self._publish(tick, todo, bodies)
-        except PubtasksError:
+            return self._publish(tick, todo, bodies, replace(tries, bodies=bodies))
+        except (PubtasksError, Later):
             raise
         except Exception as exc:
             self._contain(tick, todo, exc)
 
-    def _bodies(self, tick: message.Tick, todo: list[message.Outgoing]) -> dict[str, message.Body]:
-        """The payload's body of each message, by message_id (none without a payload)."""
+    def _bodies(
+        self,
+        tick: message.Tick,
+        todo: list[message.Outgoing],
+        made: Mapping[str, message.Body],
+    ) -> dict[str, message.Body]:
+        """The payload's body of each message, by message_id (none without a payload);
+        those ``made`` by an earlier attempt are not made again."""
         recipe = tick.recipe
         if recipe.payload is None:
             return {}
-        return {out.message_id: recipe.make(tick.entry, tick.scheduled_at, out) for out in todo}
+        return {
+            out.message_id: made.get(out.message_id)
+            or recipe.make(tick.entry, tick.scheduled_at, out)
+            for out in todo
+        }
 
     def _contain(
         self, tick: message.Tick, todo: list[message.Outgoing], exc: Exception
@@ -202,29 +302,26 @@ class TickPolicy:
         self._fail(tick, [out for out in todo if out.message_id not in acked], reason, exc)
 
     def _publish(
-        self, tick: message.Tick, todo: list[message.Outgoing], bodies: dict[str, message.Body]
+        self,
+        tick: message.Tick,
+        todo: list[message.Outgoing],
+        bodies: dict[str, message.Body],
+        tries: Tries,
     ) -> Result:
         limits = self.limits
         deadline = tick.scheduled_at + limits.tick_deadline
+        late = f"TICK_DEADLINE={limits.tick_deadline:g} s passed"
         returned = 0
-        reason = "no attempt made"
-        attempt = bounces = 0
+        attempt, bounces, reason = tries.attempt, tries.bounces, tries.reason
         while todo and attempt < limits.attempts:
-            late = f"TICK_DEADLINE={limits.tick_deadline:g} s passed"
             if self.clock() > deadline:
                 self._fail(tick, todo, f"{late} before it could be published (last: {reason})")
-            try:
-                self.stream.ensure(timeout=deadline - self.clock())
-            except Unreachable as exc:
-                self._fail(tick, todo, f"{late}: {exc}", exc)
-            except (AccessRefused, TopologyError) as exc:
-                self._fail(tick, todo, str(exc), exc, type(exc))
-            except ChannelLost as exc:
-                attempt += 1
-                reason = exc.reason
+            lost = self._connect(tick, todo, tries.at(attempt, bounces, reason), deadline)
+            attempt += 1
+            if lost is not None:
+                reason = lost
                 self._warn(tick, attempt, reason)
                 continue
-            attempt += 1
             sent = self._attempt(tick, todo, bodies)
             bounced = [x for x in sent.settled.values() if x.returned and x.delivery.retry_return]
             returned += sum(1 for x in sent.settled.values() if x.returned) - len(bounced)
@@ -236,35 +333,66 @@ class TickPolicy:
             nacked = sum(1 for x in sent.settled.values() if x.outcome is Outcome.NACKED)
             if bounced and len(bounced) == len(todo) and sent.error is None:
                 # Only returns are left: they do not use up PUBLISH_ATTEMPTS.
-                attempt -= 1
-                bounces += 1
-                reason = self._bounce(tick, todo, bounced, bounces, deadline)
-                continue
+                self._bounce(tick, todo, bounced, tries.at(attempt - 1, bounces + 1), deadline)
             reason = sent.error or (f"{nacked} nacked by RabbitMQ" if nacked else "unconfirmed")
             if tick.batch == 1 and nacked:
                 reason = "nacked by RabbitMQ"
             if sent.permanent:
                 self._fail(tick, todo, reason, None, TopologyError)
             self._warn(tick, attempt, reason)
-            if nacked and attempt < limits.attempts:
-                self.sleep(nack_backoff(attempt))
+            if attempt >= limits.attempts:
+                break
+            if nacked:
+                # RabbitMQ could not take it (a quorum queue electing a leader, a full
+                # queue that rejects publishes): wait, given back, and use a new channel,
+                # whose state of the queues is RabbitMQ's current one.
+                self.stream.renew()
+                raise Later(nack_backoff(attempt), tries.at(attempt, bounces, reason))
+            if sent.timed_out:
+                # The process has waited CONFIRM_TIMEOUT already: let other ticks run.
+                raise Later(0.0, tries.at(attempt, bounces, reason))
         if todo:
             self._fail(tick, todo, f"gave up after {attempt} attempts: {reason}")
         outcome = "acked" if not returned else "returned"
         return Result(tick.message_id, tick.number, outcome, attempt, self.clock())
+
+    def _connect(
+        self, tick: message.Tick, todo: list[message.Outgoing], tries: Tries, deadline: float
+    ) -> str | None:
+        """Make sure the stream can publish, spending at most CONNECT_BUDGET on it; the
+        reason when the connection went as the channel opened (an attempt lost).
+
+        Unreachable: the tick is given back to wait (``Later``), or fails once waiting
+        would take it past TICK_DEADLINE. A refused login or declaration fails it.
+        """
+        try:
+            self.stream.ensure(timeout=min(deadline - self.clock(), CONNECT_BUDGET))
+        except Unreachable as exc:
+            if self.clock() + UNREACHABLE_DELAY > deadline:
+                late = f"TICK_DEADLINE={self.limits.tick_deadline:g} s passed"
+                self._fail(tick, todo, f"{late}: {exc}", exc)
+            raise Later(
+                UNREACHABLE_DELAY, tries.at(tries.attempt, tries.bounces, str(exc))
+            ) from None
+        except (AccessRefused, TopologyError) as exc:
+            self._fail(tick, todo, str(exc), exc, type(exc))
+        except ChannelLost as exc:
+            return exc.reason
+        return None
 
     def _bounce(
         self,
         tick: message.Tick,
         todo: list[message.Outgoing],
         bounced: list[Settled],
-        bounces: int,
+        tries: Tries,
         deadline: float,
-    ) -> str:
-        """Wait before publishing returned messages again (no queue took them), backing
-        off, until TICK_DEADLINE, when they fail; the return is the reason."""
+    ) -> NoReturn:
+        """Give returned messages (no queue took them) back to wait before they are
+        published again, backing off, until TICK_DEADLINE, when they fail; the return is
+        the reason."""
         reason = str(bounced[-1].delivery.returned)
-        if bounces == 1:
+        if tries.bounces == 1:
             log.warning(
                 "tick %s: %d message(s) returned by RabbitMQ (%s); publishing them again "
                 "until TICK_DEADLINE (on_return='retry')",
@@ -276,8 +404,8 @@ class TickPolicy:
         if left <= 0:
             late = f"TICK_DEADLINE={self.limits.tick_deadline:g} s passed"
             self._fail(tick, todo, f"{late} before a queue took it (last: {reason})")
-        self.sleep(min(nack_backoff(bounces), left))
-        return reason
+        wait = min(return_backoff(tries.bounces), left)
+        raise Later(wait, tries.at(tries.attempt, tries.bounces, reason))
 
     def _attempt(
         self,
@@ -294,7 +422,7 @@ class TickPolicy:
         stream, limits = self.stream, self.limits
         sent: dict[str, Settled] = {}
         error: str | None = None
-        permanent = False
+        permanent = timed_out = False
         position = 0
         # Reported as published but not sent yet: a window's worth is reported in one go
         # ahead of sending, so the broker is never kept waiting on the listener.
@@ -319,7 +447,7 @@ class TickPolicy:
                 assert oldest is not None
                 wait = oldest.published_at + limits.confirm_timeout - self.clock()
                 if wait <= 0:
-                    error = self._timed_out()
+                    error, timed_out = self._timed_out(), True
                     stream.abandon()  # it may be silently dead; a late ack must not count
                     break
                 stream.wait(wait)
@@ -329,7 +457,7 @@ class TickPolicy:
             # Reported but never sent: no answer will come for them either.
             self._unreported += [Settled(d, Outcome.UNCONFIRMED) for _, d in reported]
         self._report(sent)
-        return Attempt(sent, error, permanent)
+        return Attempt(sent, error, permanent, timed_out)
 
     def _build(
         self,

@@ -10,8 +10,9 @@ within about a second of RabbitMQ coming back.
 from __future__ import annotations
 
 from pubtasks.accounting import Accounting, publisher_id
+from pubtasks.lanes import Lanes
 from pubtasks.message import Tick
-from pubtasks.policy import Limits, Result, TickPolicy
+from pubtasks.policy import Limits, Result, TickPolicy, Tries
 from pubtasks.rabbitmq import ConfirmStream, Options
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
@@ -30,11 +31,12 @@ class Publisher:
         )
         self.accounting = Accounting(self.stats, publisher_id())
         self.policy = TickPolicy(self.stream, self.accounting, Limits.from_settings(settings))
+        self.lanes = Lanes(self.stats)
 
-    def publish_tick(self, tick: Tick) -> Result:
+    def publish_tick(self, tick: Tick, tries: Tries | None = None) -> Result:
         """Publish one tick (see ``policy.TickPolicy.publish``), then look for orphans."""
         self.accounting.reap_abandoned(self.settings.confirm_timeout)
-        return self.policy.publish(tick)
+        return self.policy.publish(tick, tries)
 
     def refuse(self, tick: Tick, reason: str) -> None:
         """Count a tick that cannot be published at all (its kwargs are wrong) as failed."""

@@ -13,6 +13,8 @@ Everything else talks to RabbitMQ through ``ConfirmStream``, whose API is small:
   acked, nacked (either with ``multiple``), returned (acked, but unroutable), or
   unconfirmed when the channel or connection went away first.
 - ``in_flight``, ``oldest()``, ``blocked``: the window, and RabbitMQ's flow control.
+- ``renew()``: after a nack, the next publish goes on a new channel (and, if a new
+  channel is nacked too before any ack, on a new connection to the next node).
 - ``abandon()``, ``close()``.
 
 ``publish`` and ``wait`` raise ``ChannelLost`` when the channel or the
@@ -296,6 +298,7 @@ class ConfirmStream:
         self._tracker = Tracker()
         self._settled: list[Settled] = []
         self._address = ("", "")  # the exchange and routing key of the last publish
+        self._renewed = False  # the channel is a new one, opened after a nack
 
     # -- connection and channel -----------------------------------------------------------
 
@@ -360,9 +363,7 @@ class ConfirmStream:
         # RabbitMQ answers each publish of a confirm channel with basic.ack or basic.nack,
         # possibly for every delivery tag up to its own at once (``multiple``).
         channel.events["basic_ack"].add(
-            lambda tag, multiple: self._settled.extend(
-                tracker.confirm(tag, multiple, Outcome.ACKED)
-            )
+            lambda tag, multiple: self._acked(tracker.confirm(tag, multiple, Outcome.ACKED))
         )
         channel.events["basic_nack"].add(
             lambda tag, multiple: self._settled.extend(
@@ -383,6 +384,10 @@ class ConfirmStream:
         if self.options.batch_writes and not self._batched:
             log.warning("kombu does not batch publishes here; each goes out on its own")
         self._producer = producer
+
+    def _acked(self, settled: list[Settled]) -> None:
+        self._settled.extend(settled)
+        self._renewed = False  # this channel works: a later nack is RabbitMQ's, not its
 
     def _on_return(self, exc: BaseException, exchange: str, routing_key: str, msg: Any) -> None:
         # basic.return comes before the basic.ack of the same publish (RabbitMQ acks a
@@ -415,6 +420,22 @@ class ConfirmStream:
         self._channel, self._producer = None, None
         self.blocked = None
         self.connection.collect()
+
+    def renew(self) -> None:
+        """RabbitMQ nacked publishes on this channel: publish the next ones on a new one.
+
+        A quorum queue's state is kept per channel (the queue's leader, among others):
+        after a node was killed, a channel can go on being nacked while a new one on the
+        same cluster is acked. If the new channel is nacked too before any ack, the
+        connection is dropped as well, and the next one goes to the next node in
+        AMQP_URL (kombu's failover cycle). Unanswered publishes are unconfirmed.
+        """
+        if self._renewed:
+            self._renewed = False
+            self.abandon()
+            return
+        self._drop_channel()
+        self._renewed = True
 
     def abandon(self) -> None:
         """Drop the connection (it may be silently dead): its unanswered publishes are

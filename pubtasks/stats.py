@@ -37,6 +37,11 @@ key                       type    holds
 ``triggered``             hash    entry -> the ms of its latest tick asked for by hand
 ``paused``                hash    entry -> when it was paused (``schedule pause``)
 ``resumed``               hash    entry -> when it was last resumed
+``lane:<entry>``          string  the one tick of the entry that may retry (or run its
+                                  payload) now, its tick id; expires (``lanes``)
+``parked:<entry>``        zset    the entry's ticks waiting for its lane ("<tick id>
+                                  <task kwargs as JSON>" -> scheduled time)
+``lanes``                 set     the entries that have parked ticks
 ========================  ======  ==================================================
 
 At any quiet moment ``published == acked + nacked + unconfirmed + pending``,
@@ -358,6 +363,16 @@ class Keys:
     def beat_sent(self) -> str:
         return f"{self.prefix}beat:sent"
 
+    def lane(self, entry: str) -> str:
+        return f"{self.prefix}lane:{entry}"
+
+    def parked(self, entry: str) -> str:
+        return f"{self.prefix}parked:{entry}"
+
+    @property
+    def lanes(self) -> str:
+        return f"{self.prefix}lanes"
+
 
 @dataclass(frozen=True)
 class SentTick:
@@ -648,6 +663,12 @@ class Stats:
         if wait:
             self.replication.acknowledged(int(replies.pop()))
         return replies
+
+    def run(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
+        """Run another module's write script (``lanes``) as the counting ones run: with
+        the replica wait, and Redis errors as ``StatsUnavailable``."""
+        with _converted(self._url):
+            return self._write(script, keys, args)
 
     def converted(self) -> AbstractContextManager[None]:
         """Redis errors inside become ``StatsUnavailable``, the URL masked (``control``)."""

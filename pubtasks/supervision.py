@@ -29,14 +29,19 @@ Every second it:
   is recognised (``stats`` marks each counted message done) and acked without
   publishing or counting anything.
 
+- **wakes parked ticks whose lane nobody holds**, every ``SWEEP`` seconds: a tick
+  that waits for its entry's lane (``lanes``) is parked in Redis, and the lane's
+  holder wakes it when it ends; if the holder died, or its lane expired, the
+  oldest parked tick is sent again here, and holds the lane.
+
 - **sends lost ticks again**, every ``RECONCILE`` seconds. Beat records each tick it
   sends (``beat:sent``); a tick that, ``RESEND_AFTER`` seconds later, is neither
   done (``stats`` marks each counted message) nor in Celery's queue nor reserved
-  was lost in Redis, and is sent again, with its number. The Redis transport pops a
-  task (BRPOP) before it records it as reserved: a worker killed between the two
-  takes the message with it (celery/celery#7950, kombu#305); so does a Redis killed
-  between the pop and its reply. ``scripts/chaos`` lost 2 ticks in an hour that way
-  before this.
+  was lost in Redis, and is sent again, with its number (a parked tick is not lost).
+  The Redis transport pops a task (BRPOP) before it records it as reserved: a worker
+  killed between the two takes the message with it (celery/celery#7950, kombu#305);
+  so does a Redis killed between the pop and its reply. ``scripts/chaos`` lost 2
+  ticks in an hour that way before this.
 
 Celery and kombu internals are touched here and nowhere else:
 
@@ -70,6 +75,7 @@ from kombu.utils.encoding import bytes_to_str
 from pubtasks import defaults
 from pubtasks.accounting import abandoned_after
 from pubtasks.entries import task_options
+from pubtasks.lanes import Lanes
 from pubtasks.lock import owner_id
 from pubtasks.message import message_id
 from pubtasks.orphans import Orphans
@@ -136,6 +142,7 @@ class Supervisor:
         self.abandoned_after = abandoned_after(settings.confirm_timeout)
         self.id = owner_id()
         self.orphans = Orphans(GRACE)
+        self.lanes = Lanes(self.stats)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pubtasks-supervisor", daemon=True)
         self._transport: Connection | None = None
@@ -172,6 +179,7 @@ class Supervisor:
                             reaped,
                         )
                     self.sweep()
+                    self.wake_parked()
                 if time.monotonic() - self._last_reconcile >= RECONCILE:
                     self._last_reconcile = time.monotonic()
                     self.reconcile()
@@ -231,6 +239,21 @@ class Supervisor:
                 " ".join(due),
             )
 
+    # -- parked ticks whose lane's holder is gone ------------------------------------------
+
+    def wake_parked(self) -> None:
+        """Send again the oldest parked tick of each lane that nobody holds."""
+        for entry in sorted(self.lanes.entries()):
+            for woken in self.lanes.wake_orphan(entry):
+                options = ((self.app.conf.beat_schedule or {}).get(entry) or {}).get("options")
+                self.app.send_task(defaults.TASK_NAME, kwargs=woken.kwargs, **task_options(options))
+                log.warning(
+                    "pubtasks: woke tick %s, parked while nobody held %s's lane (its holder "
+                    "is gone)",
+                    woken.tick_id,
+                    entry,
+                )
+
     # -- ticks lost in Redis ------------------------------------------------------------------
 
     def reconcile(self) -> None:
@@ -245,6 +268,7 @@ class Supervisor:
         if channel is None:
             return
         present = queued_ticks(channel, self.app.conf.task_default_queue)
+        present |= self.lanes.parked_ids()
         for tick in overdue:
             if tick.tick_id not in present and self.stats.claim(tick, cutoff, now):
                 self._resend(tick)

@@ -10,11 +10,15 @@ from dataclasses import replace
 from typing import Any
 
 from celery import Task, signals
+from celery.exceptions import Retry
 
 from pubtasks import defaults, entries
 from pubtasks.celery import app
+from pubtasks.entries import task_options
 from pubtasks.errors import BrokerError, ConfigError, PublishError, StatsUnavailable, TickFailed
+from pubtasks.lanes import Parked
 from pubtasks.message import Tick
+from pubtasks.policy import Later, Tries
 from pubtasks.publisher import Publisher
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,9 @@ class PublishTask(Task):  # type: ignore[misc]
     reject_on_worker_lost=True,
     ignore_result=True,
     throws=(PublishError, BrokerError),
+    # Retries are bounded by TICK_DEADLINE and PUBLISH_ATTEMPTS, not by a count of
+    # Celery's (its default is 3; ``retry(max_retries=None)`` means that default).
+    max_retries=None,
 )
 def publish(
     self: PublishTask,
@@ -70,6 +77,8 @@ def publish(
     number: int | None = None,
     batch: int | None = None,
     manual: bool = False,
+    tries: dict[str, Any] | None = None,
+    lane: bool = False,
     **message: Any,
 ) -> dict[str, Any]:
     """Publish one tick of schedule entry ``entry`` and wait for RabbitMQ's confirm.
@@ -77,9 +86,10 @@ def publish(
     Beat passes ``entry``, ``scheduled_at``, ``number`` (the first) and ``batch``
     (PUBLISH_BATCH), ``manual`` for a tick fired by hand, and the entry's own kwargs
     (``message``: exchange, routing_key, body or payload, serializer, headers,
-    properties); a retry or a
-    redelivery of the same tick publishes the same message ids and numbers.
-    Whatever goes wrong, the tick ends confirmed or counted as failed with its reason.
+    properties); a retry or a redelivery of the same tick publishes the same message
+    ids and numbers. ``tries`` and ``lane`` are the tick's own, when it was given back
+    to wait (``lanes``). Whatever goes wrong, the tick ends confirmed or counted as
+    failed with its reason; no worker process sleeps while a tick waits.
     """
     p = self.publisher()
     s = p.settings
@@ -94,14 +104,22 @@ def publish(
             log.error("tick %s failed: %s", tick.message_id, exc)
             p.refuse(tick, str(exc))
             raise TickFailed(f"tick {tick.message_id} failed: {exc}") from None
-        result = p.publish_tick(tick)
+        own = {
+            **message,
+            "entry": entry,
+            "scheduled_at": when,
+            "number": first,
+            "batch": size,
+            **({"manual": True} if manual else {}),
+        }
+        return Tickwork(self, p, tick, kwargs=own, tries=Tries.of(**(tries or {})), lane=lane).run()
     except StatsUnavailable as exc:
         # Nothing can be counted, so nothing more is published: try the tick again later.
         if scheduled_at is not None and time.time() + 1 > scheduled_at + s.tick_deadline:
             raise
         log.warning("tick of %s at %s: %s; retrying in 1 s", entry, scheduled_at, exc)
-        raise self.retry(countdown=1, max_retries=None, exc=exc) from exc
-    except (PublishError, BrokerError):
+        raise self.retry(countdown=1, exc=exc) from exc
+    except (PublishError, BrokerError, Retry):
         raise
     except Exception as exc:  # a bug, ours or a library's, before the policy took the tick
         reason = f"unexpected error: {type(exc).__name__}: {exc}"
@@ -111,13 +129,83 @@ def publish(
             reason,
         )
         raise TickFailed(f"tick of {entry} at {scheduled_at} failed: {reason}") from exc
-    return {
-        "message_id": result.message_id,
-        "message_number": result.message_number,
-        "outcome": result.outcome,
-        "attempts": result.attempts,
-        "confirmed_at": result.confirmed_at,
-    }
+
+
+class Tickwork:
+    """One run of the publish task for one tick, with its entry's lane (``lanes``).
+
+    A tick that must wait (``policy.Later``) goes back to Celery with a countdown if it
+    holds its entry's lane, and is parked otherwise; either way its worker process is
+    free at once. A tick of an entry with a payload function holds the lane while it
+    runs, so that a slow payload holds one worker process at most. A tick that was in
+    the lane releases it when it ends, and sends the ticks that release wakes.
+    """
+
+    def __init__(
+        self,
+        task: PublishTask,
+        publisher: Publisher,
+        tick: Tick,
+        *,
+        kwargs: dict[str, Any],
+        tries: Tries,
+        lane: bool,
+    ) -> None:
+        self.task, self.publisher, self.tick = task, publisher, tick
+        self.kwargs, self.tries, self.lane = kwargs, tries, lane
+        self.payload = tick.recipe.payload is not None
+
+    def run(self) -> dict[str, Any]:
+        tick, lanes = self.tick, self.publisher.lanes
+        if self.payload and not lanes.hold(
+            tick.entry, self._parked(self.tries), tick.scheduled_at, 0
+        ):
+            return self._parked_result()
+        if self.payload:
+            self.lane = True
+        try:
+            result = self.publisher.publish_tick(tick, self.tries)
+        except Later as later:
+            parked = self._parked(later.tries)
+            if lanes.hold(tick.entry, parked, tick.scheduled_at, later.delay):
+                raise self.task.retry(countdown=later.delay, kwargs=parked.kwargs) from None
+            return self._parked_result()
+        except PublishError:
+            self._release(wake_all=False)
+            raise
+        self._release(wake_all=not self.payload)
+        return {
+            "message_id": result.message_id,
+            "message_number": result.message_number,
+            "outcome": result.outcome,
+            "attempts": result.attempts,
+            "confirmed_at": result.confirmed_at,
+        }
+
+    def _parked(self, tries: Tries) -> Parked:
+        kwargs = {**self.kwargs, "lane": True}
+        if tries != Tries():
+            kwargs["tries"] = tries.as_kwargs()
+        return Parked(self.tick.message_id, kwargs)
+
+    def _parked_result(self) -> dict[str, Any]:
+        log.info(
+            "tick %s: parked until %s's lane is free (another of its ticks holds it)",
+            self.tick.message_id,
+            self.tick.entry,
+        )
+        return {"message_id": self.tick.message_id, "outcome": "parked"}
+
+    def _release(self, wake_all: bool) -> None:
+        """Done with the lane, if this tick was in it: send the parked ticks it wakes."""
+        if not self.lane:
+            return
+        for woken in self.publisher.lanes.release(self.tick.entry, self.tick.message_id, wake_all):
+            self.task.apply_async(kwargs=woken.kwargs, **self._options())
+
+    def _options(self) -> dict[str, Any]:
+        entry = (self.task.app.conf.beat_schedule or {}).get(self.tick.entry) or {}
+        return task_options(entry.get("options"))
 
 
 @signals.worker_process_shutdown.connect  # type: ignore[untyped-decorator]

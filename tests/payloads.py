@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 NOT_CALLABLE = 42
@@ -26,3 +27,9 @@ def broken(**_: Any) -> None:
 
 def unencodable(**_: Any) -> set[int]:
     return {1, 2, 3}
+
+
+def slow(*, message_number: int, **_: Any) -> dict[str, Any]:
+    """Takes 3 s: a sick entry's payload (``tests/test_isolation.py``)."""
+    time.sleep(3.0)
+    return {"slow": message_number}

@@ -19,7 +19,16 @@ from pubtasks.errors import (
     Unreachable,
 )
 from pubtasks.message import Outgoing, Tick
-from pubtasks.policy import Limits, TickPolicy, nack_backoff
+from pubtasks.policy import (
+    UNREACHABLE_DELAY,
+    Later,
+    Limits,
+    Result,
+    TickPolicy,
+    Tries,
+    nack_backoff,
+    return_backoff,
+)
 
 T0 = 1_795_000_000.0
 LIMITS = Limits(attempts=3, confirm_timeout=5.0, confirm_window=4, tick_deadline=600.0)
@@ -56,6 +65,7 @@ class FakeStream:
         self.tries: dict[str, int] = {}
         self.most_in_flight = 0
         self.abandoned = 0
+        self.renewed = 0
         self.ensure_errors: list[Exception] = []
         self.lose_after: int | None = None  # publishes after which the channel goes
         self.lose_with = ChannelLost("connection lost: ConnectionResetError: reset")
@@ -67,6 +77,9 @@ class FakeStream:
     def ensure(self, timeout: float | None = None) -> None:
         if self.ensure_errors:
             raise self.ensure_errors.pop(0)
+
+    def renew(self) -> None:
+        self.renewed += 1
 
     def publish(
         self,
@@ -147,7 +160,8 @@ class Recorder:
         for x in outcomes:
             kind = "returned" if x.returned else x.outcome.value
             self.outcomes.append((x.delivery.message_id, kind))
-            if x.outcome is Outcome.ACKED:
+            bounced = x.returned and x.delivery.retry_return  # to be published again
+            if x.outcome is Outcome.ACKED and not bounced:
                 self.finished.add(x.delivery.message_id)
 
     def failed(self, tick: Tick, outs: Sequence[Outgoing], reason: str) -> None:
@@ -161,11 +175,31 @@ class Recorder:
         return sum(1 for _, k in self.outcomes if k == kind)
 
 
-def policy(answer: Answer, limits: Limits = LIMITS) -> tuple[TickPolicy, FakeStream, Recorder]:
+class Driver:
+    """Publishes a tick as the publish task does: each ``Later`` is waited out (on the
+    fake clock: ``slept``) and the tick published again from its tries."""
+
+    def __init__(self, policy: TickPolicy, clock: Clock) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.given_back = 0
+
+    def publish(self, t: Tick) -> Result:
+        tries: Tries | None = None
+        while True:
+            try:
+                return self.policy.publish(t, tries)
+            except Later as later:
+                self.given_back += 1
+                self.clock.sleep(later.delay)
+                tries = Tries.of(**later.tries.as_kwargs())  # through the task's kwargs
+
+
+def policy(answer: Answer, limits: Limits = LIMITS) -> tuple[Driver, FakeStream, Recorder]:
     clock = Clock()
     stream, listener = FakeStream(clock, answer), Recorder()
-    p = TickPolicy(stream, listener, limits, clock=clock, sleep=clock.sleep)
-    return p, stream, listener
+    p = TickPolicy(stream, listener, limits, clock=clock)
+    return Driver(p, clock), stream, listener
 
 
 def tick(batch: int = 1) -> Tick:
@@ -195,6 +229,13 @@ def test_a_nack_is_retried_after_a_backoff_with_the_same_message_id() -> None:
     assert listener.outcomes == [("e@1795000000000", "nacked"), ("e@1795000000000", "acked")]
     assert stream.clock.slept == [nack_backoff(1)]
     assert listener.failures == []
+    # Waiting out the backoff outside the process, and on a new channel
+    assert (p.given_back, stream.renewed) == (1, 1)
+
+
+def test_the_nack_backoff_covers_a_leader_election_before_the_fifth_attempt() -> None:
+    assert [nack_backoff(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert sum(nack_backoff(n) for n in range(1, 5)) == 7.5
 
 
 def test_nacked_every_time_the_tick_fails_once_with_its_reason() -> None:
@@ -212,6 +253,8 @@ def test_no_answer_within_confirm_timeout_is_unconfirmed_and_the_connection_drop
     result = p.publish(tick())
     assert (result.outcome, result.attempts) == ("acked", 2)
     assert stream.abandoned == 1  # a late ack on that connection must never count
+    # Having waited CONFIRM_TIMEOUT, the tick is given back (other ticks run first)
+    assert (p.given_back, stream.clock.slept) == (1, [0.0])
     assert listener.outcomes == [("e@1795000000000", "unconfirmed"), ("e@1795000000000", "acked")]
 
 
@@ -254,7 +297,6 @@ def test_a_channel_closed_for_good_fails_the_tick_at_once() -> None:
 @pytest.mark.parametrize(
     ("error", "raised", "reason"),
     [
-        (Unreachable("RabbitMQ is unreachable"), TickFailed, "TICK_DEADLINE=600 s passed: Rab"),
         (AccessRefused("refused the login"), AccessRefused, "refused the login"),
         (TopologyError("cannot declare exchange 'message'"), TopologyError, "cannot declare"),
     ],
@@ -269,6 +311,27 @@ def test_what_retrying_cannot_fix_fails_the_tick_before_publishing(
     assert listener.published == []
     [(ids, said)] = listener.failures
     assert ids == ["e@1795000000000"] and said.startswith(reason)
+
+
+def test_an_unreachable_rabbitmq_gives_the_tick_back_to_wait_without_using_an_attempt() -> None:
+    p, stream, listener = policy(always("ack"))
+    stream.ensure_errors = [Unreachable("RabbitMQ is unreachable")] * 3
+    result = p.publish(tick())
+    assert (result.outcome, result.attempts, p.given_back) == ("acked", 1, 3)
+    assert stream.clock.slept == [UNREACHABLE_DELAY] * 3
+    assert listener.failures == []
+
+
+def test_rabbitmq_unreachable_until_the_deadline_fails_the_tick_with_the_reason() -> None:
+    p, stream, listener = policy(always("ack"))
+    stream.ensure_errors = [Unreachable("RabbitMQ at x is unreachable")] * 10_000
+    with pytest.raises(TickFailed):
+        p.publish(tick())
+    assert listener.published == []
+    [(ids, said)] = listener.failures
+    assert ids == ["e@1795000000000"]
+    assert said == "TICK_DEADLINE=600 s passed: RabbitMQ at x is unreachable"
+    assert stream.clock.now <= T0 + LIMITS.tick_deadline
 
 
 def test_a_connection_lost_while_opening_the_channel_costs_one_attempt() -> None:
@@ -298,7 +361,7 @@ def test_a_returned_message_is_published_again_until_a_queue_takes_it() -> None:
     result = p.publish(tick())
     # Then it was published 6 times, backing off, with the same message_id, and is acked
     assert result.outcome == "acked" and stream.tries == {"e@1795000000000": 6}
-    assert stream.clock.slept == [nack_backoff(n) for n in range(1, 6)]
+    assert stream.clock.slept == [return_backoff(n) for n in range(1, 6)]
     assert listener.count("returned") == 5 and listener.count("acked") == 1
     assert listener.failures == []
 
