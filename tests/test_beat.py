@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pubtasks.beat import Scheduler, going_on
+from pubtasks.beat import Scheduler, at, changed, going_on
 from pubtasks.celery import App
 from pubtasks.control import POLL
 from pubtasks.schedule import Resumed, Run, every
@@ -191,3 +191,35 @@ def test_beats_taking_the_lock_from_the_same_state_count_each_skipped_tick_once(
     assert sum(r.count for r in records) == due
     for a, b in itertools.pairwise(records):
         assert b.first == pytest.approx(a.last + settings.publish_interval)
+
+
+@pytest.mark.integration
+def test_a_beat_stalled_past_the_window_counts_the_ticks_it_passes_over(
+    tmp_path: Path, settings: Settings, stats: Stats
+) -> None:
+    # Given a leading beat whose entry (a 2 s window) last fired 10 s ago: it stalled
+    app = App("test_beat_stall", set_as_current=False, broker="memory://")
+    app.conf.beat_schedule = {
+        "e": {"task": "pubtasks.publish", "schedule": every(), "options": {"catch_up_within": 2}}
+    }
+    app.use_settings(settings)
+    s = Scheduler(app=app, schedule_filename=str(tmp_path / "beat-schedule"))
+    try:
+        grid = s.schedule["e"].schedule
+        stalled = grid.latest(0, time.time() - 10)
+        s.schedule["e"] = changed(s.schedule["e"], last_run_at=at(stalled))
+        # When it fires the entry: the oldest tick within the window
+        s.apply_async(s.schedule["e"], advance=True)
+        [tick] = list(s._unsent)
+        s._send_each(s.producer)
+    finally:
+        s.close()
+    # Then the ticks it passed over are counted skipped, window, once, in one record
+    passed = round((tick.scheduled_at - stalled) / settings.publish_interval) - 1
+    assert passed >= 35  # 8 s of 0.2 s ticks
+    [record] = stats.skips("e")
+    assert (record.reason, record.count) == ("window", passed)
+    assert record.first == pytest.approx(grid.following(stalled))
+    assert record.last == pytest.approx(tick.scheduled_at - settings.publish_interval)
+    e = stats.snapshot().entries["e"]
+    assert (e.ticks, e.skipped, e.skipped_window) == (1, passed, passed)

@@ -158,8 +158,8 @@ def test_a_tick_skipped_while_paused_is_counted_once_with_its_record(stats: Stat
     assert stats.tick_number("e", 1.0) == 1
     # Then two ticks are counted skipped, paused, in the entry and the totals
     assert skipped_of(stats, "e") == (2, {"paused": 2, "catch_up": 0, "window": 0})
-    t = stats.snapshot().totals
-    assert (t.skipped, t.skipped_paused) == (2, 2)
+    totals = stats.snapshot().totals
+    assert (totals.skipped, totals.skipped_paused) == (2, 2)
     # each with its record, newest first
     assert stats.skips("e") == [
         Skip("paused", 3.0, 3.0, 1, 3.01),
