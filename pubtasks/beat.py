@@ -24,9 +24,14 @@ It uses Celery's public scheduler hooks only (``setup_schedule``, ``tick``,
   Redis outage that made it stand by) each grid entry goes on as its
   ``catch_up`` option says (``schedule.resume``): from its last tick (``all``, the
   default, within ``catch_up_within``), with only the latest missed tick
-  (``latest``), or from the next tick (``none``).
+  (``latest``), or from the next tick (``none``). The missed ticks it does not fire
+  are counted skipped, with their reason, in one compare-and-set of the entry's last
+  tick (``Stats.skip``); a tick numbered but not recorded sent (its beat died in
+  between) is fired again, with its number.
 - A paused entry's ticks are skipped as they are numbered, and ticks asked for by
-  hand are fired as they are read (``control``).
+  hand are fired as they are read (``control``). Ticks a running beat passes over for
+  being more than ``catch_up_within`` late are counted skipped as the next tick is
+  numbered. So every tick of the schedule is fired or counted skipped, once.
 """
 
 from __future__ import annotations
@@ -50,9 +55,9 @@ from pubtasks.cron import grid_of
 from pubtasks.entries import catch_up_of, task_options
 from pubtasks.errors import StatsUnavailable
 from pubtasks.lock import BeatLock, owner_id
-from pubtasks.schedule import Grid, resume
+from pubtasks.schedule import Grid, Resumed, Run, jumped, resume
 from pubtasks.settings import Settings
-from pubtasks.stats import Stats
+from pubtasks.stats import ResumePoint, Stats
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,32 @@ def changed(entry: ScheduleEntry, **fields: Any) -> ScheduleEntry:
     """A copy of ``entry`` with some of its fields replaced (as Celery's ``entry.next`` makes
     one with a new ``last_run_at``), so that an entry in use is never altered."""
     return type(entry)(**{**dict(entry), **fields})
+
+
+def going_on(
+    grid: Grid, policy: str, point: ResumePoint, queued: float | None, now: float
+) -> tuple[float | None, Resumed]:
+    """Where an entry goes on from when a beat takes the beat lock: the tick to fire
+    again, if any, and ``schedule.resume`` from the entry's latest tick handled.
+
+    That is its last tick sent or skipped (``beat:last``), or a later one: the latest
+    tick numbered (a beat that died between numbering it and recording it sent: it is
+    fired again, with its number, whatever the policy; the ticks before it were all
+    sent or skipped, in order), or the latest waiting in this beat (``queued``: fired
+    while it thought it led, to be sent).
+    """
+    last, numbered = point.last_at, point.numbered_at
+    handled = [t for t in (last, numbered, queued) if t is not None]
+    base = max(handled) if handled else None
+    again = None
+    if numbered is not None and all(numbered > t for t in (last, queued) if t is not None):
+        again = numbered
+    paused_until = now if point.paused else point.resumed_at
+    return again, resume(grid, policy, base, now, paused_until)
+
+
+def summary(runs: tuple[Run, ...]) -> str:
+    return ", ".join(f"{r.count} {r.reason}" for r in runs) or "none"
 
 
 @contextmanager
@@ -104,6 +135,7 @@ class Unsent:
     batch: int
     number: int | None = None
     trigger: Trigger | None = None  # asked for by hand (``pubtasks schedule trigger``)
+    window: Run | None = None  # the ticks just before it, passed over for being too late
 
 
 class Scheduler(PersistentScheduler):  # type: ignore[misc]
@@ -158,8 +190,13 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                     log.warning("beat: lost the beat lock to %s; standing by", self._lock.holder())
             elif self._lock.acquire():
                 log.warning("beat: took the beat lock (%s); firing ticks", self._lock.owner)
+                try:
+                    self._resume()
+                except StatsUnavailable as exc:  # try again at once, or a standby takes over
+                    log.warning("beat: cannot read where to go on from (%s); standing by", exc)
+                    self._lock.release()
+                    return False
                 self._leading = True
-                self._resume()
         except redis.RedisError as exc:
             if self._leading and now - self._renewed > LOCK_TTL:
                 log.warning("beat: cannot renew the beat lock (%s); standing by", exc)
@@ -177,29 +214,51 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
 
     def _resume(self) -> None:
         """Go on from the last tick of each grid entry by any beat (this one before a
-        restart, or a holder that died), as the entry's ``catch_up`` says."""
+        restart, or a holder that died), as the entry's ``catch_up`` says; count the
+        missed ticks not fired as skipped."""
         now = time.time()
-        for name, entry in list(self.schedule.items()):
-            if not isinstance(entry.schedule, Grid) or entry.task != defaults.TASK_NAME:
-                continue
-            last = self.stats.client.get(self.stats.keys.beat_last(name))
+        grids = {
+            name: entry
+            for name, entry in self.schedule.items()
+            if isinstance(entry.schedule, Grid) and entry.task == defaults.TASK_NAME
+        }
+        points = self.stats.resume_points(grids)
+        for name, entry in grids.items():
             policy = catch_up_of(entry.options).policy
-            r = resume(entry.schedule, policy, None if last is None else float(last), now)
+            queued = [
+                u.scheduled_at for u in self._unsent if u.entry.name == name and not u.trigger
+            ]
+            for _ in range(3):
+                point = points[name]
+                again, r = going_on(entry.schedule, policy, point, max(queued, default=None), now)
+                if self.stats.skip(name, r.skipped, point, now) is not None:
+                    break
+                points[name] = self.stats.resume_points([name])[name]  # another beat moved it
+            else:
+                log.warning("beat: %s: another beat keeps moving its last tick; going on", name)
             self.schedule[name] = changed(entry, last_run_at=at(r.last_run_at))
+            if again is not None:
+                log.warning(
+                    "beat: %s: firing again its tick at %.3f, numbered and unsent", name, again
+                )
+                self._unsent.append(Unsent(entry, again, self.settings.publish_batch))
             if r.fire is not None:
                 self._unsent.append(Unsent(entry, r.fire, self.settings.publish_batch))
             if r.missed:
+                handled = [t for t in (point.last_at, point.numbered_at) if t is not None]
+                since = max(handled, default=now)
                 log.warning(
-                    "beat: %s missed %d tick(s) since %s; catch_up=%r: %s",
+                    "beat: %s missed %d tick(s) since %s; catch_up=%r: %s; skipped: %s",
                     name,
                     r.missed,
-                    at(float(last or now)).isoformat(),
+                    at(since).isoformat(),
                     policy,
                     {
                         "all": "firing those within catch_up_within, each with its own time",
                         "latest": "firing the latest" if r.fire else "none within catch_up_within",
                         "none": "going on from the next tick",
                     }[policy],
+                    summary(r.skipped),
                 )
         # Celery compares entries without their last_run_at: have it read them again.
         self.populate_heap()
@@ -291,9 +350,12 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         # The tick being fired is the one due now: due_time() of the entry as it was
         # before reserve() (Celery passes that one here, with advance=False).
         tick_at = due_time(entry, time.time())
+        window = None
+        if isinstance(entry.schedule, Grid):  # ticks passed over: counted as it is numbered
+            window = jumped(entry.schedule, entry.last_run_at.timestamp(), tick_at)
         if advance:
             self.reserve(entry)
-        self._unsent.append(Unsent(entry, tick_at, self.settings.publish_batch))
+        self._unsent.append(Unsent(entry, tick_at, self.settings.publish_batch, window=window))
         return None
 
     def _send_unsent(self, producer: Any) -> None:
@@ -314,7 +376,12 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                         and grid.late(tick.scheduled_at, time.time())
                     )
                     tick.number = self.stats.tick_number(
-                        name, tick.scheduled_at, tick.batch, manual=manual, late=late
+                        name,
+                        tick.scheduled_at,
+                        tick.batch,
+                        manual=manual,
+                        late=late,
+                        window=tick.window,
                     )
                     if tick.number is None:  # paused: skipped, as if it had not fallen due
                         self._unsent.popleft()

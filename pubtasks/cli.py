@@ -25,7 +25,7 @@ from pubtasks.metrics import Schedule, StatsCollector
 from pubtasks.settings import mask_url
 from pubtasks.stats import COUNTERS, Counts, Snapshot, Stats
 
-COLUMNS = (*COUNTERS[:-1], "pending", "failed")
+COLUMNS = (*COUNTERS[:-1], "pending", "failed", "skipped")
 
 
 def _moment(at: float | None, now: float) -> str:
@@ -55,12 +55,14 @@ def render_table(snap: Snapshot, where: str, prefix: str, now: float) -> str:
         " ".join(f"{k}={v}" for k, v in sorted(snap.last_error.items())) if snap.last_error else "-"
     )
     verdict = "holds" if t.invariant_holds else "BROKEN"
+    reasons = ", ".join(f"{reason} {n}" for reason, n in t.skipped_by().items())
     lines += [
         "",
         f"last message number  {snap.last_message_number}",
         f"last confirmed       {confirmed}",
         f"oldest pending       {_moment(snap.oldest_pending_at, now)}",
         f"invariant            {verdict} (published = acked + nacked + unconfirmed + pending)",
+        f"ticks skipped        {t.skipped} ({reasons})",
         f"last error           {error}",
     ]
     return "\n".join(lines)

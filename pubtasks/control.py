@@ -4,9 +4,11 @@
 holding the beat lock reads the mark atomically with each tick's number
 (``Stats.tick_number``): a tick of a paused entry is not numbered, not sent and
 not counted, and the next tick after ``resume`` is the next one on the schedule.
-The mark is in Redis, so it outlives restarts and lock takeovers; ``resume``
-moves the entry's last tick to the resume, so a beat that was down meanwhile
-does not catch up the paused time either.
+The mark is in Redis, so it outlives restarts and lock takeovers. Each tick
+skipped while paused is counted (``skipped_paused``). ``resume`` records when (the
+``resumed`` hash): a beat that was down meanwhile and takes the lock later counts
+the ticks due until then skipped, ``paused``, and does not catch them up
+(``beat.going_on``).
 
 ``pubtasks schedule trigger ENTRY`` appends a request to ``beat:triggers``; the beat
 holder reads the list at least every ``POLL`` seconds, fires one extra tick for
@@ -39,17 +41,15 @@ return member
 """
 
 
-# KEYS: paused, resumed, beat:last:<entry>.  ARGV: entry, now.
-# Resumes the entry; returns when it was paused (nil: it was not). Its last tick becomes
-# now at the latest, so a beat that takes the lock later (one was down during the pause)
-# goes on from the resume, not from before the pause: no burst of the paused time.
+# KEYS: paused, resumed.  ARGV: entry, now.
+# Resumes the entry; returns when it was paused (nil: it was not). A beat that takes the
+# lock later (one was down during the pause) reads the resume's time: the ticks due
+# until then are skipped (paused), not caught up: no burst of the paused time.
 _RESUME = """
 local since = redis.call('HGET', KEYS[1], ARGV[1])
 if not since then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-local last = tonumber(redis.call('GET', KEYS[3]) or '0')
-if tonumber(ARGV[2]) > last then redis.call('SET', KEYS[3], ARGV[2]) end
 return since
 """
 
@@ -106,7 +106,7 @@ class Control:
         """Resume ``entry``; when it had been paused (None: it was not)."""
         k = self.keys
         with self.stats.converted():
-            since = self._resume(keys=[k.paused, k.resumed, k.beat_last(entry)], args=[entry, now])
+            since = self._resume(keys=[k.paused, k.resumed], args=[entry, now])
         return None if since is None else float(since)
 
     def trigger(self, entry: str, now: float) -> Trigger:

@@ -17,7 +17,7 @@ from pubtasks.entries import CatchUp, catch_up_of, publish_entries
 from pubtasks.schedule import every
 from pubtasks.stats import COUNTERS, Counts
 
-COLUMNS = (*COUNTERS, "pending")
+COLUMNS = (*COUNTERS, "pending", "skipped")
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,16 @@ def families(r: Reading, schedule: Schedule, now: float) -> Iterator[Metric]:
     for name in COUNTERS + TICKS:
         values = {e: getattr(c, name) for e, c in entries.items()}
         yield _per_entry(f"pubtasks_{name}", HELP[name], values, CounterMetricFamily)
+    skipped = CounterMetricFamily(
+        "pubtasks_skipped",
+        "ticks of the schedule not fired, by reason: paused, catch_up (the entry's policy), "
+        "window (more than catch_up_within late)",
+        labels=["entry", "reason"],
+    )
+    for entry, c in sorted(entries.items()):
+        for reason, n in c.skipped_by().items():
+            skipped.add_metric([entry, reason], n)
+    yield skipped
     yield _per_entry(
         "pubtasks_pending",
         "publishes awaiting their confirm",

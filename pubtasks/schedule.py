@@ -31,6 +31,13 @@ US = 1_000_000
 EARLY_US = 200
 #: What an entry's ``catch_up`` may say (the first is the default).
 POLICIES = ("all", "latest", "none")
+#: Why ticks of the schedule were skipped, not fired (``Run.reason``): the entry was
+#: paused; its ``catch_up`` policy did not fire them; they were more than
+#: ``catch_up_within`` late.
+REASONS = ("paused", "catch_up", "window")
+#: A crontab's skipped ticks are counted one by one up to this many (about a second);
+#: an ``every`` grid's are counted exactly, by arithmetic.
+COUNT_LIMIT = 100_000
 
 
 def to_us(seconds: float) -> int:
@@ -98,8 +105,9 @@ class Grid(BaseSchedule):  # type: ignore[misc]
         """Is tick ``tick`` fired more than one interval late, after the next tick's time?"""
         return fired_at > self.following(tick)
 
-    def latest(self, after: float, until: float) -> float | None:
-        """The newest tick in ``(after, until]``; None if there is none.
+    def latest(self, after: float, until: float, early_us: int = EARLY_US) -> float | None:
+        """The newest tick in ``(after, until]`` (``until`` plus ``early_us``, as beat may
+        wake that early); None if there is none.
 
         Looked for in the last hour first, then in spans four times longer, so that a
         last tick a year ago costs a frequent schedule one hour's ticks, not a year's."""
@@ -107,7 +115,7 @@ class Grid(BaseSchedule):  # type: ignore[misc]
         while True:
             start = max(after, until - span)
             found, tick = None, self.following_us(to_us(start))
-            end = to_us(until) + EARLY_US
+            end = to_us(until) + early_us
             while tick <= end:
                 found, tick = tick, self.following_us(tick)
             if found is not None or start <= after:
@@ -130,24 +138,74 @@ class Grid(BaseSchedule):  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
+class Run:
+    """Ticks of one schedule skipped for one reason (``REASONS``): from ``first`` to
+    ``last`` (scheduled times, both included), ``count`` ticks of the schedule."""
+
+    reason: str
+    first: float
+    last: float
+    count: int
+
+
+def run_of(grid: Grid, reason: str, after: float, until: float) -> Run | None:
+    """The ticks in ``(after, until]`` as one run skipped for ``reason``; ``until`` is a
+    tick of ``grid``. None if there is none."""
+    first = grid.following(after)
+    if to_us(first) > to_us(until):
+        return None
+    return Run(reason, first, until, _count(grid, after, until))
+
+
+def _before(grid: Grid, after: float, tick_us: int) -> float | None:
+    """The newest tick in ``(after, tick_us)``: strictly before ``tick_us``."""
+    return grid.latest(after, (tick_us - 1) / US, early_us=0)
+
+
+def jumped(grid: Grid, last_run_at: float, tick_at: float) -> Run | None:
+    """The ticks a running beat skips (``window``) when it fires ``tick_at`` after the
+    tick at (or the start recorded as) ``last_run_at``: those in between, which
+    ``plan_ticks`` passed over for being more than the window late."""
+    if to_us(grid.following(last_run_at)) >= to_us(tick_at):
+        return None  # the next tick: nothing passed over
+    before = _before(grid, last_run_at, to_us(tick_at))
+    return None if before is None else run_of(grid, "window", last_run_at, before)
+
+
+@dataclass(frozen=True)
 class Resumed:
     """Where a beat that took the beat lock goes on from, for one entry: its
-    ``last_run_at``, and the one tick to fire at once (``catch_up="latest"``)."""
+    ``last_run_at``, the one tick to fire at once (``catch_up="latest"``), and the
+    ticks it skips, each run with its reason."""
 
     last_run_at: float
     fire: float | None = None
-    missed: int = 0  # ticks that fell due while nobody fired, for the log (a crontab's
-    # are counted up to 10 000)
+    missed: int = 0  # ticks that fell due while nobody fired (a crontab's counted up to
+    # COUNT_LIMIT)
+    skipped: tuple[Run, ...] = ()
 
 
-def resume(grid: Grid, policy: str, last: float | None, now: float) -> Resumed:
+def resume(
+    grid: Grid, policy: str, last: float | None, now: float, paused_until: float | None = None
+) -> Resumed:
     """Apply an entry's missed-tick policy: ``last`` is the time of its last tick (fired,
-    or skipped while paused) by any beat; None if it never had one.
+    or skipped) by any beat; None if it never had one. The ticks after ``last`` up to
+    ``now`` were missed: none was fired, none counted skipped.
 
-    - ``"all"``: go on from ``last``: every missed tick fires, each with its own time,
-      but only those within the window (``Grid.within``), as ``plan_ticks`` decides;
-    - ``"latest"``: fire the most recent missed tick (if within the window), then go on;
-    - ``"none"``: go on from now: the next tick is the next one on the schedule.
+    First, those due while the entry was paused (up to ``paused_until``: when it was
+    resumed, or ``now`` or later while it still is) are skipped, ``paused``. Of the
+    others:
+
+    - ``"all"``: every one fires, each with its own time, from the oldest within the
+      window (``Grid.within``: ``now - tick <= within``), as ``plan_ticks`` decides;
+      the older ones are skipped, ``window``;
+    - ``"latest"``: the most recent fires if it is within the window; the others
+      within the window are skipped, ``catch_up``, and the older ones ``window`` (all
+      of them, the most recent too, when it is not within the window);
+    - ``"none"``: none fires, and all are skipped, ``catch_up``: the policy, not the
+      window, is why (with a window of any length none would fire).
+
+    The runs returned account for every missed tick exactly once, fired or skipped.
     """
     if last is None or last > now:
         return Resumed(now)
@@ -155,14 +213,42 @@ def resume(grid: Grid, policy: str, last: float | None, now: float) -> Resumed:
     if newest is None:
         return Resumed(last)  # nothing missed: the next tick is the next one
     missed = _count(grid, last, newest)
+    runs: list[Run | None] = []
+    start = last
+    if paused_until is not None and paused_until > last:
+        end = newest if paused_until >= now else grid.latest(last, paused_until, early_us=0)
+        if end is not None:
+            runs.append(run_of(grid, "paused", start, end))
+            start = end
+
+    def done(last_run_at: float, fire: float | None = None) -> Resumed:
+        return Resumed(last_run_at, fire, missed, tuple(r for r in runs if r is not None))
+
+    if to_us(start) >= to_us(newest):
+        return done(start)  # every missed tick was due while paused
+    # The newest missed tick older than the window: plan_ticks fires a tick only while
+    # now - tick <= within.
+    old = _before(grid, start, to_us(now) - to_us(grid.within))
     if policy == "all":
-        return Resumed(last, missed=missed)
-    if policy == "latest" and now - newest <= grid.within:
-        return Resumed(newest, fire=newest, missed=missed)
-    return Resumed(newest, missed=missed)  # "none": each missed tick counted is skipped
+        if old is not None:
+            runs.append(run_of(grid, "window", start, old))
+        return done(start if old is None else old)
+    if policy == "latest":
+        if old is not None and to_us(old) >= to_us(newest):
+            runs.append(run_of(grid, "window", start, newest))  # the newest is too old
+            return done(newest)
+        if old is not None:
+            runs.append(run_of(grid, "window", start, old))
+        previous = _before(grid, start if old is None else old, to_us(newest))
+        if previous is not None:
+            runs.append(run_of(grid, "catch_up", start if old is None else old, previous))
+        return done(newest, fire=newest)
+    runs.append(run_of(grid, "catch_up", start, newest))  # "none"
+    return done(newest)
 
 
-def _count(grid: Grid, after: float, until: float, limit: int = 10_000) -> int:
+def _count(grid: Grid, after: float, until: float, limit: int = COUNT_LIMIT) -> int:
+    """The ticks in ``(after, until]``."""
     if isinstance(grid, every) and grid.fixed is not None:
         iv = to_us(grid.fixed)
         return to_us(until) // iv - to_us(after) // iv
@@ -215,9 +301,9 @@ class every(Grid):  # noqa: N801 - named like celery's own ``crontab`` and ``sch
             raise ValueError(f"interval must be positive, got {self.seconds!r}")
         return (t_us // iv + 1) * iv
 
-    def latest(self, after: float, until: float) -> float | None:
+    def latest(self, after: float, until: float, early_us: int = EARLY_US) -> float | None:
         iv = to_us(self.seconds)
-        newest = (to_us(until) + EARLY_US) // iv * iv
+        newest = (to_us(until) + early_us) // iv * iv
         return newest / US if newest > to_us(after) else None
 
     def __repr__(self) -> str:

@@ -7,9 +7,14 @@ key                       type    holds
 ========================  ======  ==================================================
 ``totals``                hash    published, acked, nacked, returned, unconfirmed,
                                   failed, last_message_number,
-                                  last_confirmed_number, last_confirmed_at
+                                  last_confirmed_number, last_confirmed_at, and the
+                                  ticks skipped: skipped, skipped_<reason> (paused,
+                                  catch_up, window)
 ``entry:<name>``          hash    the same counters for one schedule entry, and the
                                   ticks beat fired: ticks, ticks_late, ticks_manual
+``skips:<entry>``         list    one JSON record per run of the entry's ticks skipped
+                                  ({"reason", "first", "last", "count", "at"}), newest
+                                  first, the newest ``SKIPS_KEPT`` kept
 ``entries``               set     the schedule entries seen so far
 ``latency:<entry>``       hash    tick-to-confirm latency histogram of the entry's acked
                                   publishes: a count per bucket (``LATENCY_BUCKETS``,
@@ -26,7 +31,7 @@ key                       type    holds
                                   after its last heartbeat
 ``beat:lock``             string  the beat firing ticks (host.pid.id), expires in 10 s
 ``beat:last:<entry>``     string  the scheduled time of the entry's last sent tick (or
-                                  tick skipped while paused)
+                                  skipped tick)
 ``beat:number:<entry>``   string  the entry's latest tick and its first number
 ``beat:sent``             zset    ticks beat has sent and nobody has seen done yet
                                   ([entry, scheduled_at, number, batch(, manual)]
@@ -47,6 +52,9 @@ key                       type    holds
 At any quiet moment ``published == acked + nacked + unconfirmed + pending``,
 where ``pending`` is the size of the ``pending`` zset. ``returned`` messages
 are also counted in ``acked`` (RabbitMQ acks a message it could not route).
+Every tick of an entry's schedule ends delivered, counted failed, or counted
+skipped with its reason, in the same Lua call that moves ``beat:last:<entry>``
+past it, so a skip is counted once whoever records it and however often.
 
 Every write is idempotent, so redis-py may retry it after a lost reply
 without counting twice: a publish enters ``pending`` with ``ZADD NX`` under a
@@ -75,7 +83,8 @@ from redis.sentinel import MasterNotFoundError
 from pubtasks import defaults
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.errors import StatsUnavailable
-from pubtasks.message import message_id
+from pubtasks.message import message_id, scheduled_at_of
+from pubtasks.schedule import REASONS, Run
 from pubtasks.sentinel import master_client
 from pubtasks.settings import Settings, is_sentinel, mask_url
 
@@ -85,6 +94,10 @@ COUNTERS = ("published", "acked", "nacked", "returned", "unconfirmed", "failed")
 #: Per entry, counted by beat as it numbers a tick: ticks fired on the schedule, those
 #: fired more than one interval after their time on it, and ticks fired by hand.
 TICKS = ("ticks", "ticks_late", "ticks_manual")
+#: Ticks of the schedule beat skipped, in all and by reason (``schedule.REASONS``).
+SKIPPED = ("skipped", *(f"skipped_{reason}" for reason in REASONS))
+#: Records kept in each entry's ``skips:<entry>`` list (the newest).
+SKIPS_KEPT = 10_000
 #: Upper bounds (seconds) of the tick-to-confirm latency histogram's buckets, 1 ms to 60 s.
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
@@ -229,24 +242,60 @@ return failed
 """
 )
 
+# Counting ticks skipped: the counters of the totals and of the entry, and the entry's
+# record (JSON made by the caller: Lua's cjson writes numbers with 14 digits), kept newest
+# first. The caller moves beat:last:<entry> past the run in the same call.
+_SKIPPED = """
+local function skipped(totals, hash, list, entries, entry, reason, n, record, kept)
+  for _, h in ipairs({totals, hash}) do
+    redis.call('HINCRBY', h, 'skipped', n)
+    redis.call('HINCRBY', h, 'skipped_' .. reason, n)
+  end
+  redis.call('SADD', entries, entry)
+  redis.call('LPUSH', list, record)
+  redis.call('LTRIM', list, 0, tonumber(kept) - 1)
+end
+"""
+
 # KEYS: totals, beat:number:<entry> (or beat:manual:<entry>), paused, beat:last:<entry>,
-#       entry:<entry>, entries.
+#       entry:<entry>, entries, skips:<entry>.
 # ARGV: the tick's id, how many numbers, the entry, its scheduled time, 1 to obey a pause
-#       (0: a tick fired by hand), 1 if it fires late.
+#       (0: a tick fired by hand), 1 if it fires late, records kept, the record of this
+#       tick skipped while paused, then (or nothing) the run of ticks before it skipped
+#       for being later than the window: its count, first, last and record.
 # The numbers of the entry's latest tick are kept with its id, so asking again for the
 # same tick (a retried write, or a beat that died before sending it and the next
 # holder firing it again) returns the same numbers: no gap, no double allocation.
 # A tick of a paused entry gets no number (-1): it is skipped, and becomes the tick
-# the entry's next beat goes on from. A tick numbered is counted fired, once.
-_NUMBER = """
+# the entry's next beat goes on from. A tick numbered is counted fired, once; a tick
+# skipped is counted skipped, once: only if it is past beat:last and the latest tick
+# numbered (ticks go in order: one at or before either was fired or skipped already).
+_NUMBER = (
+    _SKIPPED
+    + """
 local held = redis.call('GET', KEYS[2])
 if held then
   local id, first = string.match(held, '^(.*) (%d+)$')
   if id == ARGV[1] then return tonumber(first) end
 end
+local function handled(t)
+  local last = tonumber(redis.call('GET', KEYS[4]) or '')
+  if last and t <= last then return true end
+  local ms = nil
+  if held then ms = tonumber(string.match(held, '@(%d+) %d+$')) end
+  return ms ~= nil and math.floor(t * 1000 + 0.5) <= ms
+end
+local function skip(reason, n, first, last, record)
+  if handled(tonumber(first)) then return end
+  skipped(KEYS[1], KEYS[5], KEYS[7], KEYS[6], ARGV[3], reason, n, record, ARGV[7])
+  local current = tonumber(redis.call('GET', KEYS[4]) or '')
+  if not current or tonumber(last) > current then redis.call('SET', KEYS[4], last) end
+end
+if ARGV[5] == '1' and #ARGV >= 12 then
+  skip('window', ARGV[9], ARGV[10], ARGV[11], ARGV[12])
+end
 if ARGV[5] == '1' and redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then
-  local last = tonumber(redis.call('GET', KEYS[4]) or '0')
-  if tonumber(ARGV[4]) > last then redis.call('SET', KEYS[4], ARGV[4]) end
+  skip('paused', 1, ARGV[4], ARGV[4], ARGV[8])
   return -1
 end
 local first = redis.call('HINCRBY', KEYS[1], 'last_message_number', ARGV[2]) - ARGV[2] + 1
@@ -256,6 +305,34 @@ redis.call('HINCRBY', KEYS[5], ARGV[5] == '1' and 'ticks' or 'ticks_manual', 1)
 if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[5], 'ticks_late', 1) end
 return first
 """
+)
+
+# KEYS: beat:last:<entry>, beat:number:<entry>, totals, entry:<entry>, entries,
+#       skips:<entry>.
+# ARGV: the entry, beat:last and beat:number as the caller read them ('' for none),
+#       records kept, beat:last to set, then (reason, count, record) per run.
+# A beat that takes the beat lock skips the runs it decided from what it read, only if
+# that is still so (compare and set): a retried write, or a second beat deciding from
+# the same state, finds beat:last moved and counts nothing (0 if it was moved to this
+# very value, else -1: read again and decide again).
+_SKIP = (
+    _SKIPPED
+    + """
+local last = redis.call('GET', KEYS[1]) or ''
+if last ~= ARGV[2] or (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then
+  if last == ARGV[5] then return 0 end
+  return -1
+end
+local total = 0
+for i = 6, #ARGV, 3 do
+  local n = tonumber(ARGV[i + 1])
+  skipped(KEYS[3], KEYS[4], KEYS[6], KEYS[5], ARGV[1], ARGV[i], n, ARGV[i + 2], ARGV[4])
+  total = total + n
+end
+redis.call('SET', KEYS[1], ARGV[5])
+return total
+"""
+)
 
 # KEYS: done:<tick>.  ARGV: the tick's batch.  The indexes of its messages done.
 _DONE = """
@@ -340,6 +417,9 @@ class Keys:
     def beat_last(self, entry: str) -> str:
         return f"{self.prefix}beat:last:{entry}"
 
+    def skips(self, entry: str) -> str:
+        return f"{self.prefix}skips:{entry}"
+
     def beat_number(self, entry: str, manual: bool = False) -> str:
         return f"{self.prefix}beat:{'manual' if manual else 'number'}:{entry}"
 
@@ -400,6 +480,66 @@ class SentTick:
 
 
 @dataclass(frozen=True)
+class Skip:
+    """A run of an entry's ticks skipped, as ``skips:<entry>`` holds it: why
+    (``schedule.REASONS``), the scheduled times of its first and last tick (seconds),
+    how many ticks of the schedule from ``first`` to ``last``, both included, and when
+    it was recorded."""
+
+    reason: str
+    first: float
+    last: float
+    count: int
+    at: float
+
+    @classmethod
+    def of(cls, run: Run, at: float) -> Skip:
+        return cls(run.reason, run.first, run.last, run.count, at)
+
+    @classmethod
+    def parse(cls, record: str) -> Skip:
+        r = json.loads(record)
+        return cls(
+            str(r["reason"]), float(r["first"]), float(r["last"]), int(r["count"]), float(r["at"])
+        )
+
+    def record(self) -> str:
+        return json.dumps(
+            {
+                "reason": self.reason,
+                "first": self.first,
+                "last": self.last,
+                "count": self.count,
+                "at": self.at,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """What a beat that takes the beat lock goes on from, for one entry, read at once:
+    ``beat:last:<entry>`` and ``beat:number:<entry>`` as stored (the compare of
+    ``Stats.skip``), whether it is paused, and when it was last resumed."""
+
+    last: str | None = None
+    numbered: str | None = None
+    paused: bool = False
+    resumed_at: float | None = None
+
+    @property
+    def last_at(self) -> float | None:
+        """The scheduled time of the entry's last tick sent or skipped."""
+        return None if self.last is None else float(self.last)
+
+    @property
+    def numbered_at(self) -> float | None:
+        """The scheduled time of the entry's latest tick numbered (maybe not sent)."""
+        if self.numbered is None:
+            return None
+        return scheduled_at_of(self.numbered.rpartition(" ")[0])
+
+
+@dataclass(frozen=True)
 class Counts:
     """The counters of the totals or of one entry, with ``pending`` measured."""
 
@@ -413,13 +553,17 @@ class Counts:
     ticks: int = 0
     ticks_late: int = 0
     ticks_manual: int = 0
+    skipped: int = 0
+    skipped_paused: int = 0
+    skipped_catch_up: int = 0
+    skipped_window: int = 0
     last_confirmed_number: int | None = None
     last_confirmed_at: float | None = None
 
     @classmethod
     def from_hash(cls, raw: dict[str, str], pending: int) -> Counts:
         """The counters of ``raw``; ``pending`` is counted in the pending set, not derived."""
-        counters = {name: int(raw.get(name, 0)) for name in COUNTERS + TICKS}
+        counters = {name: int(raw.get(name, 0)) for name in COUNTERS + TICKS + SKIPPED}
         number = raw.get("last_confirmed_number")
         at = raw.get("last_confirmed_at")
         return cls(
@@ -433,6 +577,10 @@ class Counts:
     def invariant_holds(self) -> bool:
         """published == acked + nacked + unconfirmed + pending."""
         return self.published == self.acked + self.nacked + self.unconfirmed + self.pending
+
+    def skipped_by(self) -> dict[str, int]:
+        """The ticks skipped, by reason (``schedule.REASONS``)."""
+        return {reason: int(getattr(self, f"skipped_{reason}")) for reason in REASONS}
 
 
 @dataclass(frozen=True)
@@ -476,6 +624,7 @@ class Snapshot:
             "unconfirmed": t.unconfirmed,
             "pending": t.pending,
             "failed": t.failed,
+            **{name: getattr(t, name) for name in SKIPPED},
             "invariant_holds": t.invariant_holds,
             "last_message_number": self.last_message_number,
             "last_confirmed_number": t.last_confirmed_number,
@@ -493,6 +642,7 @@ class Snapshot:
                     "unconfirmed": c.unconfirmed,
                     "pending": c.pending,
                     "failed": c.failed,
+                    **{name: getattr(c, name) for name in SKIPPED},
                     "last_confirmed_number": c.last_confirmed_number,
                     "last_confirmed_at": c.last_confirmed_at,
                 }
@@ -605,6 +755,7 @@ class Stats:
         self._number = client.register_script(_NUMBER)
         self._done = client.register_script(_DONE)
         self._claim = client.register_script(_CLAIM)
+        self._skip = client.register_script(_SKIP)
 
     @classmethod
     def from_url(
@@ -691,18 +842,78 @@ class Stats:
         count: int = 1,
         manual: bool = False,
         late: bool = False,
+        *,
+        window: Run | None = None,
+        now: float | None = None,
     ) -> int | None:
         """The first of the ``count`` numbers of a tick: allocated once (beat), when the
         tick is counted fired (and ``late``). None when the entry is paused: the tick is
-        skipped (a tick fired by hand is not)."""
+        skipped, counted ``paused`` (a tick fired by hand is not skipped).
+
+        ``window`` is the run of ticks just before this one that beat skipped for being
+        later than the window (``plan_ticks``), counted in the same call."""
         k = self.keys
+        now = time.time() if now is None else now
         tick_id = message_id(entry, scheduled_at, manual)
         keys = [k.totals, k.beat_number(entry, manual), k.paused, k.beat_last(entry)]
-        keys += [k.entry(entry), k.entries]
+        keys += [k.entry(entry), k.entries, k.skips(entry)]
+        paused = Skip("paused", scheduled_at, scheduled_at, 1, now)
         args: list[Any] = [tick_id, count, entry, scheduled_at, 0 if manual else 1, int(late)]
+        args += [SKIPS_KEPT, paused.record()]
+        if window is not None and window.count > 0 and not manual:
+            args += [window.count, window.first, window.last, Skip.of(window, now).record()]
         with _converted(self._url):
             first = int(self._write(self._number, keys, args))
         return None if first < 0 else first
+
+    # -- ticks skipped (``beat``) -------------------------------------------------------
+
+    def resume_points(self, entries: Iterable[str]) -> dict[str, ResumePoint]:
+        """Where each of ``entries`` goes on from, read in one transaction."""
+        k = self.keys
+        names = list(entries)
+        with _converted(self._url), self.client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(k.paused)
+            pipe.hgetall(k.resumed)
+            for name in names:
+                pipe.get(k.beat_last(name))
+                pipe.get(k.beat_number(name))
+            paused, resumed, *read = pipe.execute()
+        return {
+            name: ResumePoint(
+                last=read[2 * i],
+                numbered=read[2 * i + 1],
+                paused=name in paused,
+                resumed_at=float(resumed[name]) if name in resumed else None,
+            )
+            for i, name in enumerate(names)
+        }
+
+    def skip(self, entry: str, runs: Sequence[Run], seen: ResumePoint, now: float) -> int | None:
+        """Count ``runs`` of the entry's ticks skipped, each with its record, and move
+        ``beat:last:<entry>`` to the last of them, if it and ``beat:number:<entry>`` are
+        still as ``seen`` (compare and set). The ticks counted (0 when this very skip
+        was counted already: a retried write); None when another beat moved them: read
+        them again and decide again."""
+        runs = [r for r in runs if r.count > 0]
+        if not runs:
+            return 0
+        k = self.keys
+        keys = [k.beat_last(entry), k.beat_number(entry), k.totals, k.entry(entry), k.entries]
+        keys.append(k.skips(entry))
+        last = max(runs, key=lambda r: r.last).last
+        args: list[Any] = [entry, seen.last or "", seen.numbered or "", SKIPS_KEPT, repr(last)]
+        for r in runs:
+            args += (r.reason, r.count, Skip.of(r, now).record())
+        with _converted(self._url):
+            counted = int(self._write(self._skip, keys, args))
+        return None if counted < 0 else counted
+
+    def skips(self, entry: str) -> list[Skip]:
+        """The records of the entry's ticks skipped, newest first (``SKIPS_KEPT`` at most)."""
+        with _converted(self._url):
+            records = self.client.lrange(self.keys.skips(entry), 0, -1)
+        return [Skip.parse(str(r)) for r in records]
 
     def begin(self, deliveries: Iterable[Delivery], now: float) -> int:
         """Count basic.publishes as published and pending, before they are sent."""

@@ -43,6 +43,10 @@ def reading(**changes: object) -> Reading:
         ticks=9,
         ticks_late=2,
         ticks_manual=1,
+        skipped=7,
+        skipped_paused=4,
+        skipped_catch_up=2,
+        skipped_window=1,
         last_confirmed_at=NOW - 1,
     )
     snap = Snapshot(
@@ -110,6 +114,12 @@ def test_counters_are_served_with_total_and_an_entry_label() -> None:
     ):
         assert got[one(f"pubtasks_{name}_total", entry="one")] == value
     assert got[one("pubtasks_redis_up")] == 1
+
+
+def test_ticks_skipped_are_served_by_entry_and_reason() -> None:
+    got = samples(reading())
+    for reason, n in (("paused", 4), ("catch_up", 2), ("window", 1)):
+        assert got[one("pubtasks_skipped_total", entry="one", reason=reason)] == n
 
 
 def test_latency_is_a_histogram_per_entry_from_1_ms_to_60_s() -> None:

@@ -14,8 +14,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pubtasks.message import scheduled_at_of
-from pubtasks.stats import Stats
+from pubtasks.bench.ledger import failed_markers
+from pubtasks.message import message_id, scheduled_at_of
+from pubtasks.schedule import every
+from pubtasks.stats import Skip, Stats
 from pubtasks.waiting import wait_for
 from tests.helpers import Raw, Worker, finish, take, write_config
 
@@ -34,6 +36,13 @@ POLICIES = """
 beat_schedule = {
     name: {"task": "pubtasks.publish", "schedule": every(0.2), "options": {"catch_up": name}}
     for name in ("all", "latest", "none")
+}
+"""
+
+SKIPPING = """
+beat_schedule = {
+    "paused": {"task": "pubtasks.publish", "schedule": every(0.2)},
+    "none": {"task": "pubtasks.publish", "schedule": every(0.2), "options": {"catch_up": "none"}},
 }
 """
 
@@ -214,3 +223,113 @@ beat_schedule = {{
     assert at.astimezone(zone).hour == hour
     assert message.properties["message_id"] == f"kathmandu@{int(at.timestamp()) * 1000}"
     assert at <= datetime.fromtimestamp(body["published_at"], UTC)
+
+
+def grid_points(after: float, until: float, interval: float = INTERVAL) -> list[float]:
+    """The ticks of ``every(interval)`` in ``(after, until]``, by the test's own arithmetic."""
+    grid, points = every(interval), []
+    t = grid.following(after)
+    while t <= until:
+        points.append(t)
+        t = grid.following(t)
+    return points
+
+
+def skipped_at(skips: list[Skip], t: float) -> list[str]:
+    """The reasons of the skip records whose run holds tick ``t``."""
+    return [s.reason for s in skips if s.first - 1e-6 <= t <= s.last + 1e-6]
+
+
+def accounted(
+    stats: Stats, entry: str, start: float, end: float, delivered: set[str], failed: set[str]
+) -> dict[str, int]:
+    """Match each grid point of ``entry`` in (start, end] to what became of it: delivered
+    (consumed from RabbitMQ), failed, or a reason it was skipped, exactly one of them;
+    check the entry's counters against its records and ticks due = delivered + failed +
+    skipped over its whole run. How many grid points went each way."""
+    skips = stats.skips(entry)
+    ways: dict[str, int] = {}
+    for t in grid_points(start, end):
+        tick = message_id(entry, t)
+        found = [w for w, ids in (("delivered", delivered), ("failed", failed)) if tick in ids]
+        found += skipped_at(skips, t)
+        assert len(found) == 1, (entry, t, found)
+        ways[found[0]] = ways.get(found[0], 0) + 1
+    # Each record's count is its grid points, and the counters are the records'
+    for s in skips:
+        assert s.count == len(grid_points(s.first - INTERVAL / 2, s.last)), s
+    e = stats.snapshot().entries[entry]
+    assert e.skipped == sum(s.count for s in skips)
+    for reason, n in e.skipped_by().items():
+        assert n == sum(s.count for s in skips if s.reason == reason), (entry, reason)
+    # So that over the whole run, ticks due = delivered + failed + skipped
+    mine = {i for i in delivered if i.rpartition("@")[0] == entry}
+    failed_mine = {i for i in failed if i.rpartition("@")[0] == entry}
+    times = [scheduled_at_of(i) for i in mine | failed_mine]
+    times += [s.first for s in skips] + [s.last for s in skips]
+    due = len(grid_points(min(times) - INTERVAL / 2, max(times)))
+    assert due == len(mine) + len(failed_mine) + e.skipped, (entry, due, e)
+    return ways
+
+
+def test_every_grid_point_is_delivered_failed_or_skipped_with_its_reason(
+    worker: Worker, worker_dir: Path, worker_env: dict[str, str], stats: Stats, amqp_url: str
+) -> None:
+    # Given the real worker with two entries at 0.2 s, one with catch_up none
+    write_config(worker_dir, stats.keys.prefix, SKIPPING)
+    worker.start()
+    wait_for(lambda: acked(stats, "paused") >= 3 and acked(stats, "none") >= 3, 60, "ticking")
+    start = time.time()  # the run's own clock, from here
+
+    def skipped(entry: str, reason: str) -> int:
+        e = stats.snapshot().entries.get(entry)
+        return 0 if e is None else e.skipped_by()[reason]
+
+    # When entry "paused" is paused for 10 of its ticks, then resumed
+    assert pubtasks(worker_dir, worker_env, "schedule", "pause", "paused").returncode == 0
+    wait_for(lambda: skipped("paused", "paused") >= 10, 30, "10 ticks skipped while paused")
+    assert pubtasks(worker_dir, worker_env, "schedule", "resume", "paused").returncode == 0
+    then = acked(stats, "paused")
+    wait_for(lambda: acked(stats, "paused") >= then + 5, 30, "entry paused going on")
+    # and the worker is stopped for 3 s and started again (catch_up "all" and "none")
+    assert worker.stop() == 0, worker.log[-3000:]
+    stopped_at = time.time()
+    wait_for(lambda: time.time() >= stopped_at + 3, 10, "3 s of downtime", 0.5)
+    before = {n: acked(stats, n) for n in ("paused", "none")}
+    worker.start()
+    wait_for(lambda: all(acked(stats, n) >= before[n] + 5 for n in before), 60, "ticking again")
+    end = time.time()  # to here
+
+    def past_end() -> bool:  # beat's record is only a signal to stop; it is not counted
+        points = stats.resume_points(["paused", "none"])
+        return all((p.last_at or 0) > end for p in points.values())
+
+    wait_for(past_end, 30, "beat to have fired or skipped every tick up to the end")
+    assert worker.stop() == 0, worker.log[-3000:]
+    finish(worker_dir, worker_env, stats)
+    out = pubtasks(worker_dir, worker_env, "stats", "--json")
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+
+    # Then each grid point between start and end, for each entry, is delivered (consumed
+    # from RabbitMQ), counted failed, or in a skip record, and in exactly one of them;
+    # over the whole run, ticks due = delivered + failed + skipped
+    delivered = {m.properties["message_id"] for m in take(amqp_url, "text")}
+    failed = set(failed_markers(stats))
+    paused = accounted(stats, "paused", start, end, delivered, failed)
+    none = accounted(stats, "none", start, end, delivered, failed)
+    assert paused.get("paused", 0) >= 10 and "catch_up" not in paused, paused
+    assert none.get("catch_up", 0) >= 10 and "paused" not in none, none  # the downtime's
+    assert "failed" not in paused and "failed" not in none
+    assert all(s.count == 1 for s in stats.skips("paused"))  # one record per paused tick
+    # and pubtasks stats --json shows the counters
+    snap = stats.snapshot()
+    for entry in ("paused", "none"):
+        assert shown["entries"][entry]["skipped"] == snap.entries[entry].skipped > 0
+    assert (
+        shown["skipped"]
+        == snap.totals.skipped
+        == sum(snap.entries[n].skipped for n in ("paused", "none"))
+    )
+    assert shown["skipped_paused"] == snap.totals.skipped_paused == paused["paused"]
+    assert snap.totals.invariant_holds

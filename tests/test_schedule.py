@@ -6,9 +6,11 @@ import pickle
 from datetime import UTC, datetime
 
 import pytest
+from celery.schedules import crontab
 
+from pubtasks.cron import grid_of
 from pubtasks.defaults import CATCH_UP_WITHIN
-from pubtasks.schedule import Plan, Resumed, every, plan, resume
+from pubtasks.schedule import Plan, Resumed, Run, every, jumped, plan, resume
 
 
 @pytest.mark.parametrize(
@@ -194,3 +196,110 @@ def test_a_tick_is_late_once_the_next_tick_is_due() -> None:
     assert not grid.late(10.0, 10.0)
     assert not grid.late(10.0, 11.0)  # on the next tick's time: not yet
     assert grid.late(10.0, 11.001)
+
+
+# -- every missed tick is fired or skipped, with its reason, once ------------------------
+
+
+def ticks(first: float, count: int, interval: float = 0.2) -> list[float]:
+    return [round(first + interval * k, 6) for k in range(count)]
+
+
+def accounted(grid: every, r: Resumed, last: float, now: float) -> list[tuple[str, float]]:
+    """Each missed tick in (last, now] with what became of it: a reason, or "fired"
+    (fired at once, or fired by plan_ticks from last_run_at as a running beat would)."""
+    out = [("fired", r.fire)] if r.fire is not None else []
+    for run in r.skipped:
+        out += [(run.reason, t) for t in ticks(run.first, run.count, grid.seconds)]
+        assert round(run.first + grid.seconds * (run.count - 1), 6) == pytest.approx(run.last)
+    last_run_at = r.last_run_at
+    while True:
+        p = plan(last_run_at, now, grid.seconds, grid.within)
+        if not p.due:
+            break
+        assert p.tick_at is not None
+        assert p.tick_at == pytest.approx(grid.following(last_run_at)), "plan passed over a tick"
+        out.append(("fired", p.tick_at))
+        last_run_at = p.tick_at
+    return sorted(out, key=lambda x: x[1])
+
+
+@pytest.mark.parametrize("policy", ["all", "latest", "none"])
+@pytest.mark.parametrize("down", [0.5, 4.9, 5.0, 5.1, 10.05, 3600.0])
+@pytest.mark.parametrize("paused", [None, "during", "still"])
+def test_resume_accounts_for_every_missed_tick_once(
+    policy: str, down: float, paused: str | None
+) -> None:
+    # Given a grid of 0.2 s with a 5 s window, down for `down` seconds, maybe paused for
+    # the first half of it, or paused still
+    grid = every(0.2, within=5.0)
+    now = STOPPED + down
+    paused_until = {None: None, "during": STOPPED + down / 2, "still": now}[paused]
+    r = resume(grid, policy, STOPPED, now, paused_until)
+    # Then every grid point missed is fired or skipped, each once, in order
+    got = accounted(grid, r, STOPPED, now)
+    missed = ticks(STOPPED + 0.2, r.missed)
+    assert [t for _, t in got] == [pytest.approx(t) for t in missed]
+    assert sum(run.count for run in r.skipped) + sum(1 for w, _ in got if w == "fired") == r.missed
+    # and each for its reason: paused while paused, window when older than the window
+    for why, t in got:
+        if paused_until is not None and t <= paused_until:
+            assert why == "paused", (why, t)
+        elif why == "window":
+            assert now - t > grid.within
+        elif why == "fired":
+            assert now - t <= grid.within
+            assert policy == "all" or t == missed[-1]
+        else:
+            assert why == "catch_up" and policy != "all"
+            assert policy == "none" or now - t <= grid.within
+
+
+def test_resume_splits_the_missed_ticks_by_reason() -> None:
+    grid = every(1.0, within=5.0)
+    last, now = 100.0, 120.5  # ticks 101..120 missed; the window holds 116..120
+    assert resume(grid, "all", last, now) == Resumed(115.0, missed=20, skipped=(
+        Run("window", 101.0, 115.0, 15),
+    ))  # fmt: skip
+    assert resume(grid, "latest", last, now) == Resumed(120.0, fire=120.0, missed=20, skipped=(
+        Run("window", 101.0, 115.0, 15), Run("catch_up", 116.0, 119.0, 4),
+    ))  # fmt: skip
+    assert resume(grid, "none", last, now) == Resumed(120.0, missed=20, skipped=(
+        Run("catch_up", 101.0, 120.0, 20),
+    ))  # fmt: skip
+    # The latest too old to fire: all are window
+    assert resume(every(1.0, within=0.2), "latest", last, now).skipped == (
+        Run("window", 101.0, 120.0, 20),
+    )
+    # Paused until 110.5 (resumed then, while no beat ran): those are paused, the rest
+    # as the policy says; paused still: all paused
+    assert resume(grid, "all", last, now, paused_until=110.5).skipped == (
+        Run("paused", 101.0, 110.0, 10), Run("window", 111.0, 115.0, 5),
+    )  # fmt: skip
+    assert resume(grid, "none", last, now, paused_until=now) == Resumed(120.0, missed=20, skipped=(
+        Run("paused", 101.0, 120.0, 20),
+    ))  # fmt: skip
+    # A resume older than the last tick changes nothing
+    assert resume(grid, "none", last, now, paused_until=99.0).skipped == (
+        Run("catch_up", 101.0, 120.0, 20),
+    )
+
+
+def test_a_crontab_s_skipped_ticks_are_counted_one_by_one() -> None:
+    hourly = grid_of(crontab(minute=0), 1.0, UTC, 600.0)
+    assert hourly is not None
+    last = datetime(2026, 3, 1, 0, 0, tzinfo=UTC).timestamp()
+    now = last + 10 * 3600 + 60  # ten hours missed, the newest 60 s ago
+    r = resume(hourly, "latest", last, now)
+    assert r.fire == last + 10 * 3600
+    assert r.skipped == (Run("window", last + 3600, last + 9 * 3600, 9),)
+
+
+def test_a_running_beat_counts_the_ticks_it_passes_over_for_the_window() -> None:
+    grid = every(1.0, within=5.0)
+    assert jumped(grid, 100.0, 101.0) is None  # the next tick: none passed over
+    assert jumped(grid, 100.3, 101.0) is None  # from a start off the grid
+    # A beat stalled from 100 to 120.5 fires 115.5's oldest tick within the window, 116
+    tick = plan(100.0, 120.5, 1.0, 5.0).tick_at
+    assert tick == 116.0
+    assert jumped(grid, 100.0, tick) == Run("window", 101.0, 115.0, 15)

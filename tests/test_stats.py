@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from pubtasks import stats as stats_module
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.control import Control
 from pubtasks.message import message_id
+from pubtasks.schedule import Run
 from pubtasks.sentinel import FollowingConnection
-from pubtasks.stats import Counts, Stats
+from pubtasks.stats import Counts, ResumePoint, Skip, Stats
 from pubtasks.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -137,6 +139,124 @@ def test_each_tick_is_counted_fired_once_late_or_by_hand(stats: Stats) -> None:
     # Then each fired tick is counted once, the skipped one not at all
     e = stats.snapshot().entries["e"]
     assert (e.ticks, e.ticks_late, e.ticks_manual) == (2, 1, 1)
+
+
+def skipped_of(stats: Stats, entry: str) -> tuple[int, dict[str, int]]:
+    e = stats.snapshot().entries[entry]
+    return e.skipped, e.skipped_by()
+
+
+def test_a_tick_skipped_while_paused_is_counted_once_with_its_record(stats: Stats) -> None:
+    # Given entry e paused after its tick at 1 s
+    assert stats.tick_number("e", 1.0) == 1
+    Control(stats).pause("e", now=1.5)
+    # When its ticks at 2 s and 3 s are skipped, each asked for twice (a retried write)
+    for t in (2.0, 2.0, 3.0, 3.0):
+        assert stats.tick_number("e", t, now=t + 0.01) is None
+    # and the tick at 1 s, numbered before the pause, is asked for again (a beat that
+    # died before recording it sent): it keeps its number, and is not skipped
+    assert stats.tick_number("e", 1.0) == 1
+    # Then two ticks are counted skipped, paused, in the entry and the totals
+    assert skipped_of(stats, "e") == (2, {"paused": 2, "catch_up": 0, "window": 0})
+    totals = stats.snapshot().totals
+    assert (totals.skipped, totals.skipped_paused) == (2, 2)
+    # each with its record, newest first
+    assert stats.skips("e") == [
+        Skip("paused", 3.0, 3.0, 1, 3.01),
+        Skip("paused", 2.0, 2.0, 1, 2.01),
+    ]
+    assert stats.client.get(stats.keys.beat_last("e")) == "3.0"
+    # and in the JSON of pubtasks stats
+    out = stats.snapshot().as_json(now=10.0)
+    assert (out["skipped"], out["skipped_paused"], out["skipped_window"]) == (2, 2, 0)
+    assert out["entries"]["e"]["skipped_paused"] == 2
+
+
+def test_a_paused_tick_at_or_before_the_latest_numbered_one_is_not_counted(stats: Stats) -> None:
+    # Given ticks at 1 s and 2 s numbered, the one at 1 s sent but not recorded sent
+    assert stats.tick_number("e", 1.0) == 1
+    assert stats.tick_number("e", 2.0) == 2
+    # When the entry is paused and a beat fires the tick at 1 s again
+    Control(stats).pause("e", now=2.5)
+    assert stats.tick_number("e", 1.0) is None
+    # Then it is not counted skipped: it was fired already (and numbered)
+    assert skipped_of(stats, "e")[0] == 0
+    assert stats.skips("e") == []
+    assert stats.tick_number("e", 3.0) is None
+    assert skipped_of(stats, "e")[0] == 1
+
+
+def test_ticks_passed_over_for_the_window_are_counted_with_the_next_tick_once(
+    stats: Stats,
+) -> None:
+    # Given a beat that fires the tick at 116 s after its last at 100 s, passing over
+    # 101..115 (more than the window late)
+    run = Run("window", 101.0, 115.0, 15)
+    first = stats.tick_number("e", 116.0, window=run, now=120.5)
+    # When the write is retried
+    assert stats.tick_number("e", 116.0, window=run, now=120.6) == first
+    # Then the tick is numbered and counted fired once, and the run skipped once
+    e = stats.snapshot().entries["e"]
+    assert (e.ticks, e.skipped, e.skipped_window) == (1, 15, 15)
+    assert stats.skips("e") == [Skip("window", 101.0, 115.0, 15, 120.5)]
+    # A window run already covered by the last tick (another beat recorded it) is not
+    stats.client.set(stats.keys.beat_last("f"), 115.0)
+    stats.tick_number("f", 116.0, window=run, now=120.5)
+    assert stats.snapshot().entries["f"].skipped == 0
+
+
+def test_a_skip_is_a_compare_and_set_of_the_last_tick_counted_once(stats: Stats) -> None:
+    # Given entry e's last tick sent at 100 s, as a beat taking the lock reads it
+    stats.sent("e", 100.0, 1, 1, now=100.1)
+    [seen] = stats.resume_points(["e"]).values()
+    assert seen == ResumePoint(last="100.0")
+    runs = [Run("window", 101.0, 115.0, 15), Run("catch_up", 116.0, 119.0, 4)]
+    # When it counts the missed ticks it does not fire, twice (a retried write)
+    assert stats.skip("e", runs, seen, now=120.5) == 19
+    assert stats.skip("e", runs, seen, now=120.5) == 0
+    # and a second beat that read the same state decides otherwise
+    assert stats.skip("e", [Run("catch_up", 101.0, 120.0, 20)], seen, now=120.6) is None
+    # Then the runs are counted once, by reason, and the last tick moved past them
+    assert skipped_of(stats, "e") == (19, {"paused": 0, "catch_up": 4, "window": 15})
+    assert stats.snapshot().totals.skipped == 19
+    assert stats.skips("e") == [
+        Skip("catch_up", 116.0, 119.0, 4, 120.5),
+        Skip("window", 101.0, 115.0, 15, 120.5),
+    ]
+    assert stats.resume_points(["e"])["e"].last_at == 119.0
+    # A beat that reads again decides from there
+    again = stats.resume_points(["e"])["e"]
+    assert stats.skip("e", [Run("catch_up", 120.0, 120.0, 1)], again, now=121.0) == 1
+    # The compare covers the latest tick numbered too
+    stats.tick_number("e", 121.0)
+    assert stats.skip("e", [Run("catch_up", 122.0, 122.0, 1)], again, now=123.0) is None
+
+
+def test_resume_points_read_the_last_tick_the_numbered_one_and_the_pause(stats: Stats) -> None:
+    assert stats.resume_points(["e"]) == {"e": ResumePoint()}
+    stats.tick_number("e", 1.5)
+    stats.sent("e", 1.0, 1, 1, now=1.1)
+    Control(stats).pause("e", now=2.0)
+    Control(stats).pause("f", now=2.0)
+    Control(stats).resume("f", now=3.0)
+    points = stats.resume_points(["e", "f"])
+    assert points["e"] == ResumePoint(last="1.0", numbered="e@1500 1", paused=True)
+    assert (points["e"].last_at, points["e"].numbered_at) == (1.0, 1.5)
+    assert points["f"] == ResumePoint(resumed_at=3.0)
+
+
+def test_only_the_newest_skip_records_are_kept_and_clear_removes_them(
+    stats: Stats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stats_module, "SKIPS_KEPT", 3)
+    Control(stats).pause("e", now=0.0)
+    for t in range(1, 6):
+        stats.tick_number("e", float(t), now=float(t))
+    assert [s.first for s in stats.skips("e")] == [5.0, 4.0, 3.0]
+    assert skipped_of(stats, "e")[0] == 5  # the counters count them all
+    stats.clear()
+    assert stats.client.exists(stats.keys.skips("e")) == 0
+    assert stats.skips("e") == []
 
 
 def test_acked_publishes_fill_their_entrys_latency_histogram(stats: Stats) -> None:
