@@ -44,7 +44,7 @@ from typing import Any
 import redis
 from celery.beat import PersistentScheduler, ScheduleEntry, SchedulingError
 
-from pubtasks import defaults
+from pubtasks import defaults, pulse
 from pubtasks.control import POLL, Control, Trigger
 from pubtasks.cron import grid_of
 from pubtasks.entries import catch_up_of, task_options
@@ -265,9 +265,12 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         return n
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
+        pulse.stamp()  # alive: the worker's supervisor kills a beat silent for long (pulse)
         if self._unsent:
             self._send_unsent(self.producer)
-        if not self.leading():
+        leading = self.leading()
+        pulse.stamp()  # again after each call that may wait on Redis, so waits do not add up
+        if not leading:
             return 1.0
         self._take_triggers()
         if self._unsent:
@@ -303,6 +306,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
 
     def _send_each(self, producer: Any) -> None:
         while self._unsent:
+            pulse.stamp()  # a long catch-up is not a hang
             tick = self._unsent[0]
             name, manual = tick.entry.name, tick.trigger is not None
             try:
