@@ -179,6 +179,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         """Go on from the last tick of each grid entry by any beat (this one before a
         restart, or a holder that died), as the entry's ``catch_up`` says."""
         now = time.time()
+        self.stats.client.set(self.stats.keys.beat_since, now)  # for health: ticks from now on
         for name, entry in list(self.schedule.items()):
             if not isinstance(entry.schedule, Grid) or entry.task != defaults.TASK_NAME:
                 continue

@@ -56,20 +56,20 @@ class Pulse:
         return max(self._clock() - self._at.value, 0.0)
 
 
-_installed: Pulse | None = None
+#: The pulse of this process's worker (at most one), inherited by its beat.
+_installed: list[Pulse] = []
 
 
 def install(clock: Callable[[], float] = time.monotonic) -> Pulse:
     """Make the pulse that an embedded beat forked after this call inherits (the worker)."""
-    global _installed
-    _installed = Pulse(clock)
-    return _installed
+    _installed[:] = [Pulse(clock)]
+    return _installed[0]
 
 
 def stamp() -> None:
     """Stamp the inherited pulse, if there is one (beat, at each tick)."""
-    if _installed is not None:
-        _installed.stamp()
+    for p in _installed:
+        p.stamp()
 
 
 def hung(silence: float, after: float = HUNG_AFTER) -> bool:
