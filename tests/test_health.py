@@ -30,11 +30,12 @@ def judged(
     confirmed: float | None = None,
     fleet: Fleet = ALIVE,
     tz: str = "UTC",
-    **kwargs: dict[str, float],
+    paused: dict[str, float] | None = None,
+    resumed: dict[str, float] | None = None,
 ) -> tuple[bool, str]:
     expected = schedules(one(schedule), publish_interval=1.0, tz=ZoneInfo(tz))
     seen = {} if confirmed is None else {"e": Counts(acked=1, last_confirmed_at=confirmed)}
-    [v] = verdicts(expected, seen, now, fleet, **kwargs)
+    [v] = verdicts(expected, seen, now, fleet, paused=paused, resumed=resumed)
     return v.healthy, v.reason
 
 
