@@ -43,7 +43,9 @@ from pubtasks.supervision import WORKER_TTL
 #: a lost connection. A tick later than that is worth a look.
 GRACE = 10.0
 #: Seconds a confirm may seem to precede its tick by (the confirm is stamped by the
-#: worker's clock, the tick by beat's): a confirm this close before a tick counts for it.
+#: worker's clock, the tick by beat's): a confirm counts for the ticks up to this long
+#: after it. So an entry faster than this is asked for its first tick more than SKEW
+#: after its last confirm: a miss is seen at most SKEW later.
 SKEW = 1.0
 
 #: The first tick of a schedule strictly after a moment (seconds since the epoch).

@@ -1,8 +1,8 @@
 """What pubtasks adds to the Celery worker: it watches the embedded beat, and gives
 back the ticks that a dead worker had reserved.
 
-A worker step (``Supervision``) starts one thread in the worker's main process.
-Every second it:
+A worker step (``Supervision``) starts two threads in the worker's main process, one
+for beat alone (no Redis call can delay it) and one for the rest. Every second they:
 
 - **checks the embedded beat** (``-B``). Celery starts beat as a child process and
   never looks at it again: a beat killed by the OOM killer leaves a worker that
@@ -132,7 +132,7 @@ def held_tags() -> set[str]:
 
 
 class Supervisor:
-    """The thread that watches beat, beats the heart and gives back orphans."""
+    """The threads that watch beat, beat the heart and give back orphans."""
 
     def __init__(self, worker: Any) -> None:
         self.worker = worker
@@ -144,6 +144,9 @@ class Supervisor:
         self.orphans = Orphans(GRACE)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pubtasks-supervisor", daemon=True)
+        # Beat is watched by a thread of its own, so that a Redis call of the other one,
+        # slow to fail (up to its 5 s socket timeout), does not delay a hung beat's kill.
+        self._watch = threading.Thread(target=self._watch_beat, name="pubtasks-beat", daemon=True)
         self._transport: Connection | None = None
         self._last_sweep = 0.0
         self._last_reconcile = 0.0
@@ -158,6 +161,7 @@ class Supervisor:
         if beat is not None:
             log.info("pubtasks: watching the embedded beat (pid %s)", getattr(beat, "pid", "-"))
         self._thread.start()
+        self._watch.start()
 
     def stop(self) -> None:
         """The worker is stopping, and its beat with it, on purpose. The heartbeat goes
@@ -169,7 +173,6 @@ class Supervisor:
     def _run(self) -> None:
         while True:
             time.sleep(HEARTBEAT)
-            self.check_beat()
             try:
                 self.stats.heartbeat(self.id, held_tags(), WORKER_TTL)
                 if time.monotonic() - self._last_sweep >= SWEEP:
@@ -196,6 +199,11 @@ class Supervisor:
         self._last_problem = text
 
     # -- the embedded beat ------------------------------------------------------------------
+
+    def _watch_beat(self) -> None:
+        while not self._beat_gone:
+            time.sleep(HEARTBEAT)
+            self.check_beat()
 
     def check_beat(self) -> None:
         beat = self.worker.beat
