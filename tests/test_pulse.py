@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+from pubtasks import pulse
+from pubtasks.celery import App
 from pubtasks.pulse import HUNG_AFTER, Pulse, hung
+from pubtasks.schedule import every
+from pubtasks.settings import Settings
+from tests.test_beat import Recording
 
 
 def test_a_beat_is_hung_only_once_silent_for_longer_than_the_threshold() -> None:
@@ -41,3 +47,23 @@ def test_a_forked_process_stamps_the_pulse_its_parent_reads() -> None:
     # Then the parent reads the child's stamp
     p._clock = lambda: 1001.0
     assert p.silence() == 1.0
+
+
+def test_each_tick_of_beat_stamps_the_installed_pulse(tmp_path: Path) -> None:
+    # Given the pulse a worker installs, on a clock of the test's
+    now = [100.0]
+    p = pulse.install(lambda: now[0])
+    app = App("test_pulse", set_as_current=False, broker="memory://")
+    app.conf.beat_schedule = {"grid": {"task": "pubtasks.publish", "schedule": every()}}
+    app.use_settings(Settings(publish_interval=1.0))
+    s = Recording(app=app, schedule_filename=str(tmp_path / "beat-schedule"))
+    try:
+        # When 30 s pass, then beat ticks
+        now[0] = 130.0
+        assert p.silence() == 30.0
+        s.tick()
+        # Then its silence is over
+        assert p.silence() == 0.0
+    finally:
+        s.close()
+        pulse._installed.clear()
