@@ -49,7 +49,7 @@ from typing import Any
 import redis
 from celery.beat import PersistentScheduler, ScheduleEntry, SchedulingError
 
-from pubtasks import defaults
+from pubtasks import defaults, pulse
 from pubtasks.control import POLL, Control, Trigger
 from pubtasks.cron import grid_of
 from pubtasks.entries import catch_up_of, task_options
@@ -217,6 +217,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         restart, or a holder that died), as the entry's ``catch_up`` says; count the
         missed ticks not fired as skipped."""
         now = time.time()
+        self.stats.client.set(self.stats.keys.beat_since, now)  # for health: ticks from now on
         grids = {
             name: entry
             for name, entry in self.schedule.items()
@@ -324,9 +325,12 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         return n
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
+        pulse.stamp()  # alive: the worker's supervisor kills a beat silent for long (pulse)
         if self._unsent:
             self._send_unsent(self.producer)
-        if not self.leading():
+        leading = self.leading()
+        pulse.stamp()  # again after each call that may wait on Redis, so waits do not add up
+        if not leading:
             return 1.0
         self._take_triggers()
         if self._unsent:
@@ -365,6 +369,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
 
     def _send_each(self, producer: Any) -> None:
         while self._unsent:
+            pulse.stamp()  # a long catch-up is not a hang
             tick = self._unsent[0]
             name, manual = tick.entry.name, tick.trigger is not None
             try:

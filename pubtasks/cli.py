@@ -20,7 +20,7 @@ from pubtasks.celery import app
 from pubtasks.control import Control
 from pubtasks.entries import publish_entries
 from pubtasks.errors import ConfigError, PubtasksError
-from pubtasks.health import check
+from pubtasks.health import check, read_fleet, schedules
 from pubtasks.metrics import Schedule, StatsCollector
 from pubtasks.settings import mask_url
 from pubtasks.stats import COUNTERS, Counts, Snapshot, Stats
@@ -178,7 +178,10 @@ def metrics_command(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     settings = app.settings
     schedule = Schedule(
-        app.conf.beat_schedule or {}, settings.publish_interval, settings.confirm_timeout
+        app.conf.beat_schedule or {},
+        settings.publish_interval,
+        settings.confirm_timeout,
+        app.timezone,
     )
     registry.register(StatsCollector(stats, schedule))
     start_http_server(args.port, addr=args.address, registry=registry)
@@ -198,10 +201,11 @@ def metrics_command(args: argparse.Namespace) -> int:
 def health_command(args: argparse.Namespace) -> int:
     stats, _, _ = _stats(args)
     snap = stats.snapshot()
-    interval = app.settings.publish_interval
     state = Control(stats).state([])
+    fleet = read_fleet(stats, state.holder)
+    expected = schedules(app.conf.beat_schedule or {}, app.settings.publish_interval, app.timezone)
     healthy, lines = check(
-        app.conf.beat_schedule or {}, interval, snap.entries, state.paused, state.resumed
+        expected, snap.entries, time.time(), fleet, paused=state.paused, resumed=state.resumed
     )
     print(("healthy: " if healthy else "unhealthy: ") + "; ".join(lines))
     return 0 if healthy else 1
@@ -253,7 +257,8 @@ def parser() -> argparse.ArgumentParser:
     metrics.set_defaults(run=metrics_command)
     health = sub.add_parser(
         "health",
-        help="exit 0 when every interval entry was confirmed within 3 of its intervals",
+        help="exit 0 when a worker and a beat are alive and every entry's due ticks were "
+        "confirmed within the grace (reads REDIS_URL and celeryconfig.py)",
     )
     health.add_argument("--prefix", help="key prefix (default: STATS_PREFIX)")
     health.set_defaults(run=health_command)

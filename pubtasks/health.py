@@ -1,28 +1,55 @@
-"""``pubtasks health``: is every interval entry confirming on time?
+"""``pubtasks health``: is every publish entry confirming the ticks its schedule made due?
 
-Pure judgement (``verdicts``) apart from the I/O (``check``): an entry is
-healthy when its last confirmed publish is no older than three of its
-intervals, counted from its resume if it was resumed since. A paused entry is
-reported as paused, and is not unhealthy. Crontab entries have no fixed interval
-and are not judged.
+Pure judgement (``verdicts``) apart from the I/O (``read_fleet``; the CLI and the
+exporter read the rest). Each entry is judged by its own schedule:
+
+- **The fleet first.** With no live worker (a worker's heartbeat, ``worker:<id>``,
+  expires 10 s after its last) or no beat holding the beat lock (it expires 10 s
+  after its last renewal; a beat stopped cleanly releases it), nothing is published:
+  every entry is unhealthy, whatever its schedule, about 10 s after the last one died.
+- **Then each entry.** It is healthy until a tick that fell due after its last
+  confirm has gone unconfirmed for ``GRACE`` seconds. Ticks before the start are not
+  asked for: the start is when the beat now firing took the beat lock (``beat:since``:
+  a worker's start, or a takeover, after which the entry's ``catch_up`` decides what
+  is fired of the past), or the entry's resume, if later. So a fresh start is healthy
+  until its first tick is due (an hourly entry: up to an hour), plus the grace.
+- "The first tick after a moment" comes from the entry's schedule: a ``Grid`` (``every``
+  and crontabs, in their zone, as beat makes them: ``cron.grid_of``) knows it exactly;
+  for Celery's interval schedules (a ``timedelta``, a number of seconds, ``schedule``),
+  which run an interval after their last run, it is at most one interval later; any
+  other Celery schedule is asked (``remaining_estimate``).
+- A paused entry is reported as paused, and is not unhealthy.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
+from celery.schedules import BaseSchedule
 from celery.schedules import schedule as interval_schedule
 
+from pubtasks.cron import grid_of
 from pubtasks.entries import publish_entries
 from pubtasks.schedule import every
-from pubtasks.stats import Counts
+from pubtasks.stats import Counts, Stats
+from pubtasks.supervision import WORKER_TTL
 
-#: An entry is late when its last confirm is older than this many intervals.
-INTERVALS = 3
+#: Seconds a tick may take from its time on the schedule to its confirm before its
+#: entry is unhealthy: beat's wake-up, Celery's queue in Redis, a publish retried after
+#: a lost connection. A tick later than that is worth a look.
+GRACE = 10.0
+#: Seconds a confirm may seem to precede its tick by (the confirm is stamped by the
+#: worker's clock, the tick by beat's): a confirm counts for the ticks up to this long
+#: after it. So an entry faster than this is asked for its first tick more than SKEW
+#: after its last confirm: a miss is seen at most SKEW later.
+SKEW = 1.0
+
+#: The first tick of a schedule strictly after a moment (seconds since the epoch).
+Following = Callable[[float], float]
 
 
 def interval_of(spec: Any, publish_interval: float) -> float | None:
@@ -48,6 +75,56 @@ def intervals(beat_schedule: Mapping[str, Any], publish_interval: float) -> dict
     return found
 
 
+def _asked(spec: BaseSchedule) -> Following:
+    def following(t: float) -> float:
+        remaining = spec.remaining_estimate(datetime.fromtimestamp(t, UTC))
+        return time.time() + max(float(remaining.total_seconds()), 0.0)
+
+    return following
+
+
+def following_of(spec: Any, publish_interval: float, tz: tzinfo) -> Following | None:
+    """When an entry's schedule makes its next tick due, after a moment; None: never
+    known (not a schedule)."""
+    grid = grid_of(spec, publish_interval, tz)
+    if grid is not None:
+        return grid.following
+    seconds = interval_of(spec, publish_interval)
+    if seconds is not None:
+        return lambda t: t + seconds
+    if isinstance(spec, BaseSchedule):
+        return _asked(spec)
+    return None
+
+
+def schedules(
+    beat_schedule: Mapping[str, Any], publish_interval: float, tz: tzinfo
+) -> dict[str, Following | None]:
+    """Each publish entry of ``beat_schedule``, with how its ticks fall due."""
+    return {
+        name: following_of(entry.get("schedule"), publish_interval, tz)
+        for name, entry in publish_entries(beat_schedule).items()
+    }
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """What is alive, as Redis says: workers whose heartbeat has not expired, the beat
+    holding the beat lock, and when that beat took it."""
+
+    workers: int
+    beat: str | None
+    since: float | None
+
+    @property
+    def problem(self) -> str | None:
+        if not self.workers:
+            return f"no worker is alive (no worker heartbeat in the last {WORKER_TTL:g} s)"
+        if self.beat is None:
+            return "no beat holds the beat lock: no tick is fired"
+        return None
+
+
 @dataclass(frozen=True)
 class Verdict:
     entry: str
@@ -55,57 +132,112 @@ class Verdict:
     reason: str
 
 
+def _at(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def judge(
+    name: str,
+    following: Following | None,
+    counts: Counts | None,
+    now: float,
+    fleet: Fleet,
+    *,
+    paused: float | None = None,
+    resumed: float | None = None,
+    grace: float = GRACE,
+) -> Verdict:
+    """One entry's verdict at ``now``: see the module's docstring."""
+    if fleet.problem is not None:  # paused or not: nothing publishes, nothing resumes
+        return Verdict(name, False, f"{name}: {fleet.problem}")
+    if paused is not None:
+        return Verdict(name, True, f"{name}: paused {now - paused:.1f} s ago")
+    confirmed = counts.last_confirmed_at if counts else None
+    starts = [t for t in (fleet.since, resumed) if t is not None]
+    start = max(starts) if starts else None
+    since = [t for t in (start, None if confirmed is None else confirmed + SKEW) if t is not None]
+    if not since:  # a beat that records no start (an older pubtasks) and no confirm yet
+        return Verdict(name, False, f"{name}: no confirmed publish yet")
+    if following is None:
+        return Verdict(name, True, f"{name}: not a schedule pubtasks can judge; fleet alive")
+    base = max(since)
+    try:
+        due = following(base)
+    except ValueError:  # a crontab that matches no date any more: nothing is due
+        return Verdict(name, True, f"{name}: no tick due any more")
+    confirm = "none yet" if confirmed is None else f"{now - confirmed:.1f} s ago"
+    if due + grace <= now:
+        return Verdict(
+            name,
+            False,
+            f"{name}: the tick due at {_at(due)} ({now - due:.1f} s ago) is not confirmed "
+            f"within {grace:g} s (last confirm {confirm}); see `pubtasks stats` for the "
+            "last error",
+        )
+    if start is None or (confirmed is not None and confirmed >= start):
+        head = f"{name}: last confirm {confirm}"
+    else:
+        head = f"{name}: {'resumed' if start == resumed else 'started'} {now - start:.1f} s ago"
+    when = f"in {due - now:.1f} s" if due > now else f"{now - due:.1f} s ago, within the grace"
+    return Verdict(name, True, f"{head}; next tick due {when}")
+
+
 def verdicts(
-    expected: Mapping[str, float],
+    expected: Mapping[str, Following | None],
     seen: Mapping[str, Counts],
     now: float,
+    fleet: Fleet,
+    *,
     paused: Mapping[str, float] | None = None,
     resumed: Mapping[str, float] | None = None,
+    grace: float = GRACE,
 ) -> list[Verdict]:
-    """Judge each expected entry by the age of its last confirmed publish; ``paused``
-    and ``resumed`` say since when an entry is paused, or when it was last resumed."""
-    out = []
+    """Judge each expected entry (``schedules``) at ``now``; ``paused`` and ``resumed``
+    say since when an entry is paused, or when it was last resumed."""
     paused, resumed = paused or {}, resumed or {}
-    for name, seconds in sorted(expected.items()):
-        if name in paused:
-            since = now - paused[name]
-            out.append(Verdict(name, True, f"{name}: paused {since:.1f} s ago"))
-            continue
-        limit = INTERVALS * seconds
-        counts = seen.get(name)
-        at = counts.last_confirmed_at if counts else None
-        if name in resumed and (at is None or at < resumed[name]) and now - resumed[name] <= limit:
-            age = now - resumed[name]
-            out.append(Verdict(name, True, f"{name}: resumed {age:.1f} s ago"))
-            continue
-        if at is None:
-            out.append(Verdict(name, False, f"{name}: no confirmed publish yet"))
-            continue
-        age = now - at
-        if age > limit:
-            out.append(
-                Verdict(
-                    name,
-                    False,
-                    f"{name}: last confirm {age:.1f} s ago, more than {INTERVALS} x "
-                    f"{seconds:g} s; see `pubtasks stats` for the last error",
-                )
-            )
-        else:
-            out.append(Verdict(name, True, f"{name}: last confirm {age:.1f} s ago"))
-    return out
+    return [
+        judge(
+            name,
+            following,
+            seen.get(name),
+            now,
+            fleet,
+            paused=paused.get(name),
+            resumed=resumed.get(name),
+            grace=grace,
+        )
+        for name, following in sorted(expected.items())
+    ]
 
 
 def check(
-    beat_schedule: Mapping[str, Any],
-    publish_interval: float,
-    entries: Mapping[str, Counts],
+    expected: Mapping[str, Following | None],
+    seen: Mapping[str, Counts],
+    now: float,
+    fleet: Fleet,
+    *,
     paused: Mapping[str, float] | None = None,
     resumed: Mapping[str, float] | None = None,
 ) -> tuple[bool, list[str]]:
-    """(healthy, lines) for the CLI."""
-    expected = intervals(beat_schedule, publish_interval)
+    """(healthy, lines) for the CLI: the fleet's problem once, or one line per entry."""
     if not expected:
-        return False, ["no interval entry in beat_schedule to check"]
-    judged = verdicts(expected, entries, time.time(), paused, resumed)
-    return all(v.healthy for v in judged), [v.reason for v in judged]
+        return False, ["no publish entry in beat_schedule to check"]
+    judged = verdicts(expected, seen, now, fleet, paused=paused, resumed=resumed)
+    healthy = all(v.healthy for v in judged)
+    if fleet.problem is not None and not healthy:
+        return False, [fleet.problem]
+    return healthy, [v.reason for v in judged]
+
+
+def read_fleet(stats: Stats, holder: str | None) -> Fleet:
+    """The live workers (their heartbeats), and since when the beat lock's ``holder``
+    (read with the control state) holds it. Reads only; two round trips."""
+    k = stats.keys
+    with stats.converted():
+        with stats.client.pipeline(transaction=False) as pipe:
+            pipe.smembers(k.workers)
+            pipe.get(k.beat_since)
+            ids, since = pipe.execute()
+        records = stats.client.mget([k.worker(str(i)) for i in ids]) if ids else []
+    workers = sum(1 for r in records if r is not None)
+    return Fleet(workers, holder, None if since is None else float(since))

@@ -1,8 +1,8 @@
 """``pubtasks metrics``: the Redis counters as Prometheus metrics, read at each scrape.
 
 ``read`` does the I/O (the snapshot in two round trips, the control state and the
-latency histograms in one each); ``families`` turns a ``Reading`` into metric families
-and is pure.
+latency histograms in one each, what is alive in two); ``families`` turns a ``Reading``
+into metric families and is pure.
 When Redis cannot be read, a scrape still answers, with ``pubtasks_redis_up 0``, so
 that an alert can say "Redis" rather than "the exporter is down".
 """
@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
 from typing import Any
 
 from prometheus_client.core import (
@@ -27,7 +28,7 @@ from prometheus_client.registry import Collector
 from pubtasks import defaults
 from pubtasks.control import Control, State
 from pubtasks.errors import StatsUnavailable
-from pubtasks.health import intervals, verdicts
+from pubtasks.health import Fleet, Following, intervals, read_fleet, schedules, verdicts
 from pubtasks.stats import COUNTERS, TICKS, Latency, Snapshot, Stats
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,15 @@ class Schedule:
     beat_schedule: Mapping[str, Any] = field(default_factory=dict)
     publish_interval: float = defaults.PUBLISH_INTERVAL
     confirm_timeout: float = defaults.CONFIRM_TIMEOUT
+    timezone: tzinfo = UTC  # Celery's, for crontabs without a zone of their own
 
     @property
     def intervals(self) -> dict[str, float]:
         return intervals(self.beat_schedule, self.publish_interval)
+
+    @property
+    def schedules(self) -> dict[str, Following | None]:
+        return schedules(self.beat_schedule, self.publish_interval, self.timezone)
 
 
 @dataclass(frozen=True)
@@ -65,11 +71,14 @@ class Reading:
     snapshot: Snapshot
     state: State
     latencies: dict[str, Latency]
+    fleet: Fleet
 
 
 def read(stats: Stats) -> Reading:
     snapshot = stats.snapshot()
-    return Reading(snapshot, Control(stats).state([]), stats.latencies(snapshot.entries))
+    state = Control(stats).state([])
+    latencies = stats.latencies(snapshot.entries)
+    return Reading(snapshot, state, latencies, read_fleet(stats, state.holder))
 
 
 def holder_parts(holder: str) -> tuple[str, str]:
@@ -139,7 +148,11 @@ def families(r: Reading, schedule: Schedule, now: float) -> Iterator[Metric]:
     yield latency
     yield from _beat(r.state)
     expected = schedule.intervals
-    known = set(entries) | set(expected) | set(r.state.paused)
+    state = r.state
+    judged = verdicts(
+        schedule.schedules, entries, now, r.fleet, paused=state.paused, resumed=state.resumed
+    )
+    known = set(entries) | {v.entry for v in judged} | set(r.state.paused)
     yield _per_entry(
         "pubtasks_paused",
         "1 while the entry is paused (pubtasks schedule pause)",
@@ -150,10 +163,10 @@ def families(r: Reading, schedule: Schedule, now: float) -> Iterator[Metric]:
         "seconds between the ticks of each interval entry of beat_schedule",
         expected,
     )
-    judged = verdicts(expected, entries, now, r.state.paused, r.state.resumed)
     yield _per_entry(
         "pubtasks_healthy",
-        "1 when the entry's last confirm is within 3 intervals, or it is paused (pubtasks health)",
+        "1 when every tick the entry's schedule made due was confirmed within the grace, or "
+        "it is paused, and a worker and a beat are alive (pubtasks health)",
         {v.entry: int(v.healthy) for v in judged},
     )
     yield GaugeMetricFamily(

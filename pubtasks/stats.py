@@ -30,6 +30,8 @@ key                       type    holds
 ``worker:<id>``           string  a running worker's reserved deliveries, expires 10 s
                                   after its last heartbeat
 ``beat:lock``             string  the beat firing ticks (host.pid.id), expires in 10 s
+``beat:since``            string  when the beat lock was last taken (where ``health``
+                                  starts asking for ticks)
 ``beat:last:<entry>``     string  the scheduled time of the entry's last sent tick (or
                                   skipped tick)
 ``beat:number:<entry>``   string  the entry's latest tick and its first number
@@ -413,6 +415,10 @@ class Keys:
     @property
     def beat_lock(self) -> str:
         return f"{self.prefix}beat:lock"
+
+    @property
+    def beat_since(self) -> str:
+        return f"{self.prefix}beat:since"
 
     def beat_last(self, entry: str) -> str:
         return f"{self.prefix}beat:last:{entry}"

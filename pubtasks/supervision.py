@@ -1,8 +1,8 @@
 """What pubtasks adds to the Celery worker: it watches the embedded beat, and gives
 back the ticks that a dead worker had reserved.
 
-A worker step (``Supervision``) starts one thread in the worker's main process.
-Every second it:
+A worker step (``Supervision``) starts two threads in the worker's main process, one
+for beat alone (no Redis call can delay it) and one for the rest. Every second they:
 
 - **checks the embedded beat** (``-B``). Celery starts beat as a child process and
   never looks at it again: a beat killed by the OOM killer leaves a worker that
@@ -14,6 +14,10 @@ Every second it:
   locks, from a process whose memory was what the OOM killer judged; a fresh
   process is the state we know, and the supervisor counts the restarts. While it
   is down, another ``-B`` worker's beat takes the beat lock within 10 s.
+  A beat that stays alive but stops ticking (SIGSTOP, a stuck call) is handled the
+  same way once its heartbeat (``pulse``, in memory shared with the beat process)
+  has been silent for ``pulse.HUNG_AFTER`` seconds: the worker kills it (SIGKILL),
+  logs one line and stops with exit status 3.
 - **says what it holds** (a heartbeat): the delivery tags of the tasks this worker
   has reserved, in ``worker:<id>``, which expires ``WORKER_TTL`` seconds after the
   last heartbeat (the key layout is in ``stats``).
@@ -63,6 +67,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import signal
 import threading
 import time
 from typing import Any
@@ -72,7 +78,7 @@ from celery.worker import state
 from kombu.connection import Connection
 from kombu.utils.encoding import bytes_to_str
 
-from pubtasks import defaults
+from pubtasks import defaults, pulse
 from pubtasks.accounting import abandoned_after
 from pubtasks.entries import task_options
 from pubtasks.lanes import Lanes
@@ -132,7 +138,7 @@ def held_tags() -> set[str]:
 
 
 class Supervisor:
-    """The thread that watches beat, beats the heart and gives back orphans."""
+    """The threads that watch beat, beat the heart and give back orphans."""
 
     def __init__(self, worker: Any) -> None:
         self.worker = worker
@@ -145,17 +151,24 @@ class Supervisor:
         self.lanes = Lanes(self.stats)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pubtasks-supervisor", daemon=True)
+        # Beat is watched by a thread of its own, so that a Redis call of the other one,
+        # slow to fail (up to its 5 s socket timeout), does not delay a hung beat's kill.
+        self._watch = threading.Thread(target=self._watch_beat, name="pubtasks-beat", daemon=True)
         self._transport: Connection | None = None
         self._last_sweep = 0.0
         self._last_reconcile = 0.0
         self._last_problem = ""
         self._beat_gone = False
+        # Made now, before Celery starts the Beat step and forks beat, which inherits it.
+        self.pulse = pulse.install()
 
     def start(self) -> None:
         beat = self.worker.beat
+        self.pulse.stamp()  # beat has just been started: its silence counts from now
         if beat is not None:
             log.info("pubtasks: watching the embedded beat (pid %s)", getattr(beat, "pid", "-"))
         self._thread.start()
+        self._watch.start()
 
     def stop(self) -> None:
         """The worker is stopping, and its beat with it, on purpose. The heartbeat goes
@@ -167,7 +180,6 @@ class Supervisor:
     def _run(self) -> None:
         while True:
             time.sleep(HEARTBEAT)
-            self.check_beat()
             try:
                 self.stats.heartbeat(self.id, held_tags(), WORKER_TTL)
                 if time.monotonic() - self._last_sweep >= SWEEP:
@@ -196,10 +208,18 @@ class Supervisor:
 
     # -- the embedded beat ------------------------------------------------------------------
 
+    def _watch_beat(self) -> None:
+        while not self._beat_gone:
+            time.sleep(HEARTBEAT)
+            self.check_beat()
+
     def check_beat(self) -> None:
         beat = self.worker.beat
         shutting_down = self._stopping.is_set() or state.should_stop or state.should_terminate
-        if beat is None or self._beat_gone or shutting_down or beat.is_alive():
+        if beat is None or self._beat_gone or shutting_down:
+            return
+        if beat.is_alive():
+            self._check_pulse(beat)
             return
         self._beat_gone = True
         code = getattr(beat, "exitcode", None)
@@ -215,6 +235,30 @@ class Supervisor:
             how,
             EXIT_BEAT_DIED,
         )
+        state.should_stop = EXIT_BEAT_DIED
+
+    def _check_pulse(self, beat: Any) -> None:
+        """Kill a beat that is alive but silent (``pulse``), and stop as for a death."""
+        silence = self.pulse.silence()
+        if not pulse.hung(silence):
+            return
+        self._beat_gone = True
+        pid = getattr(beat, "pid", None)
+        log.critical(
+            "pubtasks: the embedded beat (pid %s) is hung: no heartbeat for %.1f s (more "
+            "than %g s); killed it (SIGKILL): no tick is fired; stopping this worker with "
+            "exit status %d so that its supervisor starts it again",
+            pid or "-",
+            silence,
+            pulse.HUNG_AFTER,
+            EXIT_BEAT_DIED,
+        )
+        if isinstance(pid, int) and pid != os.getpid():  # not the threaded beat (no process)
+            try:
+                os.kill(pid, signal.SIGKILL)  # a stopped process dies of SIGKILL too
+                beat.join(5)  # reaped, so that Celery's stop of beat signals no other pid
+            except (OSError, AssertionError):
+                log.debug("pubtasks: killing the hung beat", exc_info=True)
         state.should_stop = EXIT_BEAT_DIED
 
     # -- orphaned deliveries ------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from celery.schedules import crontab
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from pubtasks.bench.nodes import free_port
 from pubtasks.control import State
+from pubtasks.health import Fleet
 from pubtasks.metrics import Reading, Schedule, StatsCollector, families, holder_parts
 from pubtasks.schedule import every
 from pubtasks.stats import LATENCY_BUCKETS, Counts, Latency, Snapshot, Stats
@@ -60,7 +62,12 @@ def reading(**changes: object) -> Reading:
     per_bucket[3] = (LATENCY_BUCKETS[3], 5)  # 10 ms
     cumulative = tuple((le, 5 if i >= 3 else 0) for i, (le, _) in enumerate(per_bucket))
     latency = Latency(cumulative, 5, 0.04)
-    fields: dict[str, object] = {"snapshot": snap, "state": state(), "latencies": {"one": latency}}
+    fields: dict[str, object] = {
+        "snapshot": snap,
+        "state": state(),
+        "latencies": {"one": latency},
+        "fleet": Fleet(workers=2, beat="web-1.example.org.4711.3fa2c1", since=NOW - 30),
+    }
     return Reading(**{**fields, **changes})  # type: ignore[arg-type]
 
 
@@ -161,8 +168,26 @@ def test_paused_health_and_interval_cover_every_entry_of_the_schedule() -> None:
     # Then one (confirmed 1 s ago, every 2 s) is healthy, and two, paused, is too
     assert got[one("pubtasks_healthy", entry="one")] == 1
     assert got[one("pubtasks_healthy", entry="two")] == 1
-    # Unpaused, two has no confirm yet: unhealthy
+    # Unpaused, two has no confirm for its ticks since the start, 30 s ago: unhealthy
     assert samples(reading())[one("pubtasks_healthy", entry="two")] == 0
+
+
+def test_health_is_served_for_every_schedule_and_is_0_for_a_dead_fleet() -> None:
+    # Given a crontab entry beside an interval one, and a beat that started 30 s ago
+    schedule = Schedule(
+        {
+            "one": {"task": "pubtasks.publish", "schedule": every(2)},
+            "nightly": {"task": "pubtasks.publish", "schedule": crontab(minute=0, hour=3)},
+        }
+    )
+    # Then the crontab, never confirmed, is healthy before its tick, and has no interval
+    got = samples(reading(), schedule)
+    assert got[one("pubtasks_healthy", entry="nightly")] == 1
+    assert one("pubtasks_schedule_interval_seconds", entry="nightly") not in got
+    # But with no worker alive, every entry is unhealthy, the same as `pubtasks health`
+    dead = samples(reading(fleet=Fleet(workers=0, beat=None, since=NOW - 30)), schedule)
+    assert dead[one("pubtasks_healthy", entry="one")] == 0
+    assert dead[one("pubtasks_healthy", entry="nightly")] == 0
 
 
 def test_the_last_error_and_the_confirm_timeout_are_served() -> None:

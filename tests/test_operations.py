@@ -16,7 +16,7 @@ import pytest
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.stats import Stats
 from pubtasks.waiting import wait_for
-from tests.helpers import Worker, finish, holder_group, record, tally
+from tests.helpers import Worker, finish, holder_group, record, tally, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -125,25 +125,70 @@ def test_stats_watch_refreshes_with_a_rate(stats: Stats, redis_url: str, prefix:
     assert "oldest pending" in screens[1] and "nacked by RabbitMQ" in screens[1]
 
 
+def health_of(cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    run = subprocess.run(
+        pubtasks("health"), cwd=cwd, env=env, capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    return run.returncode, run.stdout.strip()
+
+
+def unhealthy(cwd: Path, env: dict[str, str]) -> str | None:
+    """The line of an unhealthy verdict; None while healthy."""
+    code, line = health_of(cwd, env)
+    return line if code == 1 else None
+
+
 @pytest.mark.e2e
-def test_health_follows_the_last_confirm(
+def test_health_follows_the_fleet_and_the_confirms(
     worker: Worker, stats: Stats, redis_url: str, worker_env: dict[str, str]
 ) -> None:
     def health() -> tuple[int, str]:
-        run = subprocess.run(
-            pubtasks("health"), cwd=worker.cwd, env=worker_env,
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-        return run.returncode, run.stdout.strip()
+        return health_of(worker.cwd, worker_env)
 
-    # Before any confirm: unhealthy, and it says why
+    # Before any worker runs: unhealthy, and it says why
     code, line = health()
-    assert (code, line) == (1, "unhealthy: publish-text: no confirmed publish yet")
+    assert (code, line) == (
+        1,
+        "unhealthy: no worker is alive (no worker heartbeat in the last 10 s)",
+    )
     # While the worker publishes every 0.2 s: healthy
     worker.start()
     wait_for(lambda: health()[0] == 0, 30, "a healthy verdict", 0.2)
-    assert health()[1].startswith("healthy: publish-text: last confirm")
-    # Once it stops, more than 3 intervals (0.6 s) later: unhealthy
+    wait_for(lambda: "last confirm" in health()[1], 30, "a confirm", 0.2)
+    assert health()[1].startswith("healthy: publish-text: ")
+    # Once it stops (its beat releases the lock), unhealthy
     assert worker.stop() == 0
-    code, line = wait_for(lambda: (r := health())[0] == 1 and r, 10, "unhealthy", 0.2)
-    assert "more than 3 x 0.2 s" in line
+    late = wait_for(lambda: unhealthy(worker.cwd, worker_env), 30, "unhealthy", 0.2)
+    assert late is not None and late.startswith("unhealthy: no ")
+
+
+@pytest.mark.e2e
+def test_a_crontab_only_worker_is_healthy_and_unhealthy_soon_after_it_is_killed(
+    worker: Worker, stats: Stats, worker_env: dict[str, str], prefix: str
+) -> None:
+    # Given a worker whose only entry is a daily crontab
+    write_config(
+        worker.cwd,
+        prefix,
+        """
+        from celery.schedules import crontab
+        beat_schedule = {
+            "nightly": {"task": "pubtasks.publish", "schedule": crontab(minute=0, hour=3)}
+        }
+        """,
+    )
+    worker.start()
+    # Then once it runs, it is healthy, long before its first tick
+    wait_for(lambda: health_of(worker.cwd, worker_env)[0] == 0, 60, "a healthy verdict", 0.2)
+    code, line = health_of(worker.cwd, worker_env)
+    assert code == 0 and line.startswith("healthy: nightly: "), line
+    # When the whole worker is killed (SIGKILL: its beat releases nothing)
+    assert worker.proc is not None
+    os.killpg(worker.proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    worker.proc.wait(10)
+    # Then it is unhealthy within 30 s (the heartbeats and the beat lock expire in 10 s)
+    late = wait_for(lambda: unhealthy(worker.cwd, worker_env), 30, "unhealthy", 0.2)
+    print(f"unhealthy {time.monotonic() - killed:.1f} s after the kill: {late}")
+    assert late is not None and late.startswith("unhealthy: no "), late
