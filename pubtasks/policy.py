@@ -5,7 +5,7 @@ tick's unacked messages through a confirm window: at most ``CONFIRM_WINDOW``
 await their answer at once, and the oldest may wait ``CONFIRM_TIMEOUT``. A
 nacked or unconfirmed message is published again, with the same
 ``message_id``, after a backoff when RabbitMQ nacked (``nack_backoff``: 0.5 s
-doubling, 7.5 s in all before the fifth attempt, which covers a quorum queue's
+doubling to 4 s, 7.5 s in all before the fifth attempt, which covers a quorum queue's
 leader election), on a new channel. A message RabbitMQ returned (no
 queue took it) is published again, backing off up to 2 s, until
 ``TICK_DEADLINE``, when its entry's ``on_return`` is ``"retry"`` (the default);
@@ -197,13 +197,15 @@ UNREACHABLE_DELAY = 1.0
 
 
 def nack_backoff(attempt: int) -> float:
-    """Seconds to wait before attempt ``attempt + 1`` after a nack: 0.5, 1, 2, 4, at most 8.
+    """Seconds to wait before attempt ``attempt + 1`` after a nack: 0.5, 1, 2, then 4.
 
     Before the fifth attempt (PUBLISH_ATTEMPTS' default) the nacks have been waited on
     for 7.5 s in all: longer than a quorum queue's leader election after its leader's
-    node was killed (docs/reliability.md measures it on a 3-node cluster).
+    node was killed (docs/reliability.md measures it on a 3-node cluster). At most
+    4 s, below ``supervision.GRACE``: Celery 5.6 does not list a task that waits for
+    its countdown among those its worker holds.
     """
-    return float(min(0.5 * 2 ** (min(attempt, 8) - 1), 8.0))
+    return float(min(0.5 * 2 ** (min(attempt, 8) - 1), 4.0))
 
 
 def return_backoff(bounces: int) -> float:

@@ -55,8 +55,8 @@ Celery and kombu internals are touched here and nowhere else:
 - ``celery.worker.state.reserved_requests`` and ``scheduled_requests``: the tasks
   a worker holds (what ``celery inspect reserved`` and ``scheduled`` report); read
   here without the remote-control round trip. Celery 5.6 has no
-  ``scheduled_requests``: a task waiting for its countdown (pubtasks' retry after
-  1 s) is then unlisted for that second, well inside ``GRACE``.
+  ``scheduled_requests``: a task waiting for its countdown (a tick given back to
+  wait, at most 4 s) is then unlisted meanwhile, inside ``GRACE``.
 - The Redis transport's channel: ``unacked_key`` (its ``unacked`` hash, named by the
   documented transport option) and ``qos.restore_by_tag``, kombu's own atomic
   give-back, so the message goes back exactly as kombu would put it back.
@@ -97,7 +97,9 @@ HEARTBEAT = 1.0
 WORKER_TTL = 10.0
 #: Seconds between two searches for orphaned deliveries.
 SWEEP = 2.0
-#: Seconds a delivery must stay unheld by any live worker before it is given back.
+#: Seconds a delivery must stay unheld by any live worker before it is given back. Above
+#: every countdown pubtasks retries a tick with (at most 4 s: ``policy``), since Celery
+#: 5.6 does not list a task that waits for its countdown (``held_tags``).
 GRACE = 5.0
 #: Seconds after beat sent a tick by which it must be done, queued or reserved; a tick
 #: that is none of these was lost in Redis, and is sent again.

@@ -234,7 +234,7 @@ def test_a_nack_is_retried_after_a_backoff_with_the_same_message_id() -> None:
 
 
 def test_the_nack_backoff_covers_a_leader_election_before_the_fifth_attempt() -> None:
-    assert [nack_backoff(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert [nack_backoff(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     assert sum(nack_backoff(n) for n in range(1, 5)) == 7.5
 
 
