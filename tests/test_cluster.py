@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -47,7 +48,9 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
-CLUSTER_DIR = Path("/tmp/pubtasks-cluster-test")
+#: Where the tests' cluster lives (PUBTASKS_CLUSTER_DIR: another, for a second cluster on
+#: the same machine; its node names follow the directory's name).
+CLUSTER_DIR = Path(os.environ.get("PUBTASKS_CLUSTER_DIR", "/tmp/pubtasks-cluster-test"))
 INTERVAL = 0.1
 QUORUM = "QUEUE_TYPE = 'quorum'\n"
 #: Workers connect to the second node; the queue's leader is the first.
