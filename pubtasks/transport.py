@@ -1,11 +1,12 @@
 """Celery's broker connection to Redis: **the one seam around kombu's Redis transport**.
 
 Celery's own transport is Redis (``REDIS_URL``, one Redis or the Sentinels). kombu's
-Redis transport, up to 5.7.0 at least (the lowest pubtasks admits and the one it was
-written against; the same code is on kombu's main branch), can crash the worker when
-Redis goes away while the worker holds reserved tasks. A Sentinel failover (the master
-SIGKILLed) did it, in the worker's main process, every time the worker ran Celery's
-defaults (remote control on):
+Redis transport can stop the worker when Redis goes away while the worker holds a
+reserved task: written against kombu 5.7.0 (the lowest pyproject admits, the one
+installed and tested); the code in question is the same in 5.6 and on kombu's main
+branch as last seen (August 2026). A Sentinel failover (the master SIGKILLed) did it to
+a worker that held a task and ran Celery's defaults (remote control on), in each run
+that had both, in its main process:
 
 1. A Redis socket fails (the BRPOP's, or the remote control's pub/sub). Celery's
    consumer calls ``Connection.collect()``, which closes every channel, ignoring
@@ -26,9 +27,11 @@ defaults (remote control on):
    connection error, so ``ignore_errors`` lets it through, and Celery stops the worker
    ("Unrecoverable error").
 
-No kombu issue or fix for it was found (kombu's issues and its source searched, up to
-5.7.0 and the main branch): ``Channel.close()`` still reads the BRPOP first and
-``_connparams`` still dereferences the client unguarded.
+Upstream: no kombu issue or fix for it was found (its issues and source searched):
+``Channel.close()`` still reads the BRPOP first, before marking the channel closed,
+and ``_connparams`` still dereferences the client unguarded. Should kombu fix it,
+``tests/test_transport.py``'s test of kombu's own transport fails, and this module
+can go.
 
 What this module changes, in a subclass of each of kombu's two Redis transports, and
 nothing else:

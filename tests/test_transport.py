@@ -99,6 +99,8 @@ def unacked(server: RedisNode) -> dict[Any, Any]:
 # (and their ResourceWarning dropped) within this test, not in a later one
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_kombus_own_transport_crashes_there(own_redis: RedisNode) -> None:
+    """What pubtasks/transport.py works around; when kombu fixes it, this fails, and the
+    seam can go."""
     # Given kombu's own Redis transport, consuming with a task held (kombu 5.7.0)
     connection = Connection(own_redis.url, transport="redis", transport_options=OPTIONS)
     holding = hold_a_task(connection, own_redis.url)
