@@ -23,6 +23,7 @@ from pubtasks.errors import ConfigError
 from pubtasks.schedule import every
 from pubtasks.settings import REDIS_SCHEMES, Settings, check_url, is_sentinel, master_name
 from pubtasks.supervision import Supervision
+from pubtasks.transport import BrokerAMQP
 
 log = logging.getLogger("pubtasks")
 
@@ -72,8 +73,10 @@ def celery_defaults() -> dict[str, Any]:
 
 
 class App(Celery):  # type: ignore[misc]
-    """The Celery app, carrying pubtasks' settings."""
+    """The Celery app, carrying pubtasks' settings. Its broker connections use pubtasks'
+    Redis transports (``transport.py``: a Redis failover must not stop the worker)."""
 
+    amqp_cls = BrokerAMQP
     _settings: Settings | None = None
 
     @property

@@ -47,6 +47,15 @@ REDIS_INTERNALS = [
 ]
 
 
+#: kombu Redis transport internals that only the transport seam may touch
+#: (pubtasks/transport.py).
+TRANSPORT_INTERNALS = [
+    r"\b_connparams\b",
+    r"\b_disconnect_pools\b",
+    r"\b_close_clients\b",
+]
+
+
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -131,3 +140,9 @@ def test_worker_internals_stay_in_the_worker_seam(internal: str) -> None:
 def test_redis_internals_stay_in_the_redis_seam(internal: str) -> None:
     users = sorted(name for name, path in MODULES.items() if re.search(internal, code_of(path)))
     assert set(users) <= {"pubtasks.sentinel"}, users
+
+
+@pytest.mark.parametrize("internal", TRANSPORT_INTERNALS)
+def test_transport_internals_stay_in_the_transport_seam(internal: str) -> None:
+    users = sorted(name for name, path in MODULES.items() if re.search(internal, code_of(path)))
+    assert set(users) <= {"pubtasks.transport"}, users

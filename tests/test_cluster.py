@@ -15,8 +15,11 @@ and stopping the leader are then two different faults.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kombu.connection import Connection
@@ -36,7 +40,16 @@ from pubtasks.confirms import Delivery
 from pubtasks.errors import StatsUnavailable
 from pubtasks.stats import Stats
 from pubtasks.waiting import wait_for
-from tests.helpers import Row, Worker, finish, record, record_replication, tally, write_config
+from tests.helpers import (
+    Row,
+    Worker,
+    beat_pid,
+    finish,
+    record,
+    record_replication,
+    tally,
+    write_config,
+)
 from tests.proxy import Proxy
 
 pytestmark = [
@@ -47,7 +60,9 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
-CLUSTER_DIR = Path("/tmp/pubtasks-cluster-test")
+#: Where the tests' cluster lives (PUBTASKS_CLUSTER_DIR: another, for a second cluster on
+#: the same machine; its node names follow the directory's name).
+CLUSTER_DIR = Path(os.environ.get("PUBTASKS_CLUSTER_DIR", "/tmp/pubtasks-cluster-test"))
 INTERVAL = 0.1
 QUORUM = "QUEUE_TYPE = 'quorum'\n"
 #: Workers connect to the second node; the queue's leader is the first.
@@ -464,3 +479,182 @@ def test_pubtasks_stats_reads_the_counters_through_the_sentinels(
     )  # fmt: skip
     shown = json.loads(out.stdout)
     assert (shown["published"], shown["pending"], shown["invariant_holds"]) == (1, 1, True)
+
+
+class Arrivals:
+    """What RabbitMQ delivers from the queue ``text``, consumed in a thread for the whole
+    run: each message's ``message_id`` and when it arrived."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.got: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Arrivals:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def _run(self) -> None:
+        def on_message(_: object, message: Any) -> None:
+            self.got.append((time.time(), str(message.properties["message_id"])))
+
+        with Connection(self.url) as conn:
+            queue = Queue("text", no_declare=True)
+            with conn.Consumer(queue, callbacks=[on_message], no_ack=True, accept=["json"]):
+                while not self.stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        conn.drain_events(timeout=0.2)
+
+    def ticks(self) -> list[tuple[float, int]]:
+        """(arrival, scheduled time in ms) of each tick of the schedule received."""
+        return [(at, int(mid.rsplit("@", 1)[1])) for at, mid in list(self.got) if "@m" not in mid]
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def reserved_ticks(client: Any, prefix: str) -> set[int]:
+    """The scheduled times (ms) of the ticks in Celery's ``unacked`` hash (reserved)."""
+    found = set()
+    for value in client.hvals(f"{prefix}unacked"):
+        message = json.loads(value)[0]  # kombu keeps [message, exchange, routing key]
+        _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        found.add(round(float(kwargs["scheduled_at"]) * 1000))
+    return found
+
+
+def default_worker(directory: Path, env: dict[str, str], prefix: str) -> Worker:
+    """A -B worker with Celery's defaults: remote control, mingle and gossip on."""
+    directory.mkdir()
+    write_config(directory, prefix, QUORUM)
+    with (directory / "celeryconfig.py").open("a") as config:
+        config.write("worker_enable_remote_control = True\n")
+    worker = Worker(directory, dict(env), name=f"sentinel-{directory.name}")
+    worker.args = [a for a in worker.args if a not in ("--without-mingle", "--without-gossip")]
+    return worker
+
+
+def hold_one_tick(worker: Worker) -> list[int]:
+    """SIGSTOP the worker's pool processes (not its beat), and return their pids once
+    Celery has given one of them a tick, which it holds, reserved and unacked, with one
+    more tick of credit (prefetch 2): its next BRPOP is in flight. That is the state in
+    which kombu's transport crashed (pubtasks/transport.py)."""
+    assert worker.proc is not None
+    since = len(worker.log)
+    pool = [p for p in children(worker.proc.pid) if p != beat_pid(worker)]
+    for pid in pool:
+        os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: " received" in worker.log[since:], 10, "a tick held", 0.002)
+    return pool
+
+
+def account_for_grid(arrivals: Arrivals, due: set[int], held: set[int]) -> dict[str, Any]:
+    """Check that every due tick and every reserved one was received; the counts."""
+    ticks = arrivals.ticks()
+    received = {ms for _, ms in ticks}
+    missing = sorted(due - received)
+    assert not missing, f"{len(missing)} of {len(due)} due ticks never reached RabbitMQ: {missing}"
+    assert held <= received, f"reserved ticks never delivered: {sorted(held - received)}"
+    return {
+        "kind": "redis-failover-reserved",
+        "reserved_at_kill": len(held),
+        "due": len(due),
+        "received": len(ticks),
+        "duplicates": len(ticks) - len(received),
+    }
+
+
+def test_sigkill_of_the_redis_master_while_the_workers_hold_reserved_ticks(
+    cluster: Cluster, vhost: str, cluster_stats: Stats, tmp_path: Path
+) -> None:
+    """issue 22: kombu's Redis transport stopped both workers here (pubtasks/transport.py).
+
+    Two -B workers at 0.2 s, with Celery's defaults (remote control, mingle, gossip),
+    one of them holding two reserved ticks (its pool stopped) when the Redis master is
+    SIGKILLed. Every tick due on the schedule's grid during the run must be received
+    from RabbitMQ, the reserved ones included; the workers must stay up. The time from
+    Sentinel's promotion to the first tick scheduled after the kill arriving is recorded.
+    """
+    interval = 0.2
+    declare_on_first_node(cluster, vhost)
+    env = {
+        "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+        **cluster.env(),
+        "AMQP_URL": cluster.amqp_url(vhost, ORDER),
+        "PUBLISH_INTERVAL": str(interval),
+        "PYTHONUNBUFFERED": "1",
+    }
+    prefix = cluster_stats.keys.prefix
+    workers = [default_worker(tmp_path / letter, env, prefix) for letter in ("a", "b")]
+    write_config(tmp_path, prefix, QUORUM)  # for finish()
+    fast = Stats.from_url(cluster.redis_url, prefix, retries=0)
+    stopped: list[int] = []
+    mends: list[Callable[[], None]] = []
+    try:
+        with Arrivals(cluster.amqp_url(vhost)) as arrivals:
+            for w in workers:
+                w.start()
+            wait_for(lambda: len(arrivals.got) >= 30, 120, "the first 30 ticks", 0.1)
+            # Given worker a holding a reserved tick, and its next BRPOP in flight
+            stopped = hold_one_tick(workers[0])
+            held = reserved_ticks(fast.client, prefix)
+            # When the Redis master is SIGKILLed, and Sentinel promotes the replica
+            master = cluster.master_port()
+            mends.append(kill_master(cluster))
+            killed_at = time.time()
+            wait_for(lambda: cluster.master_port() != master, 60, "Sentinel's failover", 0.01)
+            promoted_at = time.time()
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+            stopped = []
+
+            def resumed() -> float:
+                after = [at for at, ms in arrivals.ticks() if ms / 1000 > killed_at]
+                return min(after) if after else 0.0
+
+            first_after = wait_for(resumed, 120, "a tick scheduled after the kill", 0.05)
+            count = len(arrivals.got)
+            wait_for(lambda: len(arrivals.got) >= count + 30, 60, "30 more ticks", 0.1)
+            # Then both workers are still up, and stop cleanly
+            for w in workers:
+                assert w.proc is not None and w.proc.poll() is None, w.log[-3000:]
+            stop_at = time.time()
+            for w in workers:
+                assert w.stop() == 0, w.log[-3000:]
+            finish(tmp_path, env, cluster_stats)  # what is still queued in Redis, published
+            step = round(interval * 1000)
+            first = min(ms for _, ms in arrivals.ticks())
+            due = set(range(first, round((stop_at - 1.0) * 1000) + 1, step))
+            with contextlib.suppress(TimeoutError):  # the last ones, on their way to us
+                wait_for(lambda: due <= {ms for _, ms in arrivals.ticks()}, 10, "due", 0.1)
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        for w in workers:
+            w.stop()
+        while mends:
+            mends.pop()()
+        fast.close()
+    for w in workers:
+        assert "Unrecoverable error" not in w.log, w.log[-3000:]
+    # And every tick due on the grid, from the first received to the stop, was received,
+    # the reserved ones too
+    figures = {
+        **account_for_grid(arrivals, due, held),
+        "sentinel_s": round(promoted_at - killed_at, 3),
+        "resume_after_promotion_s": round(first_after - promoted_at, 3),
+    }
+    print(figures)
+    record_replication(figures)

@@ -3,8 +3,10 @@
 ``up`` starts, under one directory and on free localhost ports, from the
 ``rabbitmq-server`` and ``redis-server`` already installed:
 
-- three RabbitMQ nodes (``pubtasks-c1@localhost``...), the second and third joined
-  to the first with ``rabbitmqctl join_cluster``;
+- three RabbitMQ nodes (``pubtasks-c1@localhost``..., or ``<dir>-c1@localhost``... for
+  a ``--dir`` other than the default, so that two clusters on one machine do not share
+  Erlang node names), the second and third joined to the first with ``rabbitmqctl
+  join_cluster``;
 - a Redis master and one replica (append-only, fsynced), and three Sentinels
   (``redis-server --sentinel``) that watch the master as ``mymaster``, with a
   quorum of 2, and call it down after 1 s without an answer.
@@ -197,7 +199,8 @@ def up(directory: Path = DEFAULT_DIR) -> Cluster:
     directory.mkdir(parents=True)
     os.chmod(directory, 0o755)  # the RabbitMQ nodes run as the rabbitmq user
     started = time.monotonic()
-    names = [f"pubtasks-c{i + 1}" for i in range(NODES)]
+    stem = "pubtasks" if directory == DEFAULT_DIR else directory.name
+    names = [f"{stem}-c{i + 1}" for i in range(NODES)]
     rabbits = [RabbitNode(directory / name, name) for name in names]
     master = redis_server("redis-master", directory / "redis-a")
     replica = redis_server("redis-replica", directory / "redis-b", replica_of=master.port)
