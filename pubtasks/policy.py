@@ -200,8 +200,10 @@ def nack_backoff(attempt: int) -> float:
     """Seconds to wait before attempt ``attempt + 1`` after a nack: 0.5, 1, 2, then 4.
 
     Before the fifth attempt (PUBLISH_ATTEMPTS' default) the nacks have been waited on
-    for 7.5 s in all: longer than a quorum queue's leader election after its leader's
-    node was killed (docs/reliability.md measures it on a 3-node cluster). At most
+    for 7.5 s in all: far longer than a quorum queue's leader election after its
+    leader's node was killed (``scripts/quorum_election.py`` measures it on the 3-node
+    cluster: under 0.5 s on one machine; a host lost silently is noticed after Erlang's
+    net tick time, 60 s by default, which no backoff should wait out). At most
     4 s, below ``supervision.GRACE``: Celery 5.6 does not list a task that waits for
     its countdown among those its worker holds.
     """
