@@ -38,6 +38,11 @@ Every second it:
   between the pop and its reply. ``scripts/chaos`` lost 2 ticks in an hour that way
   before this.
 
+It also keeps a stop signal sent to the whole process group (``kill -TERM -PGID``,
+systemd's ``KillMode=control-group``, Ctrl-C) out of the pool's processes and beat,
+which leave it to the main process's warm shutdown (``hold_foreign_sigterm``, at the
+end: why and how).
+
 Celery and kombu internals are touched here and nowhere else:
 
 - ``celery.worker.state.should_stop``: how Celery's own signal handlers ask the
@@ -51,6 +56,9 @@ Celery and kombu internals are touched here and nowhere else:
 - The Redis transport's channel: ``unacked_key`` (its ``unacked`` hash, named by the
   documented transport option) and ``qos.restore_by_tag``, kombu's own atomic
   give-back, so the message goes back exactly as kombu would put it back.
+- The order in which a pool process starts (billiard 4.3): ``worker_process_init``
+  runs before billiard's ``reset_signals``, which replaces signal handlers but not
+  the signal mask, so SIGTERM blocked there stays blocked.
 """
 
 from __future__ import annotations
