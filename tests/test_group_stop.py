@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from pubtasks.beat import STOPPING
 from pubtasks.bench.ledger import account
 from pubtasks.bench.worker import STOP_TIMEOUT
 from pubtasks.defaults import DEFAULT_ENTRY
 from pubtasks.stats import Stats
-from pubtasks.supervision import from_main
+from pubtasks.supervision import HANDOFF, from_main
 from pubtasks.waiting import wait_for
 from tests.helpers import Worker, finish, record, row_of, take, write_config
 from tests.test_faults import more_acks
@@ -57,6 +58,10 @@ def test_a_child_obeys_a_sigterm_from_the_worker_s_main_process_only(
     assert from_main(sender, main=100, me=200, parent_now=100) is obeyed
     # ... and, once its main process is gone, anybody's
     assert from_main(sender, main=100, me=200, parent_now=1)
+
+
+def test_beat_holds_the_hand_over_while_it_numbers_and_sends_a_tick() -> None:
+    assert HANDOFF in STOPPING  # a SIGTERM handed over cannot cut a tick's send short
 
 
 #: A child of this script holds SIGTERM as a pool process does; the script signals it
