@@ -336,7 +336,7 @@ class Supervision(bootsteps.StartStopStep):  # type: ignore[misc]
 # - In each child (``worker_process_init`` in a pool process, ``beat_embedded_init`` in
 #   beat: Celery's public signals, sent in the child's main thread before billiard's
 #   ``reset_signals``, which sets handlers but leaves the signal mask alone) SIGTERM
-#   is blocked, and one thread takes it with ``sigwaitinfo``, which names the sender.
+#   is blocked, and one thread takes it with ``sigtimedwait``, which names the sender.
 # - A SIGTERM from the worker's main process is obeyed: that is billiard stopping the
 #   pool (a cold shutdown, ``revoke --terminate``), or Celery stopping beat. A pool
 #   process gets it as if it had not been blocked (``HANDOFF``: the cold shutdown
@@ -344,16 +344,21 @@ class Supervision(bootsteps.StartStopStep):  # type: ignore[misc]
 #   sending and stops (``Service.stop``), and a second one stops it at once.
 # - A SIGTERM from anybody else is logged and left to the main process, which got it
 #   too (or can be sent one: a child is never the way to stop a worker). A child whose
-#   main process is gone obeys any SIGTERM.
+#   main process is gone stops as if asked (``PARENT_LOOK``), and obeys any SIGTERM.
 # - Beat ignores SIGINT, as the pool's processes do.
 #
-# Where ``sigwaitinfo`` is missing (macOS), nothing changes.
+# Where ``sigtimedwait`` is missing (macOS), nothing changes.
 
 #: The signal by which a child's SIGTERM thread hands a SIGTERM from the worker's main
 #: process to the child's main thread, where SIGTERM itself stays blocked. Its handler
 #: unblocks SIGTERM and raises it, so the child then acts as if SIGTERM had arrived
 #: (beat holds it too while it numbers and sends a tick: ``beat.STOPPING``).
 HANDOFF = signal.SIGUSR2
+#: Seconds between two looks, by a child's SIGTERM thread, at whether the worker's main
+#: process is still there. A SIGTERM that arrives while another is pending is merged
+#: into it by the kernel, so the main process's own (stopping beat) can be lost in the
+#: group's; a child whose main process has gone then stops as if asked.
+PARENT_LOOK = 0.5
 
 
 def _obey_sigterm(signum: int, frame: object) -> None:
@@ -376,8 +381,8 @@ def hold_foreign_sigterm(what: str, obey: Callable[[], None]) -> bool:
     """In a child of the worker's main process, from now on: a SIGTERM that the main
     process sent calls ``obey`` (in a thread of its own), and one from anybody else is
     logged and left to the main process. Call from the child's main thread. False where
-    the sender cannot be known (no ``sigwaitinfo``): SIGTERM is then left as it was."""
-    if not hasattr(signal, "sigwaitinfo"):
+    the sender cannot be known (no ``sigtimedwait``): SIGTERM is then left as it was."""
+    if not hasattr(signal, "sigtimedwait"):
         return False
     parent = os.getppid()
     signal.signal(HANDOFF, _obey_sigterm)
@@ -390,8 +395,21 @@ def hold_foreign_sigterm(what: str, obey: Callable[[], None]) -> bool:
 
 
 def _take_sigterm(what: str, parent: int, obey: Callable[[], None]) -> None:
+    orphaned = False
     while True:
-        sender = signal.sigwaitinfo({signal.SIGTERM}).si_pid
+        got = signal.sigtimedwait({signal.SIGTERM}, PARENT_LOOK)
+        if got is None:
+            if not orphaned and os.getppid() != parent:  # its stop was merged, say
+                orphaned = True
+                log.info(
+                    "pubtasks: %s (pid %d): the worker's main process (pid %d) is gone; stopping",
+                    what,
+                    os.getpid(),
+                    parent,
+                )
+                obey()
+            continue
+        sender = got.si_pid
         if from_main(sender, parent, os.getpid(), os.getppid()):
             obey()
             continue

@@ -72,6 +72,7 @@ from pubtasks.supervision import hand_over, hold_foreign_sigterm
 logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
 child = os.fork()
 if child == 0:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # sent if stopped when orphaned
     assert hold_foreign_sigterm("test child", hand_over)
     print("held", flush=True)
     while True:
@@ -83,7 +84,12 @@ print(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]), flush=True)
 """
 
 
-@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="no sigwaitinfo: nothing held")
+NO_HOLD = pytest.mark.skipif(
+    not hasattr(signal, "sigtimedwait"), reason="no sigtimedwait: nothing held"
+)
+
+
+@NO_HOLD
 def test_a_held_sigterm_from_another_process_is_left_and_one_from_the_parent_obeyed() -> None:
     with subprocess.Popen(
         [sys.executable, "-c", CHILD],
@@ -105,6 +111,67 @@ def test_a_held_sigterm_from_another_process_is_left_and_one_from_the_parent_obe
         parent.stdin.flush()
         assert parent.stdout.readline().strip() == str(-signal.SIGTERM)
         assert parent.wait(10) == 0
+
+
+#: As CHILD, but the script exits, without waiting for its child, at the next line.
+ORPHAN = CHILD.replace(
+    "print(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]), flush=True)",
+    "print('sent', flush=True); sys.stdin.readline()",
+)
+
+
+def states(pid: int) -> set[str]:
+    """The states of process ``pid``'s threads (R, S, T: stopped, Z: zombie); none once
+    it is gone."""
+    found = set()
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            found.add(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except OSError:
+            continue
+    return found
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie nobody reaps counts)."""
+    return states(pid) <= {"Z"}
+
+
+@NO_HOLD
+def test_a_child_whose_parent_s_sigterm_was_merged_into_another_stops_once_its_parent_is_gone() -> (
+    None
+):
+    with subprocess.Popen(
+        [sys.executable, "-c", ORPHAN],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as parent:
+        assert parent.stdin is not None and parent.stdout is not None
+        lines = [parent.stdout.readline(), parent.stdout.readline()]
+        child = int(next(line for line in lines if line.strip().isdigit()))
+        try:
+            # When a SIGTERM from another process is still pending in the child as its
+            # parent sends one (the kernel keeps one: the parent's is lost)
+            os.kill(child, signal.SIGSTOP)
+            wait_for(lambda: states(child) == {"T"}, 5, "the child to be stopped")
+            os.kill(child, signal.SIGTERM)
+            parent.stdin.write("\n")
+            parent.stdin.flush()
+            assert parent.stdout.readline() == "sent\n"
+            os.kill(child, signal.SIGCONT)
+            # Then the child leaves the one it got...
+            assert f"SIGTERM from pid {os.getpid()} is left" in parent.stdout.readline()
+            assert not gone(child)
+            # ... and once its parent exits, it sees it gone and stops
+            parent.stdin.write("\n")
+            parent.stdin.flush()
+            assert parent.wait(10) == 0
+            wait_for(lambda: gone(child), 10, "the orphaned child to stop")
+            assert "is gone; stopping" in parent.stdout.readline()
+        finally:
+            if not gone(child):
+                os.kill(child, signal.SIGKILL)
 
 
 @pytest.mark.integration
