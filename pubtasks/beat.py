@@ -110,13 +110,17 @@ def summary(runs: tuple[Run, ...]) -> str:
     return ", ".join(f"{r.count} {r.reason}" for r in runs) or "none"
 
 
+#: The signals that stop beat. SIGUSR2 is how an embedded beat's SIGTERM thread hands it
+#: a SIGTERM from its worker, to act on at once (``supervision.HANDOFF``).
+STOPPING = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR2})
+
+
 @contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGTERM and SIGINT while a tick is numbered and sent, so that stopping beat
-    cannot leave a number allocated for a tick that was never sent."""
-    held = {signal.SIGTERM, signal.SIGINT}
+    """Hold the signals that stop beat while a tick is numbered and sent, so that stopping
+    beat cannot leave a number allocated for a tick that was never sent."""
     try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)
     except (ValueError, OSError):  # not the main thread of a process: nothing to hold
         yield
         return
