@@ -6,6 +6,7 @@ import json
 import platform
 import subprocess
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,10 +28,18 @@ def cell(value: object) -> str:
     return str(value).replace("|", "\\|")
 
 
-def main(path: str, chaos_path: str) -> None:
+def counted(found: dict[str, int]) -> str:
+    """``3: reason; 1: other`` (nothing: ``0``)."""
+    if not found:
+        return "0"
+    return f"{sum(found.values())}: " + "; ".join(f"{n} x {r}" for r, n in found.items())
+
+
+def main(path: str, *chaos_paths: str) -> None:
     with open(path) as f:
         recorded = [json.loads(line) for line in f if line.strip()]
-    rows = [r for r in recorded if "kind" not in r]
+    rows = [r for r in recorded if "kind" not in r and "due" in r]
+    older = [r for r in recorded if "kind" not in r and "due" not in r]
     replication = [r for r in recorded if r.get("kind") == "replication"]
     print("# Reliability: the fault suite's figures\n")
     print(
@@ -46,16 +55,22 @@ def main(path: str, chaos_path: str) -> None:
         f"RabbitMQ {version(['rabbitmqctl', '-q', 'version'])}, "
         f"{version(['redis-server', '--version']).split(' sha=')[0]}.\n"
     )
+    if older:
+        print(
+            f"{len(older)} row(s) recorded by an older suite, before ticks were matched "
+            "one by one, are left out: run `scripts/reliability` again.\n"
+        )
     print(
-        "| scenario | ticks scheduled | delivered | duplicates (same message_id) | lost "
-        "| grid points missed | stranded in Redis | failed, with reason "
-        "| counters' invariant held | recovery time | notes |"
+        "| scenario | ticks due | delivered | failed, by reason | skipped, by reason | missing "
+        "| edges (start, stop) | extra | duplicates | numbers lost | stranded in Redis "
+        "| invariant | verdict | recovery time | notes |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---|")
+    print("|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---|")
     for r in rows:
-        failed = str(r["failed"]) + (f": {r['reason']}" if r["reason"] else "")
         recovery = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.2f} s"
         notes = r["notes"]
+        if r.get("due_messages", r["due"]) != r["due"]:
+            notes += f"{'; ' if notes else ''}{r['due_messages']} messages due"
         if r.get("queued"):
             notes += (
                 f"{'; ' if notes else ''}{r['queued']} ticks still queued when the worker "
@@ -65,28 +80,42 @@ def main(path: str, chaos_path: str) -> None:
         if r.get("unconfirmed"):
             notes += f"{'; ' if notes else ''}{r['unconfirmed']} publish(es) unconfirmed, retried"
         invariant = {True: "yes", False: "NO", None: "n/a"}[r["invariant"]]
+        verdict = "ok" if not r["wrong"] else "FAILED: " + "; ".join(r["wrong"])
+        start, stop = r["edges"]
         print(
-            f"| {cell(r['scenario'])} | {r['scheduled']} | {r['delivered']} | {r['duplicates']} "
-            f"| {na(r['lost'])} | {na(r.get('missed'))} | {r.get('stranded', 0)} "
-            f"| {cell(failed)} | {invariant} | {recovery} | {cell(notes)} |"
+            f"| {cell(r['scenario'])} | {r['due']} | {r['delivered']} "
+            f"| {cell(counted(r['reasons']))} | {cell(counted(r['skipped']))} | {r['missing']} "
+            f"| {start}, {stop} | {r['extras']} | {r['duplicates']} | {r['lost_numbers']} "
+            f"| {r['stranded']} | {invariant} | {cell(verdict)} | {recovery} | {cell(notes)} |"
         )
     print(
-        "\nColumns: *ticks scheduled* is the message numbers beat allocated (with\n"
-        "`PUBLISH_BATCH`, messages); *delivered* is the distinct `message_id`s consumed from\n"
-        "queue `text`; *lost* is the allocated numbers that are neither in a delivered\n"
-        "message nor in a failed marker (a returned message is published again until a\n"
-        "queue takes it, `on_return='retry'`, so a return is not an end);\n"
-        "*grid points missed* is, apart from that, the points of the tick grid between the\n"
-        "first and the last tick that no delivered or failed message has (n/a when the\n"
-        "scenario has no fixed grid); *stranded* is the ticks still queued or reserved in\n"
-        "Redis at the end. Each scenario ends by starting a worker without beat that\n"
-        "publishes whatever was still queued, as the next start would, so stranded is\n"
-        "measured after it. *invariant* is `published == acked + nacked + unconfirmed +\n"
-        "pending` with nothing pending; *recovery time* runs from the end of the fault\n"
-        "(broker accepting connections, network restored, Redis answering...) or from the\n"
-        "kill to the next confirmed publish. n/a: nothing was scheduled, so there is\n"
-        "nothing to count. In the nack scenario every publish also lands in `text` (the\n"
-        "rejecting queue nacks it, `text` takes it), so a message retried after a nack\n"
+        "\nColumns: *ticks due* is not the system's own count: it is the points of each\n"
+        "entry's schedule (`every(P)`: the multiples of P; a crontab's instants) between the\n"
+        "moment the test started its first worker and the moment it stopped it, by the\n"
+        "test's clock (`pubtasks/bench/ledger.py`): from 15 s after the start (a worker's\n"
+        "first tick may take that long) to 3 s before the stop (beat may lag that much\n"
+        "when stopped), and in any case every point between the first and the last that\n"
+        "was delivered, failed or skipped. Each due tick's messages (`<entry>@<ms>`) are\n"
+        "then looked for one by one: *delivered* (consumed from queue `text`), *failed*\n"
+        "(counted failed, with its reason; a scenario passes only with the failures it is\n"
+        "about, for the reason it expects, and none otherwise), *skipped* (on purpose, with\n"
+        "its reason, from the records of `<prefix>skips:<entry>`), or *missing*, which must\n"
+        "be 0. *edges*: grid points before the first tick (within 15 s of the start) and\n"
+        "after the last (within 3 s of the stop), not due and not fired. *extra*: messages\n"
+        "consumed that are no due grid point (a tick by hand, a tick from before the start);\n"
+        "they never make up for a missing tick, nor do *duplicates* (the same `message_id`\n"
+        "consumed again: at-least-once). *numbers lost*: apart from the grid, the message\n"
+        "numbers beat allocated that are neither delivered nor failed. *stranded*: ticks\n"
+        "still queued or reserved in Redis at the end. Each scenario ends by starting a\n"
+        "worker without beat that publishes whatever was still queued, as the next start\n"
+        "would, so stranded is measured after it. *invariant* is `published == acked +\n"
+        "nacked + unconfirmed + pending` with nothing pending; *verdict* says what is wrong\n"
+        "with the row, if anything. *recovery time* runs from the end of the fault (broker\n"
+        "accepting connections, network restored, Redis answering...) or from the kill to\n"
+        "the next confirmed publish: a figure, not a pass mark. A fatal configuration at\n"
+        "start has nothing due, and what reached RabbitMQ and Redis is measured all the\n"
+        "same (it must be nothing). In the nack scenario every publish also lands in `text`\n"
+        "(the rejecting queue nacks it, `text` takes it), so a message retried after a nack\n"
         "arrives more than once, with its `message_id` unchanged.\n\n"
         "The *cluster:* rows run on `scripts/cluster`'s 3-node RabbitMQ cluster, with\n"
         "the quorum queue `text` led by the first node and the workers connected to the\n"
@@ -98,7 +127,8 @@ def main(path: str, chaos_path: str) -> None:
         "fixed steps (2 s, then 4 s more...), which is most of the difference."
     )
     replicated(replication)
-    chaos(Path(chaos_path))
+    for chaos_path in chaos_paths:
+        chaos(Path(chaos_path))
 
 
 def replicated(measures: list[dict[str, object]]) -> None:
@@ -123,34 +153,56 @@ def replicated(measures: list[dict[str, object]]) -> None:
 
 
 def chaos(path: Path) -> None:
-    """The section on the recorded ``scripts/chaos`` run."""
-    print("\n## An hour of chaos\n")
+    """The section on a recorded ``scripts/chaos`` run."""
+    cluster = "cluster" in path.name
+    flag = " --cluster" if cluster else ""
+    print(f"\n## An hour of chaos{' on the cluster' if cluster else ''}\n")
     if not path.exists():
-        print(f"No run recorded yet: `scripts/chaos --minutes 60 --record {path}`.")
+        print(f"No run recorded yet: `scripts/chaos{flag} --minutes 60 --record {path}`.")
         return
     r = json.loads(path.read_text())
-    when = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    if "due" not in r:
+        print(
+            f"The run in `{path}` was recorded before ticks were matched one by one; record "
+            f"it again: `scripts/chaos{flag} --minutes 60 --record {path}`."
+        )
+        return
+    where = (
+        "on `scripts/cluster`'s three RabbitMQ nodes (queue `text` a quorum queue) and a "
+        "Redis master, its replica and three Sentinels, each node reached through a proxy "
+        "that can cut it silently"
+        if cluster
+        else "on a RabbitMQ node and a Redis (AOF, fsync always) of its own"
+    )
     print(
-        f"`scripts/chaos --minutes {r['minutes']:g} --seed {r['seed']}` (recorded in "
-        f"`{path}`, {when:%Y-%m-%d}): two `celery -A pubtasks worker -B` at "
-        f"{r['interval']:g} s ticks, on a RabbitMQ node and a Redis (AOF, fsync always) of "
-        "its own, one fault every 5 to 15 s, each worker started again a second after it "
-        "exited (as compose's `restart:` would). The same seed replays the same faults, "
-        "in the same order and at the same moments.\n"
+        f"`scripts/chaos{flag} --minutes {r['minutes']:g} --seed {r['seed']}` (recorded in "
+        f"`{path}`, on commit `{r['commit']}`): two `celery -A pubtasks worker -B` at "
+        f"{r['interval']:g} s ticks, {where}, one fault every 5 to 15 s; each worker that "
+        "exited started again a second later, and each node or Redis that was killed 2 s "
+        "later, as a supervisor would. The same seed replays the same faults, in the same "
+        "order.\n"
     )
     faults = ", ".join(f"{kind} {n}" for kind, n in r["faults"].items())
-    restarts = ", ".join(f"exit {code}: {n}" for code, n in r["restarts"].items()) or "none"
+    exits = Counter((e["code"], e["caused"]) for e in r["exits"])
+    restarts = ", ".join(
+        f"exit {code}{'' if caused else ' (NO fault explains it)'}: {n}"
+        for (code, caused), n in sorted(exits.items())
+    )
     c = r["counters"]
-    reasons = "; ".join(f"{n} x {reason}" for reason, n in r["failed_reasons"].items())
+    verdict = "ok" if not r["wrong"] else "FAILED: " + "; ".join(r["wrong"])
     lines = [
+        ("verdict", verdict),
         ("faults", f"{sum(r['faults'].values())} ({faults})"),
-        ("worker restarts, by exit status", restarts),
-        ("ticks scheduled (numbers allocated)", r["scheduled"]),
-        ("delivered (distinct message_id)", r["delivered"]),
-        ("failed, with reason", f"{r['failed']}{': ' + reasons if reasons else ''}"),
-        ("lost (neither delivered nor failed)", r["lost"]),
-        ("grid points never fired", r["missed"]),
+        ("worker restarts, by exit status", restarts or "none"),
+        ("ticks due (the grid, by the run's clock)", r["due"]),
+        ("delivered (consumed from RabbitMQ)", r["delivered"]),
+        ("failed, by reason", counted(r["failed_reasons"])),
+        ("skipped, by reason", counted(r["skipped"])),
+        ("missing (none of the three)", r["missing"]),
+        ("edges not due (start, stop)", ", ".join(map(str, r["edges"]))),
+        ("extra (no due grid point)", r["extras"]),
         ("duplicates (same message_id)", r["duplicates"]),
+        ("numbers allocated, lost", f"{r['numbers']}, {len(r['lost_numbers'])}"),
         ("one number under two message_ids", r["collisions"]),
         ("ticks stranded (reserved for over 30 s at the end)", r["stranded"]),
         ("left in Redis after the next start", r["left_in_redis"]),
@@ -162,6 +214,7 @@ def chaos(path: Path) -> None:
             f"{c['returned']}, failed {c['failed']}",
         ),
         ("invariant", "holds" if r["invariant"] else "BROKEN"),
+        ("the whole run took", f"{r['run_seconds']:.0f} s"),
     ]
     print("| measure | value |\n|---|---|")
     for name, value in lines:
@@ -169,4 +222,4 @@ def chaos(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], *sys.argv[2:])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -57,7 +58,8 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
-CLUSTER_DIR = Path("/tmp/pubtasks-cluster-test")
+#: Where the tests' cluster lives ($PUBTASKS_CLUSTER_DIR: one per engineer, say).
+CLUSTER_DIR = Path(os.environ.get("PUBTASKS_CLUSTER_DIR", "/tmp/pubtasks-cluster-test"))
 INTERVAL = 0.1
 QUORUM = "QUEUE_TYPE = 'quorum'\n"
 #: Workers connect to the second node; the queue's leader is the first.

@@ -3,7 +3,7 @@
 ``up`` starts, under one directory and on free localhost ports, from the
 ``rabbitmq-server`` and ``redis-server`` already installed:
 
-- three RabbitMQ nodes (``pubtasks-c1@localhost``...), the second and third joined
+- three RabbitMQ nodes (``<dir name>-c1@localhost``...), the second and third joined
   to the first with ``rabbitmqctl join_cluster``;
 - a Redis master and one replica (append-only, fsynced), and three Sentinels
   (``redis-server --sentinel``) that watch the master as ``mymaster``, with a
@@ -197,7 +197,7 @@ def up(directory: Path = DEFAULT_DIR) -> Cluster:
     directory.mkdir(parents=True)
     os.chmod(directory, 0o755)  # the RabbitMQ nodes run as the rabbitmq user
     started = time.monotonic()
-    names = [f"pubtasks-c{i + 1}" for i in range(NODES)]
+    names = [f"{directory.name}-c{i + 1}" for i in range(NODES)]  # one cluster per directory
     rabbits = [RabbitNode(directory / name, name) for name in names]
     master = redis_server("redis-master", directory / "redis-a")
     replica = redis_server("redis-replica", directory / "redis-b", replica_of=master.port)
