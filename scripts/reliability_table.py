@@ -156,11 +156,15 @@ def chaos(path: Path) -> None:
     """The section on a recorded ``scripts/chaos`` run."""
     cluster = "cluster" in path.name
     flag = " --cluster" if cluster else ""
-    print(f"\n## An hour of chaos{' on the cluster' if cluster else ''}\n")
+    title = f"Chaos{' on the cluster' if cluster else ''}"
     if not path.exists():
-        print(f"No run recorded yet: `scripts/chaos{flag} --minutes 60 --record {path}`.")
+        print(
+            f"\n## {title}\n\nNo run recorded yet: "
+            f"`scripts/chaos{flag} --minutes 60 --record {path}`."
+        )
         return
     r = json.loads(path.read_text())
+    print(f"\n## {title}: {r['minutes']:g} minutes\n")
     if "due" not in r:
         print(
             f"The run in `{path}` was recorded before ticks were matched one by one; record "
@@ -178,8 +182,9 @@ def chaos(path: Path) -> None:
         f"`scripts/chaos{flag} --minutes {r['minutes']:g} --seed {r['seed']}` (recorded in "
         f"`{path}`, on commit `{r['commit']}`): two `celery -A pubtasks worker -B` at "
         f"{r['interval']:g} s ticks, {where}, one fault every 5 to 15 s; each worker that "
-        "exited started again a second later, and each node or Redis that was killed 2 s "
-        "later, as a supervisor would. The same seed replays the same faults, in the same "
+        "exited started again a second later"
+        + (", and each node or Redis that was killed 2 s later" if cluster else "")
+        + ", as a supervisor would. The same seed replays the same faults, in the same "
         "order.\n"
     )
     faults = ", ".join(f"{kind} {n}" for kind, n in r["faults"].items())
