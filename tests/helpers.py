@@ -13,6 +13,7 @@ from typing import Any
 
 from kombu.connection import Connection
 
+from pubtasks.bench.chaos import commit
 from pubtasks.bench.ledger import Clock, Expected, Ledger, Raw, account, queued_ids, take, verdict
 from pubtasks.bench.services import rabbitmqctl
 from pubtasks.bench.worker import Worker, celery_isolation
@@ -246,6 +247,7 @@ def record(row: Row) -> None:
     if not out:
         return
     data = {k: v for k, v in row.__dict__.items() if k != "ids"}
+    data["commit"] = commit()
     with open(out, "a") as f:
         f.write(json.dumps(data) + "\n")
 
