@@ -492,6 +492,7 @@ class Chaos:
 
 def run(setup: Setup, minutes: float, seed: int, interval: float, root: Path) -> dict[str, Any]:
     rng = random.Random(seed)
+    stamp = commit()  # what runs: the tree as it is now, at the start
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "PUBTASKS_"))}
     base.update(
         REDIS_URL=setup.redis_url,
@@ -549,7 +550,7 @@ def run(setup: Setup, minutes: float, seed: int, interval: float, root: Path) ->
         seed=seed,
         minutes=minutes,
         interval=interval,
-        commit=commit(),
+        commit=stamp,
         faults=dict(sorted(faults.items())),
         exits=[asdict(e) for e in supervisor.exits],
         restarts=dict(Counter(str(e.code) for e in supervisor.exits)),
