@@ -7,17 +7,19 @@ import os
 import re
 import textwrap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kombu.connection import Connection
 
-from pubtasks.bench.ledger import Ledger, Raw, account, queued_ids, take
+from pubtasks.bench.chaos import commit
+from pubtasks.bench.ledger import Clock, Expected, Ledger, Raw, account, queued_ids, take, verdict
 from pubtasks.bench.services import rabbitmqctl
 from pubtasks.bench.worker import Worker, celery_isolation
 from pubtasks.bench.worker import write_config as write_worker_config
 from pubtasks.defaults import DEFAULT_ENTRY
+from pubtasks.schedule import every
 from pubtasks.waiting import wait_for
 
 __all__ = ["Raw", "Worker", "celery_isolation", "queued_ids", "rabbitmqctl", "take"]
@@ -80,30 +82,30 @@ def close_connections(vhost: str) -> int:
 
 @dataclass
 class Row:
-    """One scenario's figures, as the reliability table shows them."""
+    """One scenario's figures, as the reliability table shows them: each measured."""
 
     scenario: str
-    scheduled: int
-    delivered: int
-    duplicates: int
-    lost: int | None
-    failed: int
-    reason: str
+    due: int  # ticks due by the entries' schedules and the run's own clock
+    delivered: int  # due messages consumed from RabbitMQ
+    failed: int  # messages counted failed (every failed marker)
+    reasons: dict[str, int]  # ... by reason
+    skipped: dict[str, int]  # due messages skipped on purpose, by reason
+    missing: int  # due messages neither delivered, failed nor skipped
+    edges: tuple[int, int]  # grid points left out at the start and at the stop
+    extras: int  # consumed messages that are no due grid point (by hand, off the grid)
+    duplicates: int  # consumed more than once (same message_id)
+    numbers: int  # numbers beat allocated (its own count)
+    lost_numbers: int  # ... neither delivered nor failed
+    stranded: int  # ticks left queued or reserved in Redis
     invariant: bool | None
     recovery_s: float | None
     notes: str = ""
     received: int = 0
     unconfirmed: int = 0
     queued: int = 0
-    missed: int | None = 0
-    stranded: int = 0
+    due_messages: int = 0
+    wrong: list[str] = field(default_factory=list)
     ids: set[str] | None = None
-
-    @property
-    def accounted(self) -> bool:
-        """No number lost, no grid point missed (None: no fixed grid to check), nothing
-        left in Redis's queue."""
-        return self.lost == 0 and not self.missed and self.stranded == 0
 
 
 def backlog(stats: Any) -> int:
@@ -139,21 +141,38 @@ def finish(cwd: Path, env: dict[str, str], stats: Any, timeout: float = 120) -> 
     return waiting
 
 
+def clock_of(*workers: Worker) -> Clock:
+    """The run's own clock: the first start of any of ``workers``, and the first of their
+    last stops (``Worker.stop``)."""
+    return Clock.of([w.first_start for w in workers], [w.last_stop for w in workers])
+
+
 def tally(
     scenario: str,
     amqp_url: str,
     stats: Any,
-    interval: float | None,
+    clock: Clock,
     recovery_s: float | None,
     notes: str = "",
     queued: int = 0,
+    *,
+    interval: float,
     entry: str = DEFAULT_ENTRY,
+    batch: int = 1,
+    failing: tuple[str, ...] = (),
+    skipping: tuple[str, ...] = (),
+    received: list[Raw] | None = None,
 ) -> Row:
-    """Consume queue ``text`` and read Redis: account for every number beat allocated
-    (``ledger.account``). The scenario must have ended with ``finish()``, which
-    publishes what was still queued; ``queued`` is how many that was."""
-    ledger = account(take(amqp_url, "text"), stats, interval, entry)
-    return row_of(scenario, ledger, stats, recovery_s, notes, queued)
+    """Consume queue ``text`` (or take ``received``, consumed already) and read Redis:
+    match every tick that ``entry``'s grid of
+    ``interval`` made due over the run's ``clock`` (``ledger.account``), and say what
+    is wrong (``Row.wrong``), ``failing`` and ``skipping`` being the failure and skip
+    reasons the scenario allows. The scenario must have ended with ``finish()``,
+    which publishes what was still queued; ``queued`` is how many that was."""
+    expected = [Expected(entry, every(interval), batch)]
+    got = take(amqp_url, "text") if received is None else received
+    ledger = account(got, stats, expected, clock)
+    return row_of(scenario, ledger, stats, recovery_s, notes, queued, failing, skipping)
 
 
 def row_of(
@@ -163,29 +182,45 @@ def row_of(
     recovery_s: float | None,
     notes: str = "",
     queued: int = 0,
+    failing: tuple[str, ...] = (),
+    skipping: tuple[str, ...] = (),
 ) -> Row:
     """The reliability table's row for ``ledger`` and the counters in Redis now."""
-    snap = stats.snapshot()
-    t = snap.totals
-    assert ledger.collisions == 0, "a number was published under two message ids"
+    t = stats.snapshot().totals
+    invariant = t.invariant_holds and t.pending == 0
+    wrong = verdict(ledger, failing, skipping)
+    if not invariant:
+        wrong.append("the counters' invariant does not hold (or a publish is still pending)")
     return Row(
         scenario=scenario,
-        scheduled=ledger.scheduled,
+        due=ledger.due,
         delivered=ledger.delivered,
+        failed=len(ledger.failed),
+        reasons=dict(ledger.reasons),
+        skipped=dict(ledger.skipped),
+        missing=len(ledger.missing),
+        edges=ledger.edges,
+        extras=len(ledger.extras),
         duplicates=ledger.duplicates,
-        lost=ledger.lost,
-        failed=t.failed,
-        reason=snap.last_error.get("reason", "") if t.failed else "",
-        invariant=t.invariant_holds and t.pending == 0,
+        numbers=ledger.numbers,
+        lost_numbers=len(ledger.lost_numbers),
+        stranded=ledger.stranded,
+        invariant=invariant,
         recovery_s=recovery_s,
         notes=notes,
         received=ledger.received,
         unconfirmed=t.unconfirmed,
         queued=queued,
-        missed=ledger.missed,
-        stranded=ledger.stranded,
+        due_messages=ledger.due_messages,
+        wrong=wrong,
         ids=ledger.ids,
     )
+
+
+def check(row: Row) -> None:
+    """Record the row, then fail the test with everything wrong with it."""
+    record(row)
+    assert not row.wrong, f"{row.scenario}: " + "; ".join(row.wrong)
 
 
 def group_of(pid: int) -> int | None:
@@ -214,9 +249,10 @@ def record(row: Row) -> None:
     out = os.environ.get("PUBTASKS_RELIABILITY_OUT")
     if not out:
         return
-    fields = {k: v for k, v in row.__dict__.items() if k != "ids"}
+    data = {k: v for k, v in row.__dict__.items() if k != "ids"}
+    data["commit"] = commit()
     with open(out, "a") as f:
-        f.write(json.dumps(fields) + "\n")
+        f.write(json.dumps(data) + "\n")
 
 
 def record_replication(measure: dict[str, Any]) -> None:

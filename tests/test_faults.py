@@ -25,10 +25,11 @@ from pubtasks.stats import Stats
 from pubtasks.waiting import wait_for
 from tests.helpers import (
     Worker,
+    check,
+    clock_of,
     close_connections,
     finish,
     rabbitmqctl,
-    record,
     tally,
     write_config,
 )
@@ -37,6 +38,8 @@ from tests.proxy import Proxy
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
 
 INTERVAL = 0.2
+NACK_INTERVAL = 0.5
+NACK_BATCH = 10
 
 
 def acked(stats: Stats) -> int:
@@ -84,9 +87,11 @@ def test_repeated_forced_closes(
     # Then every tick arrives (a tick cut mid-publish may arrive twice, same id)
     queued = finish(worker.cwd, worker.env, stats)
     recovery = max(recoveries)
-    row = tally("repeated forced closes (5)", amqp_url, stats, INTERVAL, recovery, "", queued)
-    assert row.accounted and row.failed == 0 and row.invariant
-    record(row)
+    row = tally(
+        "repeated forced closes (5)", amqp_url, stats, clock_of(worker), recovery, "", queued,
+        interval=INTERVAL,
+    )  # fmt: skip
+    check(row)
 
 
 @pytest.fixture
@@ -134,7 +139,8 @@ def test_broker_outage(
     wait_for(lambda: fired(stats) >= during + 50, 30, "50 ticks during the outage", 0.1)
     acked_before = acked(stats)
     up_at = broker_app["start"]()
-    # Then publishing resumes (the time to the first confirm is recorded: the target is 2 s)
+    # Then publishing resumes (the time to the first confirm is a recorded figure, not a
+    # timed assertion: the deadline below only bounds the wait)
     seen = wait_for(
         lambda: acked(stats) > acked_before and time.time(), 60, "a confirm after the outage", 0.01
     )
@@ -144,9 +150,11 @@ def test_broker_outage(
     assert worker.stop() == 0
     # ... and the ticks that fell in the outage are published after it, each at its time
     queued = finish(worker.cwd, worker.env, stats)
-    row = tally("broker outage (~10 s, stop_app)", amqp_url, stats, INTERVAL, recovery, "", queued)
-    assert row.accounted and row.failed == 0 and row.invariant
-    record(row)
+    row = tally(
+        "broker outage (~10 s, stop_app)", amqp_url, stats, clock_of(worker), recovery, "",
+        queued, interval=INTERVAL,
+    )  # fmt: skip
+    check(row)
 
 
 def test_silent_network_cut(
@@ -169,10 +177,12 @@ def test_silent_network_cut(
     wait_for(lambda: acked(stats) >= last, 30, "the backlog to be published")
     assert worker.stop() == 0
     queued = finish(worker.cwd, worker.env, stats)
-    row = tally("silent network cut (~4 s)", amqp_url, stats, INTERVAL, recovery, "", queued)
-    assert row.accounted and row.failed == 0 and row.invariant
+    row = tally(
+        "silent network cut (~4 s)", amqp_url, stats, clock_of(worker), recovery, "", queued,
+        interval=INTERVAL,
+    )  # fmt: skip
+    check(row)
     assert row.unconfirmed >= 1
-    record(row)
 
 
 @pytest.fixture
@@ -227,18 +237,21 @@ def test_memory_alarm(
     way = "batched writes" if batch_writes else "basic_publish"
     scenario = f"memory alarm (~4 s, publishers blocked), {way}"
     queued = finish(worker.cwd, worker.env, stats)
-    row = tally(scenario, amqp_url, stats, INTERVAL, recovery, "", queued)
-    assert row.accounted and row.failed == 0 and row.invariant
+    row = tally(
+        scenario, amqp_url, stats, clock_of(worker), recovery, "", queued, interval=INTERVAL
+    )
+    check(row)
     assert row.unconfirmed >= 1
     assert "blocked publishing: connection blocked" in worker.log
-    record(row)
 
 
 def test_nacks(worker: Worker, stats: Stats, amqp_url: str, prefix: str) -> None:
     # Given ticks of 10 messages, 5 awaiting their confirm at once, and a second queue
     # on the same key that takes 15 messages and nacks the rest (reject-publish)
-    configure(worker, prefix, "PUBLISH_BATCH = 10\nCONFIRM_WINDOW = 5\nPUBLISH_ATTEMPTS = 3\n")
-    worker.env["PUBLISH_INTERVAL"] = "0.5"
+    configure(
+        worker, prefix, f"PUBLISH_BATCH = {NACK_BATCH}\nCONFIRM_WINDOW = 5\nPUBLISH_ATTEMPTS = 3\n"
+    )
+    worker.env["PUBLISH_INTERVAL"] = str(NACK_INTERVAL)
     full = Queue(
         "full",
         Exchange("message", "topic", durable=True),
@@ -264,15 +277,17 @@ def test_nacks(worker: Worker, stats: Stats, amqp_url: str, prefix: str) -> None
     t = stats.snapshot().totals
     assert taken == t.acked
     scenario = "nacks (reject-publish queue, batches of 10)"
-    row = tally(scenario, amqp_url, stats, None, None, "", queued)
+    # Each message of each due tick ended acked, or failed after at most 3 attempts with
+    # its reason (nacked, and nothing else)
+    row = tally(
+        scenario, amqp_url, stats, clock_of(worker), None, "", queued,
+        interval=NACK_INTERVAL, batch=NACK_BATCH, failing=("nacked by RabbitMQ",),
+    )  # fmt: skip
+    check(row)
     assert row.received == t.published
     assert t.nacked == t.published - t.acked - t.unconfirmed
-    assert t.nacked > 0 and row.invariant and row.accounted
-    # Each message ended acked, or failed after at most 3 attempts with its reason
-    assert t.published <= 3 * row.scheduled
-    if t.failed:
-        assert "nacked by RabbitMQ" in stats.snapshot().last_error["reason"]
-    record(row)
+    assert t.nacked > 0
+    assert t.published <= 3 * row.numbers
 
 
 LATE_KEY = """
@@ -305,15 +320,16 @@ def test_unroutable_messages(worker: Worker, stats: Stats, amqp_url: str, prefix
     queued = finish(worker.cwd, worker.env, stats)
     # Then the returned messages were published again (on_return="retry", the default)
     # until the binding was there: each publish is counted, and every tick is delivered
+    # (none failed: TICK_DEADLINE is far off)
     row = tally(
-        "unroutable (no binding yet), on_return='retry'", amqp_url, stats, None,
-        float(first) - rebound_at, "", queued,
+        "unroutable (no binding yet), on_return='retry'", amqp_url, stats, clock_of(worker),
+        float(first) - rebound_at, "", queued, interval=INTERVAL,
     )  # fmt: skip
+    check(row)
     t = stats.snapshot().totals
-    assert t.returned >= 10 and row.accounted and row.invariant
-    assert row.delivered == t.acked - t.returned == row.scheduled and t.failed == 0
+    assert t.returned >= 10
+    assert row.delivered == row.due == t.acked - t.returned == row.numbers
     assert "NO_ROUTE" in stats.snapshot().last_error["reason"]
-    record(row)
 
 
 @pytest.fixture
@@ -347,11 +363,13 @@ def test_redis_restart(worker: Worker, amqp_url: str, prefix: str, own_redis: Re
     queued = finish(worker.cwd, worker.env, stats)
     # ... with no tick lost (beat kept the ticks it could not send) and exact counts
     scenario = f"Redis restart (down {up_at - down_at:.1f} s, AOF)"
-    row = tally(scenario, amqp_url, stats, INTERVAL, recovery, "", queued)
-    assert row.accounted and row.failed == 0 and row.invariant
-    assert row.received == stats.snapshot().totals.acked
-    record(row)
+    row = tally(
+        scenario, amqp_url, stats, clock_of(worker), recovery, "", queued, interval=INTERVAL
+    )
+    acked_total = stats.snapshot().totals.acked
     stats.close()
+    check(row)
+    assert row.received == acked_total
 
 
 def test_killed_worker_process(
@@ -377,11 +395,12 @@ def test_killed_worker_process(
     assert worker.stop() == 0
     queued = finish(worker.cwd, worker.env, stats)
     scenario = "killed worker process (SIGKILL mid-publish)"
-    row = tally(scenario, amqp_url, stats, INTERVAL, recovery, "", queued)
-    assert message_id in row.ids
-    assert row.accounted and row.failed == 0 and row.invariant
+    row = tally(
+        scenario, amqp_url, stats, clock_of(worker), recovery, "", queued, interval=INTERVAL
+    )
+    check(row)
+    assert row.ids is not None and message_id in row.ids
     assert f"pid:{pid} exited with 'signal 9 (SIGKILL)'" in worker.log
-    record(row)
 
 
 def test_conflicting_exchange_at_run_time(
@@ -407,10 +426,15 @@ def test_conflicting_exchange_at_run_time(
     with Connection(amqp_url) as conn:
         conn.default_channel.exchange_delete("message")
     queued = finish(worker.cwd, worker.env, stats)
-    row = tally("topology conflict (406) at run time", amqp_url, stats, None, None, "", queued)
-    assert row.accounted and row.invariant
+    # Every due tick was delivered, or failed with that line and no other reason
+    row = tally(
+        "topology conflict (406) at run time", amqp_url, stats, clock_of(worker), None, "",
+        queued, interval=INTERVAL,
+        failing=("cannot declare exchange 'message' (topic, durable): RabbitMQ replied (406)",),
+    )  # fmt: skip
+    check(row)
+    assert row.failed >= 5
     assert declares <= 3 * row.failed  # a line or two per failed tick, not a loop
-    record(row)
 
 
 def test_load(worker: Worker, stats: Stats, amqp_url: str, prefix: str) -> None:
@@ -433,10 +457,11 @@ def test_load(worker: Worker, stats: Stats, amqp_url: str, prefix: str) -> None:
     queued = finish(worker.cwd, worker.env, stats)
     # Then no tick is lost or duplicated, the counters are exact, memory stays flat
     row = tally(
-        f"load: {interval} s for {seconds:g} s, 2 processes", amqp_url, stats, interval, None,
+        f"load: {interval} s for {seconds:g} s, 2 processes", amqp_url, stats,
+        clock_of(worker), None,
         notes=f"RSS of the worker's processes {rss_start / 2**20:.0f} MiB after warm-up, "
-        f"{rss_end / 2**20:.0f} MiB at the end", queued=queued,
+        f"{rss_end / 2**20:.0f} MiB at the end", queued=queued, interval=interval,
     )  # fmt: skip
-    assert row.accounted and row.duplicates == 0 and row.failed == 0 and row.invariant
+    check(row)
+    assert row.duplicates == 0
     assert rss_end <= rss_start * 1.1 + 8 * 2**20, (rss_start, rss_end)
-    record(row)

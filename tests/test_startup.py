@@ -3,48 +3,59 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from kombu.connection import Connection
 from kombu.entity import Exchange
 
+from pubtasks.bench.ledger import Clock, account, take
 from pubtasks.settings import mask_url
-from tests.helpers import Row, Worker, record, write_config
+from pubtasks.stats import Stats
+from tests.helpers import Worker, check, row_of, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
 
 SECRET = "s3cretPW"
 
 
-def run_until_exit(worker: Worker, case: str) -> tuple[int, list[str]]:
-    started = time.monotonic()
+@dataclass
+class Run:
+    """Where a start that must fail is measured: the test's vhost and Redis prefix."""
+
+    amqp_url: str
+    stats: Stats
+
+
+@pytest.fixture
+def run(amqp_url: str, stats: Stats) -> Run:
+    return Run(amqp_url, stats)
+
+
+def run_until_exit(worker: Worker, run: Run, case: str) -> tuple[int, list[str]]:
+    started = time.time()
     code, output = worker.run_to_exit(timeout=90)
     errors = [line for line in output.splitlines() if line.startswith("pubtasks: error:")]
     assert "Traceback" not in output, output
     assert SECRET not in output, output
     assert len(errors) == 1, output
-    report(case, code, errors[0], time.monotonic() - started)
+    report(case, code, errors[0], run, Clock(started, time.time()))
     return code, errors
 
 
-def report(case: str, code: int, line: str, took: float) -> None:
-    """A row for the reliability table: nothing scheduled, one line, the exit code."""
-    record(
-        Row(
-            scenario=f"fatal configuration at start: {case}",
-            scheduled=0,
-            delivered=0,
-            duplicates=0,
-            lost=None,  # nothing was scheduled: nothing to count
-            failed=0,
-            reason=line.removeprefix("pubtasks: error: "),
-            invariant=None,
-            missed=None,
-            recovery_s=None,
-            notes=f"exit {code} after {took:.1f} s, one line, no traceback, no password",
-        )
-    )
+def report(case: str, code: int, line: str, run: Run, clock: Clock) -> None:
+    """A row for the reliability table, measured: what reached RabbitMQ (queue ``text``,
+    if anything declared it), what Redis counted (numbers, failures, counters). Nothing
+    is due, since the worker refused to start: all of it must be nothing."""
+    ledger = account(take(run.amqp_url, "text", missing_ok=True), run.stats, [], clock)
+    row = row_of(
+        f"fatal configuration at start: {case}", ledger, run.stats, None,
+        f"exit {code} after {clock.stopped - clock.started:.1f} s, no traceback, no password, "
+        f"one line: {line.removeprefix('pubtasks: error: ')}",
+    )  # fmt: skip
+    check(row)
+    assert (row.received, row.failed, row.numbers) == (0, 0, 0), row
 
 
 @pytest.mark.parametrize(
@@ -57,31 +68,31 @@ def report(case: str, code: int, line: str, took: float) -> None:
     ],
 )
 def test_bad_settings_exit_non_zero_naming_the_setting(
-    worker: Worker, env: dict[str, str], expected: str
+    worker: Worker, run: Run, env: dict[str, str], expected: str
 ) -> None:
     worker.env.update(env)
     [(name, value)] = env.items()
-    code, [line] = run_until_exit(worker, f"{name}={mask_url(value)!r}")
+    code, [line] = run_until_exit(worker, run, f"{name}={mask_url(value)!r}")
     assert code != 0
     assert expected in line
 
 
-def test_wrong_credentials_stop_at_once(worker: Worker, amqp_url: str) -> None:
+def test_wrong_credentials_stop_at_once(worker: Worker, run: Run, amqp_url: str) -> None:
     worker.env["AMQP_URL"] = amqp_url.replace("guest:guest", f"guest:{SECRET}")
-    code, [line] = run_until_exit(worker, "wrong RabbitMQ password")
+    code, [line] = run_until_exit(worker, run, "wrong RabbitMQ password")
     assert code != 0
     assert "refused the login: (403) ACCESS_REFUSED" in line
     assert "check the user and password in AMQP_URL" in line
 
 
 def test_unreachable_rabbitmq_is_retried_one_line_per_attempt_then_exits(
-    worker_dir: Path, worker: Worker, prefix: str
+    worker_dir: Path, worker: Worker, run: Run, prefix: str
 ) -> None:
     write_config(worker_dir, prefix, "STARTUP_RETRIES = 3\n")
     worker.env["AMQP_URL"] = f"amqp://guest:{SECRET}@127.0.0.1:1//"
-    started = time.monotonic()
+    started = time.time()
     code, output = worker.run_to_exit(timeout=90)
-    report("RabbitMQ unreachable", code, output.splitlines()[-1], time.monotonic() - started)
+    report("RabbitMQ unreachable", code, output.splitlines()[-1], run, Clock(started, time.time()))
     # Three attempts in all: a line for each of the first two, then the one error line
     attempts = [line for line in output.splitlines() if "retrying in" in line]
     assert [a.rsplit("(", 1)[1] for a in attempts] == [f"attempt {n}/3)" for n in (1, 2)]
@@ -93,13 +104,13 @@ def test_unreachable_rabbitmq_is_retried_one_line_per_attempt_then_exits(
 
 
 def test_unreachable_redis_is_retried_then_exits(
-    worker_dir: Path, worker: Worker, prefix: str
+    worker_dir: Path, worker: Worker, run: Run, prefix: str
 ) -> None:
     write_config(worker_dir, prefix, "STARTUP_RETRIES = 2\n")
     worker.env["REDIS_URL"] = f"redis://:{SECRET}@127.0.0.1:1/0"
-    started = time.monotonic()
+    started = time.time()
     code, output = worker.run_to_exit(timeout=120)
-    report("Redis unreachable", code, output.splitlines()[-1], time.monotonic() - started)
+    report("Redis unreachable", code, output.splitlines()[-1], run, Clock(started, time.time()))
     assert code != 0
     attempts = [line for line in output.splitlines() if "retrying in" in line]
     assert [a.rsplit("(", 1)[1] for a in attempts] == ["attempt 1/2)"]
@@ -110,11 +121,11 @@ def test_unreachable_redis_is_retried_then_exits(
 
 
 def test_a_conflicting_exchange_at_start_names_it_and_quotes_rabbitmq(
-    worker: Worker, amqp_url: str
+    worker: Worker, run: Run, amqp_url: str
 ) -> None:
     with Connection(amqp_url) as conn:
         Exchange("message", "direct", durable=True)(conn.default_channel).declare()
-    code, [line] = run_until_exit(worker, "exchange exists as direct (406)")
+    code, [line] = run_until_exit(worker, run, "exchange exists as direct (406)")
     assert code != 0
     assert "cannot declare exchange 'message' (topic, durable)" in line
     assert "(406) PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'message'" in line
@@ -156,10 +167,10 @@ def test_a_conflicting_exchange_at_start_names_it_and_quotes_rabbitmq(
     ],
 )
 def test_a_bad_schedule_entry_stops_the_worker_with_one_line(
-    worker: Worker, worker_dir: Path, prefix: str, case: str, entry: str, expected: str
+    worker: Worker, run: Run, worker_dir: Path, prefix: str, case: str, entry: str, expected: str
 ) -> None:
     write_config(worker_dir, prefix, f"beat_schedule = {{'bad': {entry}}}\n")
-    code, [line] = run_until_exit(worker, f"beat_schedule entry: {case}")
+    code, [line] = run_until_exit(worker, run, f"beat_schedule entry: {case}")
     assert code != 0
     assert line.startswith("pubtasks: error: beat_schedule entry 'bad': "), line
     assert expected in line

@@ -1,29 +1,52 @@
 """``scripts/chaos``: random faults against two ``-B`` workers, then an account of
-every tick.
+every tick that was due.
 
-It starts a RabbitMQ node and a Redis (append-only, fsynced) of its own on free
-ports (``nodes``), two ``celery -A pubtasks worker -B`` at ``--interval`` (0.1 s),
-and then, every 5 to 15 s, one fault drawn at random:
+Two set-ups, each of its own and on free ports (never the default RabbitMQ or Redis):
+
+- by default, a RabbitMQ node and a Redis (append-only, fsynced) (``nodes``);
+- with ``--cluster``, ``scripts/cluster``'s three RabbitMQ nodes, with the queue
+  ``text`` a quorum queue, and a Redis master, its replica and three Sentinels,
+  under ``--dir`` (``cluster``). Each worker reaches each node through a TCP proxy
+  of its own (``proxy``), so that the network to a node can be cut silently.
+
+Two ``celery -A pubtasks worker -B`` run at ``--interval`` (0.1 s) and then,
+every 5 to 15 s, one fault drawn at random:
 
 - ``close``: RabbitMQ closes every connection;
-- ``stop_app``: RabbitMQ's app stopped for 2 to 6 s;
-- ``redis_kill``: Redis SIGKILLed, then started again from its AOF;
+- ``stop_app``: RabbitMQ's app stopped for 2 to 6 s (on one node of the cluster);
+- ``redis_kill`` (one node): Redis SIGKILLed, then started again from its AOF;
+- ``node_kill``, ``leader_kill`` (cluster): a node, or the node leading the quorum
+  queue, SIGKILLed;
+- ``node_stop`` (cluster): a node stopped (``rabbitmqctl stop``) for 5 to 15 s,
+  then started again, as an operator restarting it would;
+- ``redis_master_kill`` (cluster): the Redis master SIGKILLed; Sentinel promotes
+  the replica;
+- ``net_cut`` (cluster): the network to one node cut silently (no FIN, no RST)
+  for 2 to 8 s;
 - ``pool_kill``: a pool process of a worker SIGKILLed;
 - ``beat_kill``: a worker's embedded beat SIGKILLed (the worker exits 3);
 - ``worker_kill``: a whole worker SIGKILLed (its process group);
 - ``worker_term``: a worker stopped with SIGTERM (a warm shutdown).
 
-It plays the workers' supervisor: a worker that exits, for whatever reason, is
-started again a second later. After ``--minutes`` it waits until no tick has
-been reserved for more than 30 s (a tick stranded by a dead worker), stops the
-workers, lets a worker without beat publish what is still queued (as the next
-start would), and accounts for every number (``ledger``): delivered, failed with
-its reason, or lost; grid points never fired; duplicates, which must keep their
-``message_id``; the counters' invariant; ticks left in Redis. It exits 1 if
-anything was lost, missed or stranded, or the invariant is broken, and then
-keeps the run's directory (the workers' logs, Redis's AOF) and prints the lost
-numbers. The seed is printed first: ``--seed`` replays a run's faults, in the
-same order.
+A fault on the cluster waits until it is whole again (three nodes running, the
+replica in sync): one of three nodes down is what a quorum survives, two is not.
+It plays the supervisor, and restarts only what a supervisor would: a worker
+that exits (a second later), a RabbitMQ node or a Redis that was killed (2 s
+later; the old master comes back as a replica). After ``--minutes`` it waits
+until no tick has been reserved for more than 30 s (a tick stranded by a dead
+worker), stops the workers, lets a worker without beat publish what is still
+queued (as the next start would), and accounts for every tick the schedule made
+due between its own start and stop of the workers (``ledger``): delivered,
+failed with its reason, skipped with its reason, or missing.
+
+The verdict (exit 1, the run's directory kept, the missing ids printed): a due
+tick missing; any tick failed or skipped (no fault here is one that a tick should
+fail or be skipped for); a number lost or under two ids; a tick stranded or left
+in Redis; the counters' invariant broken; a worker that exited other than as the
+fault done to it makes it (3 after a beat kill, -9 after a SIGKILL, 0 after a
+SIGTERM), or that did not stop cleanly at the end. The seed is printed first:
+``--seed`` replays a run's faults, in the same order. The record is stamped with
+the commit it ran on.
 """
 
 from __future__ import annotations
@@ -35,20 +58,25 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from pubtasks.bench.ledger import account, take
+from pubtasks.bench import cluster as clusters
+from pubtasks.bench.ledger import Clock, Expected, Ledger, account, take
+from pubtasks.bench.ledger import verdict as ledger_verdict
 from pubtasks.bench.nodes import RabbitNode, RedisNode
+from pubtasks.bench.proxy import Proxy
 from pubtasks.bench.worker import Worker, write_config
 from pubtasks.defaults import DEFAULT_ENTRY
+from pubtasks.schedule import every
 from pubtasks.stats import COUNTERS, Stats
 from pubtasks.waiting import wait_for
 
@@ -59,17 +87,27 @@ from pubtasks.schedule import every
 beat_schedule = {"publish-text": {"task": "pubtasks.publish", "schedule": every()}}
 CONFIRM_TIMEOUT = 2.0
 """
-FAULTS = (
+QUORUM = "QUEUE_TYPE = 'quorum'\n"
+WORKER_FAULTS = ("pool_kill", "beat_kill", "worker_kill", "worker_term")
+FAULTS = ("close", "stop_app", "redis_kill", *WORKER_FAULTS)
+CLUSTER_FAULTS = (
     "close",
     "stop_app",
-    "redis_kill",
-    "pool_kill",
-    "beat_kill",
-    "worker_kill",
-    "worker_term",
+    "node_kill",
+    "leader_kill",
+    "node_stop",
+    "redis_master_kill",
+    "net_cut",
+    *WORKER_FAULTS,
 )
+#: The exit status each fault makes a worker exit with (the embedded beat's death: 3).
+CAUSED = {"beat_kill": 3, "worker_kill": -signal.SIGKILL, "worker_term": 0}
 #: A tick reserved longer than this at the end was stranded (a live worker's takes ms).
 STRANDED_AFTER = 30.0
+#: A supervisor starts a killed RabbitMQ node or Redis again this long after.
+RESTART_DELAY = 2.0
+DEFAULT_DIR = Path("/tmp/pubtasks-cluster-chaos")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def say(line: str) -> None:
@@ -94,14 +132,42 @@ def beat_of(worker: Worker) -> int | None:
     return None if at < 0 else int(log[at + len(marker) :].split(")", 1)[0])
 
 
+def commit() -> str:
+    """The commit this runs on (``+dirty`` if tracked files differ from it)."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+            check=True, capture_output=True, text=True, timeout=30,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            check=True, capture_output=True, text=True, timeout=30,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+@dataclass
+class Exit:
+    worker: str
+    code: int
+    caused: bool  # by a fault done to that worker (see CAUSED)
+
+
 @dataclass
 class Supervisor:
-    """Starts a worker again a second after it exits, as compose's ``restart:`` would."""
+    """Starts a worker again a second after it exits, as compose's ``restart:`` would,
+    and notes whether a fault done to it explains the exit."""
 
     workers: list[Worker]
-    exits: Counter[int] = field(default_factory=Counter)
+    exits: list[Exit] = field(default_factory=list)
+    caused: dict[str, set[int]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: bool = False
+
+    def expect(self, worker: Worker, fault: str) -> None:
+        self.caused.setdefault(worker.cwd.name, set()).add(CAUSED[fault])
 
     def look(self) -> None:
         with self.lock:
@@ -110,8 +176,10 @@ class Supervisor:
             for w in self.workers:
                 if w.proc is not None and w.proc.poll() is not None:
                     code = w.proc.returncode
-                    self.exits[code] += 1
-                    say(f"worker {w.cwd.name} exited {code}; starting it again")
+                    caused = code in self.caused.pop(w.cwd.name, set())
+                    self.exits.append(Exit(w.cwd.name, code, caused))
+                    why = "" if caused else " (no fault done to it explains that)"
+                    say(f"worker {w.cwd.name} exited {code}{why}; starting it again")
                     time.sleep(1)
                     with contextlib.suppress(ProcessLookupError):  # what it left behind
                         os.killpg(w.proc.pid, signal.SIGKILL)
@@ -123,26 +191,52 @@ class Supervisor:
             time.sleep(0.2)
 
 
+class Setup(Protocol):
+    """The services a run breaks: one RabbitMQ node and a Redis, or the cluster."""
+
+    faults: tuple[str, ...]
+    config: str
+
+    @property
+    def redis_url(self) -> str: ...
+    @property
+    def master_name(self) -> str: ...
+    def amqp_url(self, worker: int) -> str: ...
+    def consume_url(self) -> str: ...
+    def inflict(self, fault: str, rng: random.Random) -> str: ...
+    def settle(self) -> None: ...
+
+
 @dataclass
-class Chaos:
+class Single:
+    """A RabbitMQ node and a Redis of the run's own."""
+
     rabbit: RabbitNode
     redis: RedisNode
-    workers: list[Worker]
-    supervisor: Supervisor
-    rng: random.Random
-    stats: Stats
+    faults: tuple[str, ...] = FAULTS
+    config: str = CONFIG
     app_stopped: bool = False
 
-    def worker(self) -> Worker:
-        return self.rng.choice(self.workers)
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
 
-    def inflict(self, fault: str) -> str:
-        """Do ``fault``; say what was done."""
+    @property
+    def master_name(self) -> str:
+        return "mymaster"  # not used: REDIS_URL names Redis itself
+
+    def amqp_url(self, worker: int) -> str:
+        return self.rabbit.url()
+
+    def consume_url(self) -> str:
+        return self.rabbit.url()
+
+    def inflict(self, fault: str, rng: random.Random) -> str:
         if fault == "close":
             self.rabbit.ctl("close_all_connections", "chaos: forced close")
             return "RabbitMQ closed every connection"
         if fault == "stop_app":
-            seconds = self.rng.uniform(2, 6)
+            seconds = rng.uniform(2, 6)
             self.rabbit.ctl("stop_app")
             self.app_stopped = True
             time.sleep(seconds)
@@ -153,7 +247,206 @@ class Chaos:
             self.redis.kill()
             self.redis.start()
             return "Redis SIGKILLed and started again from its AOF"
-        w = self.worker()
+        raise ValueError(fault)
+
+    def settle(self) -> None:
+        if self.app_stopped:
+            self.rabbit.ctl("start_app")
+
+
+@contextlib.contextmanager
+def single(root: Path) -> Iterator[Single]:
+    rabbit = RabbitNode(root / "rabbit", f"pubtasks-chaos-{os.getpid()}")
+    redis_node = RedisNode(root / "redis")
+    try:
+        rabbit.start()
+        redis_node.start()
+        yield Single(rabbit, redis_node)
+    finally:
+        redis_node.kill()
+        rabbit.stop()
+
+
+class Mends:
+    """What the supervisor is starting again in the background (killed nodes, Redis)."""
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+        self.errors: list[str] = []
+
+    def start(self, what: str, restart: Callable[[], None]) -> None:
+        def run() -> None:
+            time.sleep(RESTART_DELAY)
+            try:
+                restart()
+                say(f"supervisor: {what} started again")
+            except Exception as exc:  # reported in the verdict, not lost in a thread
+                self.errors.append(f"{what} did not start again: {exc}")
+                say(f"supervisor: {what} did not start again: {exc}")
+
+        thread = threading.Thread(target=run, name=f"mend {what}", daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    @property
+    def busy(self) -> bool:
+        self.threads = [t for t in self.threads if t.is_alive()]
+        return bool(self.threads)
+
+    def join(self, timeout: float) -> None:
+        for t in self.threads:
+            t.join(timeout)
+
+
+@dataclass
+class OnCluster:
+    """``scripts/cluster``'s cluster, each node behind a proxy that can cut it silently."""
+
+    cluster: clusters.Cluster
+    proxies: list[Proxy]
+    mends: Mends = field(default_factory=Mends)
+    faults: tuple[str, ...] = CLUSTER_FAULTS
+    config: str = CONFIG + QUORUM
+    app_stopped: int | None = None
+
+    @property
+    def redis_url(self) -> str:
+        return self.cluster.redis_url
+
+    @property
+    def master_name(self) -> str:
+        return self.cluster.master_name
+
+    def amqp_url(self, worker: int) -> str:
+        """Worker ``worker``'s URL: every node, through its proxy, from a node of its own."""
+        n = len(self.proxies)
+        order = [(worker + i) % n for i in range(n)]
+        return ";".join(f"amqp://guest:guest@127.0.0.1:{self.proxies[i].port}/" for i in order)
+
+    def consume_url(self) -> str:
+        return self.cluster.amqp_url()
+
+    def node(self, index: int) -> RabbitNode:
+        return self.cluster.rabbit(index)
+
+    def running(self) -> int:
+        for i in range(len(self.cluster.nodes)):
+            with contextlib.suppress(subprocess.SubprocessError, OSError, ValueError):
+                out = self.node(i).ctl("eval", "length(rabbit_nodes:all_running()).", timeout=20)
+                return int(out.strip())
+        return 0
+
+    def whole(self) -> bool:
+        """Three nodes running, Redis's master and a replica in sync, nothing restarting."""
+        if self.mends.busy or self.running() != len(self.cluster.nodes):
+            return False
+        master = self.cluster.master_port()
+        return master is not None and any(
+            clusters.replica_linked(r.port) for r in self.cluster.redis if r.port != master
+        )
+
+    def leader(self) -> int:
+        for i in range(len(self.cluster.nodes)):
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                out = self.node(i).ctl("list_queues", "name", "leader", "--no-table-headers")
+                for line in out.splitlines():
+                    name, _, node = line.partition("\t")
+                    if name.strip() == "text":
+                        return self.cluster.nodes.index(node.strip())
+        raise RuntimeError("no node names the leader of queue 'text'")
+
+    def restart_node(self, index: int) -> None:
+        node = self.node(index)
+        node.start()
+        wait_for(lambda: self.running() == len(self.cluster.nodes), 120, "3 running nodes", 0.5)
+
+    def inflict(self, fault: str, rng: random.Random) -> str:
+        if fault == "close":
+            for i in range(len(self.cluster.nodes)):
+                with contextlib.suppress(subprocess.SubprocessError, OSError):
+                    self.node(i).ctl("close_all_connections", "chaos: forced close")
+            return "every node closed every connection"
+        if fault == "net_cut":
+            index, seconds = rng.randrange(len(self.proxies)), rng.uniform(2, 8)
+            self.proxies[index].cut()
+            time.sleep(seconds)
+            self.proxies[index].restore()
+            return f"network to node {index + 1} cut silently for {seconds:.1f} s"
+        # The rest takes a part of the cluster down: only one at a time.
+        index, seconds = rng.randrange(len(self.cluster.nodes)), rng.uniform(2, 6)
+        if fault == "node_stop":
+            seconds = rng.uniform(5, 15)
+        if not self.whole():
+            return "the cluster is not whole yet (a part is down or restarting): nothing done"
+        if fault == "stop_app":
+            self.node(index).ctl("stop_app")
+            self.app_stopped = index
+            time.sleep(seconds)
+            self.node(index).ctl("start_app")
+            self.app_stopped = None
+            return f"node {index + 1}'s app stopped for {seconds:.1f} s"
+        if fault in ("node_kill", "leader_kill"):
+            if fault == "leader_kill":
+                index = self.leader()
+            self.node(index).kill()
+            self.mends.start(f"node {index + 1}", lambda i=index: self.restart_node(i))  # type: ignore[misc]
+            what = "the quorum queue's leader, node" if fault == "leader_kill" else "node"
+            return f"{what} {index + 1} SIGKILLed"
+        if fault == "node_stop":
+            self.node(index).ctl("stop")
+            time.sleep(seconds)
+            self.restart_node(index)
+            return f"node {index + 1} stopped for {seconds:.1f} s, then started again"
+        if fault == "redis_master_kill":
+            port = self.cluster.master_port()
+            if port is None:
+                return "no Sentinel named a master: nothing done"
+            old = self.cluster.redis_at(port)
+            old.kill()
+
+            def restart() -> None:
+                old.start()  # Sentinel makes it a replica of the new master
+                wait_for(lambda: clusters.replica_linked(old.port), 120, "the old master", 0.2)
+
+            self.mends.start(f"Redis {old.name} (the old master)", restart)
+            return f"Redis master {old.name} (port {port}) SIGKILLed"
+        raise ValueError(fault)
+
+    def settle(self) -> None:
+        """Put back what a fault in progress left (after a Ctrl-C), wait for the restarts."""
+        for p in self.proxies:
+            p.restore()
+        if self.app_stopped is not None:
+            self.node(self.app_stopped).ctl("start_app")
+        self.mends.join(180)
+
+
+@contextlib.contextmanager
+def on_cluster(directory: Path) -> Iterator[OnCluster]:
+    proxies: list[Proxy] = []
+    try:
+        c = clusters.up(directory)
+        proxies = [Proxy(("127.0.0.1", port)) for port in c.amqp_ports]
+        yield OnCluster(c, proxies)
+    finally:
+        for p in proxies:
+            p.close()
+        clusters.down(directory)
+
+
+@dataclass
+class Chaos:
+    setup: Setup
+    workers: list[Worker]
+    supervisor: Supervisor
+    rng: random.Random
+    stats: Stats
+
+    def inflict(self, fault: str) -> str:
+        """Do ``fault``; say what was done."""
+        if fault not in WORKER_FAULTS:
+            return self.setup.inflict(fault, self.rng)
+        w = self.rng.choice(self.workers)
         with self.supervisor.lock:  # not while the supervisor is starting it
             if w.proc is None or w.proc.poll() is not None:
                 return f"worker {w.cwd.name} was down: nothing done"
@@ -168,13 +461,27 @@ class Chaos:
             if fault == "beat_kill":
                 if beat is None or beat not in children(w.proc.pid):
                     return f"worker {w.cwd.name} had no beat yet: nothing done"
+                self.supervisor.expect(w, fault)
                 os.kill(beat, signal.SIGKILL)
                 return f"beat {beat} of worker {w.cwd.name} SIGKILLed"
+            self.supervisor.expect(w, fault)
             if fault == "worker_kill":
                 os.killpg(w.proc.pid, signal.SIGKILL)
                 return f"worker {w.cwd.name} SIGKILLed whole"
             w.proc.send_signal(signal.SIGTERM)
             return f"worker {w.cwd.name} sent SIGTERM"
+
+    def go_on(self, minutes: float) -> Counter[str]:
+        """A fault every 5 to 15 s for ``minutes``; how many of each."""
+        faults: Counter[str] = Counter()
+        end = time.monotonic() + minutes * 60
+        while True:
+            time.sleep(max(0.0, min(self.rng.uniform(5, 15), end - time.monotonic())))
+            if time.monotonic() >= end:
+                return faults
+            fault = self.rng.choice(self.setup.faults)
+            faults[fault] += 1
+            say(f"{fault}: {self.inflict(fault)}")
 
     def reserved_ages(self) -> list[float]:
         """How long each tick in Celery's ``unacked`` has been reserved."""
@@ -183,94 +490,99 @@ class Chaos:
         return [now - float(row[1]) for row in index]
 
 
-@contextlib.contextmanager
-def services(root: Path) -> Iterator[tuple[RabbitNode, RedisNode]]:
-    rabbit = RabbitNode(root / "rabbit", f"pubtasks-chaos-{os.getpid()}")
-    redis_node = RedisNode(root / "redis")
-    try:
-        rabbit.start()
-        redis_node.start()
-        yield rabbit, redis_node
-    finally:
-        redis_node.kill()
-        rabbit.stop()
-
-
-def run(minutes: float, seed: int, interval: float, root: Path) -> dict[str, Any]:
+def run(setup: Setup, minutes: float, seed: int, interval: float, root: Path) -> dict[str, Any]:
     rng = random.Random(seed)
-    with services(root) as (rabbit, redis_node):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "PUBTASKS_"))}
-        env.update(
-            AMQP_URL=rabbit.url(),
-            REDIS_URL=redis_node.url,
-            PUBLISH_INTERVAL=str(interval),
-            PYTHONUNBUFFERED="1",
-        )
-        workers = []
-        for name in ("a", "b"):
-            (root / name).mkdir()
-            write_config(root / name, PREFIX, CONFIG)
-            workers.append(Worker(root / name, dict(env), name=f"chaos-{name}"))
-        stats = Stats.from_url(redis_node.url, PREFIX)
-        supervisor = Supervisor(workers)
-        chaos = Chaos(rabbit, redis_node, workers, supervisor, rng, stats)
-        faults: Counter[str] = Counter()
-        try:
-            for w in workers:
-                w.start()
-            wait_for(lambda: stats.snapshot().totals.acked >= 10, 60, "the first acks", 0.2)
-            say("workers up; faults begin")
-            end = time.monotonic() + minutes * 60
-            while time.monotonic() < end:
-                pause = time.monotonic() + rng.uniform(5, 15)
-                supervisor.run(lambda p=pause: time.monotonic() >= min(p, end))  # type: ignore[misc]
-                if time.monotonic() >= end:
-                    break
-                fault = rng.choice(FAULTS)
-                faults[fault] += 1
-                say(f"{fault}: {chaos.inflict(fault)}")
-            say("faults end; waiting for reserved ticks to be published or given back")
+    stamp = commit()  # what runs: the tree as it is now, at the start
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "PUBTASKS_"))}
+    base.update(
+        REDIS_URL=setup.redis_url,
+        REDIS_MASTER_NAME=setup.master_name,
+        PUBLISH_INTERVAL=str(interval),
+        PYTHONUNBUFFERED="1",
+    )
+    workers = []
+    for i, name in enumerate(("a", "b")):
+        (root / name).mkdir()
+        write_config(root / name, PREFIX, setup.config)
+        env = {**base, "AMQP_URL": setup.amqp_url(i)}
+        workers.append(Worker(root / name, env, name=f"chaos-{name}"))
+    stats = Stats.from_url(setup.redis_url, PREFIX, retries=20, master_name=setup.master_name)
+    supervisor = Supervisor(workers)
+    chaos = Chaos(setup, workers, supervisor, rng, stats)
+    faults: Counter[str] = Counter()
+    done = threading.Event()
+    watcher = threading.Thread(target=supervisor.run, args=(done.is_set,), daemon=True)
+    try:
+        for w in workers:
+            w.start()
+        watcher.start()
+        wait_for(lambda: stats.snapshot().totals.acked >= 10, 120, "the first acks", 0.2)
+        say("workers up; faults begin")
+        faults = chaos.go_on(minutes)
+        say("faults end; waiting for restarts, and for reserved ticks to be published")
+        setup.settle()
 
-            def settled() -> bool:
-                supervisor.look()
+        def settled() -> bool:
+            try:
                 return all(age < STRANDED_AFTER for age in chaos.reserved_ages())
+            except Exception:  # Redis failing over: look again
+                return False
 
-            wait_for(settled, 120, "no tick reserved for 30 s", 0.5)
-            quiet = time.monotonic() + 20  # one more give-back period, then look again
-            supervisor.run(lambda: time.monotonic() >= quiet)
-            stranded = sum(1 for age in chaos.reserved_ages() if age >= STRANDED_AFTER)
-        finally:
-            with supervisor.lock:
-                supervisor.stopping = True
-            if chaos.app_stopped:
-                rabbit.ctl("start_app")
-            codes = [w.stop() for w in workers]
-        queued = finish(root, env, stats)
-        ledger = account(take(rabbit.url(), "text"), stats, interval, DEFAULT_ENTRY)
-        snap = stats.snapshot()
-        gave_back = sum(w.log.count("gave back") for w in workers)
-        stats.close()
-    t = snap.totals
+        wait_for(settled, 180, "no tick reserved for 30 s", 0.5)
+        time.sleep(20)  # one more give-back period, then look again
+        stranded = sum(1 for age in chaos.reserved_ages() if age >= STRANDED_AFTER)
+    finally:
+        with supervisor.lock:
+            supervisor.stopping = True
+        done.set()
+        setup.settle()
+        stopped_at = time.time()
+        codes = [w.stop() for w in workers]
+    clock = Clock(min(w.first_start or stopped_at for w in workers), stopped_at)
+    queued = finish(root, workers[0].env, stats)
+    expected = [Expected(DEFAULT_ENTRY, every(interval))]
+    ledger = account(take(setup.consume_url(), "text"), stats, expected, clock)
+    snap = stats.snapshot()
+    gave_back = sum(w.log.count("gave back") for w in workers)
+    stats.close()
+    result = summary(ledger, snap.totals, clock, stranded, queued)
+    result.update(
+        seed=seed,
+        minutes=minutes,
+        interval=interval,
+        commit=stamp,
+        faults=dict(sorted(faults.items())),
+        exits=[asdict(e) for e in supervisor.exits],
+        restarts=dict(Counter(str(e.code) for e in supervisor.exits)),
+        stop_codes=codes,
+        given_back_lines=gave_back,
+        mend_errors=getattr(getattr(setup, "mends", None), "errors", []),
+    )
+    result["wrong"] = verdict(result, ledger)
+    return result
+
+
+def summary(ledger: Ledger, t: Any, clock: Clock, stranded: int, queued: int) -> dict[str, Any]:
+    """The run's figures, every one measured."""
     return {
-        "seed": seed,
-        "minutes": minutes,
-        "interval": interval,
-        "faults": dict(sorted(faults.items())),
-        "restarts": {str(code): n for code, n in sorted(supervisor.exits.items())},
-        "stop_codes": codes,
-        "scheduled": ledger.scheduled,
+        "started": clock.started,
+        "stopped": clock.stopped,
+        "due": ledger.due,
         "delivered": ledger.delivered,
-        "duplicates": ledger.duplicates,
-        "collisions": ledger.collisions,
         "failed": len(ledger.failed),
         "failed_reasons": dict(ledger.reasons),
-        "lost": ledger.lost,
+        "skipped": dict(ledger.skipped),
+        "missing": len(ledger.missing),
+        "missing_ids": ledger.missing[:50],
+        "edges": list(ledger.edges),
+        "extras": len(ledger.extras),
+        "duplicates": ledger.duplicates,
+        "numbers": ledger.numbers,
         "lost_numbers": ledger.lost_numbers[:50],
-        "missed": ledger.missed,
+        "collisions": ledger.collisions,
         "stranded": stranded,
         "left_in_redis": ledger.stranded,
         "published_by_next_start": queued,
-        "given_back_lines": gave_back,
         "counters": {name: getattr(t, name) for name in (*COUNTERS, "pending")},
         "invariant": t.invariant_holds and t.pending == 0,
     }
@@ -280,7 +592,7 @@ def finish(root: Path, env: dict[str, str], stats: Stats) -> int:
     """A worker without beat publishes what is still queued; how many ticks that was."""
     waiting = int(stats.client.llen(f"{PREFIX}celery")) + int(stats.client.hlen(f"{PREFIX}unacked"))
     (root / "finish").mkdir()
-    write_config(root / "finish", PREFIX, CONFIG)
+    (root / "finish" / "celeryconfig.py").write_text((root / "a" / "celeryconfig.py").read_text())
     with Worker(root / "finish", dict(env), beat=False, name="chaos-finish") as w:
 
         def empty() -> bool:
@@ -292,14 +604,22 @@ def finish(root: Path, env: dict[str, str], stats: Stats) -> int:
     return waiting
 
 
-def verdict(result: dict[str, Any]) -> list[str]:
-    """What is wrong with a run (nothing: an empty list)."""
-    wrong = []
-    for key in ("lost", "missed", "stranded", "left_in_redis", "collisions"):
-        if result[key]:
-            wrong.append(f"{key} = {result[key]}")
+def verdict(result: dict[str, Any], ledger: Ledger | None = None) -> list[str]:
+    """What is wrong with a run (nothing: an empty list): the ledger's verdict (no
+    failure or skip is allowed), then what only a chaos run knows."""
+    wrong = [] if ledger is None else ledger_verdict(ledger)
+    if result["stranded"]:
+        wrong.append(f"{result['stranded']} tick(s) reserved for over {STRANDED_AFTER:g} s")
+    unexplained = [e for e in result["exits"] if not e["caused"]]
+    if unexplained:
+        shown = ", ".join(f"{e['worker']} exited {e['code']}" for e in unexplained)
+        wrong.append(f"{len(unexplained)} worker exit(s) no fault explains: {shown}")
+    unclean = [code for code in result["stop_codes"] if code != 0]
+    if unclean:
+        wrong.append(f"worker(s) that did not stop cleanly at the end: exit {unclean}")
     if not result["invariant"]:
         wrong.append("the counters' invariant does not hold")
+    wrong += result.get("mend_errors", [])
     return wrong
 
 
@@ -309,25 +629,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="replay a run's faults")
     parser.add_argument("--interval", type=float, default=0.1, help="PUBLISH_INTERVAL, s")
     parser.add_argument("--record", type=Path, help="also write the result here, as JSON")
+    parser.add_argument(
+        "--cluster", action="store_true", help="on a 3-node cluster and Redis with Sentinel"
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=DEFAULT_DIR, help="the cluster's directory (--cluster)"
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-    say(f"seed {seed} (replay: scripts/chaos --minutes {args.minutes:g} --seed {seed})")
+    again = f"scripts/chaos{' --cluster' if args.cluster else ''} --minutes {args.minutes:g}"
+    say(f"seed {seed} (replay: {again} --seed {seed})")
     # SIGTERM (a CI timeout, say) stops the workers and the nodes too, as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="pubtasks-chaos-"))
     os.chmod(root, 0o755)  # the RabbitMQ node runs as the rabbitmq user
-    result = run(args.minutes, seed, args.interval, root)
+    began = time.monotonic()
+    services = on_cluster(args.dir) if args.cluster else single(root)
+    with services as setup:
+        result = run(setup, args.minutes, seed, args.interval, root)
+    result["mode"] = "cluster" if args.cluster else "single node"
+    result["run_seconds"] = round(time.monotonic() - began, 1)
     print(json.dumps(result, indent=2), flush=True)
     if args.record:
         args.record.write_text(json.dumps(result, indent=2) + "\n")
-    wrong = verdict(result)
-    for line in wrong:
+    for line in result["wrong"]:
         say(f"FAILED: {line}")
-    if wrong:  # the workers' logs and Redis's AOF, to find out what happened
+    if result["wrong"]:  # the workers' logs (and Redis's AOF), to find out what happened
         say(f"FAILED; the run's logs are kept in {root}")
         return 1
     shutil.rmtree(root, ignore_errors=True)
-    say("nothing lost, missed or stranded; the invariant holds")
+    say("every due tick delivered; nothing failed, skipped, stranded; the invariant holds")
     return 0
 
 

@@ -98,9 +98,14 @@ class Worker:
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
         self._started_at = 0  # the log's length when the worker was last started
+        # The run's own clock (time.time()), for the account of what was due:
+        self.first_start: float | None = None  # when it was first started
+        self.last_stop: float | None = None  # when stop() last asked it to stop
 
     def start(self) -> Worker:
         self._started_at = self.log_path.stat().st_size if self.log_path.exists() else 0
+        if self.first_start is None:
+            self.first_start = time.time()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.args,
@@ -153,6 +158,7 @@ class Worker:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            self.last_stop = time.time()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)

@@ -1,0 +1,42 @@
+"""Unit tests: the chaos run's verdict and its bookkeeping of worker exits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pubtasks.bench.chaos import CAUSED, Supervisor, verdict
+from pubtasks.bench.worker import Worker
+
+
+def result(**changes: Any) -> dict[str, Any]:
+    clean: dict[str, Any] = {
+        "stranded": 0,
+        "exits": [{"worker": "a", "code": 3, "caused": True}],
+        "stop_codes": [0, 0],
+        "invariant": True,
+        "mend_errors": [],
+    }
+    return {**clean, **changes}
+
+
+def test_a_clean_run_has_nothing_wrong() -> None:
+    assert verdict(result()) == []
+
+
+def test_a_worker_exit_no_fault_explains_is_wrong() -> None:
+    exits = [{"worker": "b", "code": 1, "caused": False}]
+    assert verdict(result(exits=exits)) == ["1 worker exit(s) no fault explains: b exited 1"]
+
+
+def test_an_unclean_stop_a_stranded_tick_a_broken_invariant_are_wrong() -> None:
+    wrong = verdict(result(stop_codes=[0, -9], stranded=2, invariant=False))
+    assert len(wrong) == 3
+
+
+def test_a_beat_kill_explains_exit_3_and_nothing_else(tmp_path: Path) -> None:
+    w = Worker(tmp_path, {})
+    s = Supervisor([w])
+    s.expect(w, "beat_kill")
+    assert s.caused == {tmp_path.name: {3}}
+    assert CAUSED == {"beat_kill": 3, "worker_kill": -9, "worker_term": 0}
