@@ -41,6 +41,7 @@ def main(path: str, *chaos_paths: str) -> None:
     rows = [r for r in recorded if "kind" not in r and "due" in r]
     older = [r for r in recorded if "kind" not in r and "due" not in r]
     replication = [r for r in recorded if r.get("kind") == "replication"]
+    isolation = [r for r in recorded if r.get("kind") == "isolation"]
     commits = ", ".join(sorted({f"`{r.get('commit', 'unknown')}`" for r in rows})) or "-"
     print("# Reliability: the fault suite's figures\n")
     print(
@@ -130,6 +131,7 @@ def main(path: str, *chaos_paths: str) -> None:
         "fixed steps (2 s, then 4 s more...), which is most of the difference."
     )
     replicated(replication)
+    isolated(isolation)
     for chaos_path in chaos_paths:
         chaos(Path(chaos_path))
 
@@ -152,6 +154,36 @@ def replicated(measures: list[dict[str, object]]) -> None:
         print(
             f"| {m['wait_replicas']} | {m['acknowledged']} | {m['lost']} "
             f"| {m['write_p50_ms']} ms | {m['write_p99_ms']} ms |"
+        )
+
+
+def isolated(measures: list[dict[str, object]]) -> None:
+    """The section on a healthy entry beside sick ones (``tests/test_isolation.py``)."""
+    if not measures:
+        return
+    print(
+        "\n## One sick entry stays its own\n\n"
+        "The real worker (`-B`, two pool processes) runs an entry every 0.2 s alone, then\n"
+        "beside three sick entries every 0.5 s: one unroutable (returned, retried), one\n"
+        "nacked by a full queue (`x-overflow: reject-publish`), one whose payload takes\n"
+        "3 s. *missing* is the healthy entry's grid points, by the test's clock, that\n"
+        "RabbitMQ did not receive; its lateness is `published_at - scheduled_at` of the\n"
+        "messages received. *unroutable publishes per tick* is what the retrying entry\n"
+        "sent RabbitMQ for each of its ticks (one retrying tick at a time).\n"
+    )
+    print(
+        "| healthy ticks owed | missing | p99 alone | p99 beside sick | ratio "
+        "| unroutable publishes per tick |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for m in measures:
+        alone, sick = (
+            float(str(m["healthy_p99_alone_s"])),
+            float(str(m["healthy_p99_beside_sick_s"])),
+        )
+        print(
+            f"| {m['owed']} | {m['missing']} | {alone * 1000:.1f} ms | {sick * 1000:.1f} ms "
+            f"| {m['ratio']} | {m['unroutable_published_per_tick']} |"
         )
 
 

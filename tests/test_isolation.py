@@ -148,7 +148,7 @@ def test_sick_entries_beside_a_healthy_one_cost_it_no_tick(
         assert "Traceback" not in log.partition("Warm shutdown")[0]
         record_replication(
             {
-                "measure": "isolation",
+                "kind": "isolation",
                 "healthy_p99_alone_s": round(alone_p99, 4),
                 "healthy_p99_beside_sick_s": round(sick_p99, 4),
                 "ratio": round(sick_p99 / alone_p99, 2),
