@@ -221,7 +221,8 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         restart, or a holder that died), as the entry's ``catch_up`` says; count the
         missed ticks not fired as skipped."""
         now = time.time()
-        self.stats.client.set(self.stats.keys.beat_since, now)  # for health: ticks from now on
+        with self.stats.converted():  # for health: ticks from now on
+            self.stats.client.set(self.stats.keys.beat_since, now)
         grids = {
             name: entry
             for name, entry in self.schedule.items()

@@ -127,6 +127,15 @@ class Lanes:
         woken = self.stats.run(self._release, keys, args)
         return [Parked.parse(str(m)) for m in woken]
 
+    def park_again(self, entry: str, ticks: list[Parked]) -> None:
+        """Put woken ticks that could not be sent back among ``entry``'s parked ones."""
+        k = self.stats.keys
+        with self.stats.converted(), self.stats.client.pipeline(transaction=False) as pipe:
+            for tick in ticks:
+                pipe.zadd(k.parked(entry), {tick.member: float(tick.kwargs["scheduled_at"])})
+            pipe.sadd(k.lanes, entry)
+            pipe.execute()
+
     def entries(self) -> set[str]:
         """The entries that have parked ticks."""
         with self.stats.converted():

@@ -260,6 +260,10 @@ class TickPolicy:
             log.info("tick %s was confirmed or failed before: not published again", tick.message_id)
             return Result(tick.message_id, tick.number, "done before", 0, self.clock())
         tries = tries or Tries()
+        if self.clock() > tick.scheduled_at + self.limits.tick_deadline:
+            # Given back or parked past its deadline: fail it before making any body
+            late = f"TICK_DEADLINE={self.limits.tick_deadline:g} s passed"
+            self._fail(tick, todo, f"{late} before it could be published (last: {tries.reason})")
         try:
             bodies = self._bodies(tick, todo, tries.bodies)
         except BodyError as exc:

@@ -13,8 +13,8 @@ Everything else talks to RabbitMQ through ``ConfirmStream``, whose API is small:
   acked, nacked (either with ``multiple``), returned (acked, but unroutable), or
   unconfirmed when the channel or connection went away first.
 - ``in_flight``, ``oldest()``, ``blocked``: the window, and RabbitMQ's flow control.
-- ``renew()``: after a nack, the next publish goes on a new channel (and, if a new
-  channel is nacked too before any ack, on a new connection to the next node).
+- ``renew()``: after a nack, the next publish goes on a new channel (at most one new
+  channel every ``RENEW_EVERY`` seconds).
 - ``abandon()``, ``close()``.
 
 ``publish`` and ``wait`` raise ``ChannelLost`` when the channel or the
@@ -83,6 +83,9 @@ log = logging.getLogger(__name__)
 
 #: Publishes whose frames go to the socket in one write (kombu's ``Producer.batch`` size).
 WRITE_BATCH = 128
+
+#: Seconds a channel is kept, at least, before a nack renews it (``ConfirmStream.renew``).
+RENEW_EVERY = 1.0
 
 #: Backoff between connection attempts: kombu's interval_start, interval_step, interval_max.
 RECONNECT = {"interval_start": 0.0, "interval_step": 0.25, "interval_max": 1.0}
@@ -298,7 +301,7 @@ class ConfirmStream:
         self._tracker = Tracker()
         self._settled: list[Settled] = []
         self._address = ("", "")  # the exchange and routing key of the last publish
-        self._renewed = False  # the channel is a new one, opened after a nack
+        self._opened = 0.0  # when the channel was opened (time.monotonic)
 
     # -- connection and channel -----------------------------------------------------------
 
@@ -363,7 +366,9 @@ class ConfirmStream:
         # RabbitMQ answers each publish of a confirm channel with basic.ack or basic.nack,
         # possibly for every delivery tag up to its own at once (``multiple``).
         channel.events["basic_ack"].add(
-            lambda tag, multiple: self._acked(tracker.confirm(tag, multiple, Outcome.ACKED))
+            lambda tag, multiple: self._settled.extend(
+                tracker.confirm(tag, multiple, Outcome.ACKED)
+            )
         )
         channel.events["basic_nack"].add(
             lambda tag, multiple: self._settled.extend(
@@ -371,6 +376,7 @@ class ConfirmStream:
             )
         )
         self._channel, self._tracker = channel, tracker
+        self._opened = time.monotonic()
         for declaration in self.topology.declarations():
             try:
                 declaration.declare(channel)
@@ -384,10 +390,6 @@ class ConfirmStream:
         if self.options.batch_writes and not self._batched:
             log.warning("kombu does not batch publishes here; each goes out on its own")
         self._producer = producer
-
-    def _acked(self, settled: list[Settled]) -> None:
-        self._settled.extend(settled)
-        self._renewed = False  # this channel works: a later nack is RabbitMQ's, not its
 
     def _on_return(self, exc: BaseException, exchange: str, routing_key: str, msg: Any) -> None:
         # basic.return comes before the basic.ack of the same publish (RabbitMQ acks a
@@ -422,20 +424,21 @@ class ConfirmStream:
         self.connection.collect()
 
     def renew(self) -> None:
-        """RabbitMQ nacked publishes on this channel: publish the next ones on a new one.
+        """RabbitMQ nacked publishes on this channel: publish the next ones on a new one,
+        unless the channel is less than ``RENEW_EVERY`` seconds old.
 
-        A quorum queue's state is kept per channel (the queue's leader, among others):
-        after a node was killed, a channel can go on being nacked while a new one on the
-        same cluster is acked. If the new channel is nacked too before any ack, the
-        connection is dropped as well, and the next one goes to the next node in
-        AMQP_URL (kombu's failover cycle). Unanswered publishes are unconfirmed.
+        A quorum queue's state is kept per channel (the queue's leader among others): a
+        channel opened while the queue elected a new leader was seen nacked on every
+        publish from then on, while a new one on the same node was acked once the
+        election was over (``scripts/quorum_election.py``). A queue that rejects
+        publishes (``x-overflow: reject-publish``) nacks on any channel: the pause
+        keeps its entry from making this process open a channel per nack. Unanswered
+        publishes on the old channel are unconfirmed.
         """
-        if self._renewed:
-            self._renewed = False
-            self.abandon()
+        now = time.monotonic()
+        if now - self._opened < RENEW_EVERY:
             return
         self._drop_channel()
-        self._renewed = True
 
     def abandon(self) -> None:
         """Drop the connection (it may be silently dead): its unanswered publishes are

@@ -52,7 +52,8 @@ systemd's ``KillMode=control-group``, Ctrl-C) out of the pool's processes and be
 which leave it to the main process's warm shutdown (``hold_foreign_sigterm``, at the
 end: why and how).
 
-Celery and kombu internals are touched here and nowhere else:
+The Celery worker internals and the Redis transport's give-back that it needs are
+touched here and nowhere else (kombu's Redis channel close is ``transport``'s):
 
 - ``celery.worker.state.should_stop``: how Celery's own signal handlers ask the
   worker's loop for a warm shutdown with an exit code; no public call does it from
@@ -301,11 +302,18 @@ class Supervisor:
     # -- parked ticks whose lane's holder is gone ------------------------------------------
 
     def wake_parked(self) -> None:
-        """Send again the oldest parked tick of each lane that nobody holds."""
+        """Send again the oldest parked tick of each lane that nobody holds (parked again
+        if Celery's transport does not take it)."""
         for entry in sorted(self.lanes.entries()):
             for woken in self.lanes.wake_orphan(entry):
                 options = ((self.app.conf.beat_schedule or {}).get(entry) or {}).get("options")
-                self.app.send_task(defaults.TASK_NAME, kwargs=woken.kwargs, **task_options(options))
+                try:
+                    self.app.send_task(
+                        defaults.TASK_NAME, kwargs=woken.kwargs, **task_options(options)
+                    )
+                except Exception:
+                    self.lanes.park_again(entry, [woken])
+                    raise
                 log.warning(
                     "pubtasks: woke tick %s, parked while nobody held %s's lane (its holder "
                     "is gone)",

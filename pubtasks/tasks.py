@@ -157,11 +157,10 @@ class Tickwork:
 
     def run(self) -> dict[str, Any]:
         tick, lanes = self.tick, self.publisher.lanes
-        if self.payload and not lanes.hold(
-            tick.entry, self._parked(self.tries), tick.scheduled_at, 0
-        ):
-            return self._parked_result()
-        if self.payload:
+        due = time.time() <= tick.scheduled_at + self.publisher.settings.tick_deadline
+        if self.payload and due:  # (one past its deadline fails at once, holding nothing)
+            if not lanes.hold(tick.entry, self._parked(self.tries), tick.scheduled_at, 0):
+                return self._parked_result()
             self.lane = True
         try:
             result = self.publisher.publish_tick(tick, self.tries)
@@ -170,8 +169,10 @@ class Tickwork:
             if lanes.hold(tick.entry, parked, tick.scheduled_at, later.delay):
                 raise self.task.retry(countdown=later.delay, kwargs=parked.kwargs) from None
             return self._parked_result()
-        except PublishError:
-            self._release(wake_all=False)
+        except (Retry, StatsUnavailable):
+            raise  # (still in the lane, if it held it: its retry holds it again)
+        except BaseException:
+            self._release(wake_all=False)  # failed, or broken off: the next one holds it
             raise
         self._release(wake_all=not self.payload)
         return {
@@ -197,11 +198,26 @@ class Tickwork:
         return {"message_id": self.tick.message_id, "outcome": "parked"}
 
     def _release(self, wake_all: bool) -> None:
-        """Done with the lane, if this tick was in it: send the parked ticks it wakes."""
+        """Done with the lane, if this tick was in it: send the parked ticks it wakes. A
+        woken tick that cannot be sent (Celery's transport failing) is parked again."""
         if not self.lane:
             return
-        for woken in self.publisher.lanes.release(self.tick.entry, self.tick.message_id, wake_all):
-            self.task.apply_async(kwargs=woken.kwargs, **self._options())
+        lanes, entry = self.publisher.lanes, self.tick.entry
+        woken = lanes.release(entry, self.tick.message_id, wake_all)
+        for i, tick in enumerate(woken):
+            try:
+                self.task.apply_async(kwargs=tick.kwargs, **self._options())
+            except Exception as exc:
+                lanes.park_again(entry, woken[i:])
+                log.warning(
+                    "could not send %d woken tick(s) of %s (%s: %s); parked again, a "
+                    "supervisor wakes them",
+                    len(woken) - i,
+                    entry,
+                    type(exc).__name__,
+                    exc,
+                )
+                return
 
     def _options(self) -> dict[str, Any]:
         entry = (self.task.app.conf.beat_schedule or {}).get(self.tick.entry) or {}

@@ -72,3 +72,15 @@ def test_a_parked_tick_keeps_its_kwargs_through_redis(stats: Stats) -> None:
     lanes.hold("e", parked(1), 1.0, 0.5)
     lanes.hold("e", tick, 7.0, 0.5)
     assert lanes.release("e", "e@1000", wake_all=False) == [tick]
+
+
+def test_woken_ticks_that_could_not_be_sent_are_parked_again(stats: Stats) -> None:
+    lanes = Lanes(stats)
+    lanes.hold("e", parked(1), 1.0, 0.5)
+    lanes.hold("e", parked(2), 2.0, 0.5)
+    lanes.hold("e", parked(3), 3.0, 0.5)
+    woken = lanes.release("e", "e@1000", wake_all=True)
+    assert lanes.entries() == set()
+    lanes.park_again("e", woken)
+    assert lanes.entries() == {"e"} and lanes.parked_ids() == {"e@2000", "e@3000"}
+    assert lanes.wake_orphan("e") == [parked(2)]  # oldest first, as before

@@ -466,3 +466,22 @@ def test_a_redelivered_batch_publishes_only_what_was_not_done() -> None:
     p.publish(tick(batch=4))
     assert [props["message_id"] for *_, props in stream.sent] == ["e@1795000000000.1"]
     assert listener.outcomes == [("e@1795000000000.1", "acked")]
+
+
+def test_a_tick_given_back_past_its_deadline_fails_before_its_payload_runs() -> None:
+    calls: list[int] = []
+
+    def payload(message_number: int, **_: Any) -> dict[str, int]:
+        calls.append(message_number)
+        return {"n": 1}
+
+    p, stream, listener = policy(always("ack"))
+    stream.clock.now = T0 + LIMITS.tick_deadline + 1  # woken (parked) after its deadline
+    recipe = message.Recipe(payload=payload, payload_name="m:slow")
+    with pytest.raises(TickFailed, match=r"TICK_DEADLINE=600 s passed .*\(last: nacked\)"):
+        p.policy.publish(Tick("snap", T0, 7, recipe=recipe), Tries(attempt=2, reason="nacked"))
+    assert calls == [] and stream.sent == []
+    assert listener.failures == [
+        (["snap@1795000000000"], "TICK_DEADLINE=600 s passed before it could be published "
+         "(last: nacked)")
+    ]  # fmt: skip
