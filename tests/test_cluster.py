@@ -605,6 +605,7 @@ def test_sigkill_of_the_redis_master_while_the_workers_hold_reserved_ticks(
             # Given worker a holding a reserved tick, and its next BRPOP in flight
             stopped = hold_one_tick(workers[0])
             held = reserved_ticks(fast.client, prefix)
+            assert held, "no tick reserved at the kill: the scenario did not happen"
             # When the Redis master is SIGKILLed, and Sentinel promotes the replica
             master = cluster.master_port()
             mends.append(kill_master(cluster))
