@@ -83,6 +83,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from billiard import current_process  # type: ignore[import-untyped]
 from celery import bootsteps, signals
 from celery.worker import state
 from kombu.connection import Connection
@@ -501,6 +502,11 @@ def _take_sigterm(what: str, parent: int, obey: Callable[[], None]) -> None:
 
 @signals.worker_process_init.connect  # type: ignore[untyped-decorator]
 def _pool_process_holds_foreign_sigterm(**_: Any) -> None:
+    # The solo pool sends worker_process_init in the worker's main process (and so does
+    # Celery's in-process test worker, in pytest's): that process must go on taking
+    # SIGTERM itself, and the processes it starts must not inherit SIGTERM blocked.
+    if current_process().name == "MainProcess":
+        return
     hold_foreign_sigterm("pool process", hand_over)
 
 

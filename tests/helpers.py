@@ -223,6 +223,14 @@ def check(row: Row) -> None:
     assert not row.wrong, f"{row.scenario}: " + "; ".join(row.wrong)
 
 
+def caught_up(stats: Any, entry: str = DEFAULT_ENTRY) -> bool:
+    """Beat has sent every tick of ``entry`` due until a second ago (its last sent,
+    ``beat:last``). A worker stopped while its beat catches up leaves the rest to the
+    next start; a scenario that ends with that stop waits for this first."""
+    last = stats.client.get(stats.keys.beat_last(entry))
+    return last is not None and float(last) >= time.time() - 1.0
+
+
 def group_of(pid: int) -> int | None:
     """The process group of ``pid`` (a worker's session: its pool processes and beat)."""
     try:

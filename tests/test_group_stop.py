@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
+from celery import signals
 
 from pubtasks.beat import STOPPING
 from pubtasks.bench.worker import STOP_TIMEOUT
-from pubtasks.defaults import DEFAULT_ENTRY
 from pubtasks.stats import Stats
 from pubtasks.supervision import HANDOFF, from_main
 from pubtasks.waiting import wait_for
-from tests.helpers import Worker, check, clock_of, finish, take, tally, write_config
+from tests.helpers import Worker, caught_up, check, clock_of, finish, take, tally, write_config
 from tests.test_faults import more_acks
 
 #: 20 ticks a second: a stop then nearly always finds a tick in flight.
@@ -34,12 +34,6 @@ INTERVAL = 0.05
 STOPS = (signal.SIGTERM, signal.SIGTERM, signal.SIGINT, signal.SIGTERM, signal.SIGTERM)
 #: Celery's warm shutdown exits 0 after SIGTERM, and 1 (EX_FAILURE) after Ctrl-C.
 EXIT_STATUS = {signal.SIGTERM: 0, signal.SIGINT: 1}
-
-
-def caught_up(stats: Stats) -> bool:
-    """Beat has sent every tick due until a second ago (its last sent, ``beat:last``)."""
-    last = stats.client.get(stats.keys.beat_last(DEFAULT_ENTRY))
-    return last is not None and float(last) >= time.time() - 1.0
 
 
 def stop_group(worker: Worker, sig: signal.Signals) -> int:
@@ -275,3 +269,13 @@ def test_a_second_ctrl_c_is_still_a_cold_shutdown_that_ends_the_running_ticks(
     wait_for(lambda: proc.poll() is not None, 60, "the cold shutdown")  # not the 2 minutes
     assert "terminate all running tasks" in worker.log
     assert (worker.cwd / "ended").exists(), "the pool process did not act on the SIGTERM"
+
+
+def test_a_worker_s_main_process_keeps_taking_sigterm_itself() -> None:
+    # The solo pool (and Celery's in-process test worker) sends worker_process_init in
+    # the worker's main process: there SIGTERM must stay its own, and the processes it
+    # starts must not inherit it blocked (they would never see a warm shutdown's signal)
+    signals.worker_process_init.send(sender="solo@test")
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # (as it was, whatever)
+    assert signal.SIGTERM not in held
