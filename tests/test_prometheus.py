@@ -402,7 +402,7 @@ def test_a_real_prometheus_scrapes_the_worker_answers_every_panel_and_alerts(
             for a in prometheus.api("alerts")["alerts"]
         )
 
-    wait_for(no_confirm, 30, "PubtasksNoConfirm to go pending for entry text", 0.5)
+    wait_for(no_confirm, 90, "PubtasksNoConfirm to go pending for entry text", 0.5)
     assert scraped('pubtasks_ticks_manual_total{entry="text"}') == 1
     if path := os.environ.get("PUBTASKS_DASHBOARD_DATA"):
         Path(path).write_text(json.dumps({"started": started, "panels": drawn}, indent=1) + "\n")
