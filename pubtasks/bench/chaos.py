@@ -635,9 +635,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dir", type=Path, default=DEFAULT_DIR, help="the cluster's directory (--cluster)"
     )
+    parser.add_argument(
+        "--faults",
+        help="only these faults, comma-separated (to chase one): " + ", ".join(CLUSTER_FAULTS),
+    )
     args = parser.parse_args(argv)
+    kinds = CLUSTER_FAULTS if args.cluster else FAULTS
+    only = tuple(f.strip() for f in args.faults.split(",")) if args.faults else kinds
+    unknown = [f for f in only if f not in kinds]
+    if unknown:
+        parser.error(f"--faults: {', '.join(unknown)} not among {', '.join(kinds)}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     again = f"scripts/chaos{' --cluster' if args.cluster else ''} --minutes {args.minutes:g}"
+    again += f" --faults {args.faults}" if args.faults else ""
     say(f"seed {seed} (replay: {again} --seed {seed})")
     # SIGTERM (a CI timeout, say) stops the workers and the nodes too, as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -646,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     services = on_cluster(args.dir) if args.cluster else single(root)
     with services as setup:
+        setup.faults = only
         result = run(setup, args.minutes, seed, args.interval, root)
     result["mode"] = "cluster" if args.cluster else "single node"
     result["run_seconds"] = round(time.monotonic() - began, 1)
