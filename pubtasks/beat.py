@@ -32,6 +32,9 @@ It uses Celery's public scheduler hooks only (``setup_schedule``, ``tick``,
   hand are fired as they are read (``control``). Ticks a running beat passes over for
   being more than ``catch_up_within`` late are counted skipped as the next tick is
   numbered. So every tick of the schedule is fired or counted skipped, once.
+- Message numbers never go back while a beat holds the lock: each numbering passes
+  the highest number this beat was given, and a Redis that lost its latest writes
+  in a Sentinel failover goes on above it instead of giving those numbers again.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from pubtasks.errors import StatsUnavailable
 from pubtasks.lock import BeatLock, owner_id
 from pubtasks.schedule import Grid, Resumed, Run, jumped, resume
 from pubtasks.settings import Settings
-from pubtasks.stats import ResumePoint, Stats
+from pubtasks.stats import ResumePoint, SentTick, Stats
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +164,9 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         self._polled = 0.0
         self._asked: set[str] = set()  # trigger requests in _unsent
         self._paused: set[str] = set()  # entries seen paused (logged once)
+        self._highest = 0  # the highest message number given to this beat (the floor)
+        self._unkept: dict[str, float] = {}  # sent records no replica acknowledged yet
+        self._kept_at = 0.0
         super().__init__(*args, **kwargs)
 
     @property
@@ -333,6 +339,8 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         pulse.stamp()  # alive: the worker's supervisor kills a beat silent for long (pulse)
         if self._unsent:
             self._send_unsent(self.producer)
+        if self._unkept:
+            self._keep_sent()
         leading = self.leading()
         pulse.stamp()  # again after each call that may wait on Redis, so waits do not add up
         if not leading:
@@ -392,7 +400,10 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                         manual=manual,
                         late=late,
                         window=tick.window,
+                        floor=self._highest,
                     )
+                    if tick.number is not None:
+                        self._highest = max(self._highest, tick.number + tick.batch - 1)
                     if tick.number is None:  # paused: skipped, as if it had not fallen due
                         self._unsent.popleft()
                         if name not in self._paused:
@@ -424,11 +435,30 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                 return
             self._unsent.popleft()
             member = None if tick.trigger is None else tick.trigger.member
+            now = time.time()
             try:  # sent: where the next holder of the beat lock goes on from
-                self.stats.sent(
-                    name, tick.scheduled_at, tick.number, tick.batch, time.time(), trigger=member
+                kept = self.stats.sent(
+                    name, tick.scheduled_at, tick.number, tick.batch, now, trigger=member
                 )
             except StatsUnavailable:
                 log.debug("beat: could not record the tick of %s as sent", name)
+                kept = False
+            if not kept:  # a failover could lose the record and the task message: again
+                sent = SentTick.member_of(name, tick.scheduled_at, tick.number, tick.batch, manual)
+                self._unkept[sent] = now
             if member is not None:
                 self._asked.discard(member)
+
+    def _keep_sent(self) -> None:
+        """Record again, once a second, the ticks sent whose record no replica has
+        acknowledged, until one does: a failover that lost a tick's task message and
+        its record would lose the tick; with its record kept, a supervisor sends it
+        again (``supervision.reconcile``)."""
+        if time.monotonic() - self._kept_at < 1.0:
+            return
+        self._kept_at = time.monotonic()
+        try:
+            if self.stats.keep_sent(self._unkept):
+                self._unkept.clear()
+        except StatsUnavailable as exc:
+            log.debug("beat: cannot record again %d sent tick(s) yet: %s", len(self._unkept), exc)

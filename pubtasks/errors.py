@@ -56,6 +56,10 @@ class StatsUnavailable(BrokerError):
     """Redis did not take a statistics update, so the tick cannot be accounted for."""
 
 
+class NotReplicated(StatsUnavailable):
+    """Redis took a write that must survive a failover, but no replica acknowledged it."""
+
+
 class PublishError(PubtasksError):
     """A tick ended without a confirmed publish."""
 

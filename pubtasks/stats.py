@@ -71,7 +71,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,7 +84,7 @@ from redis.sentinel import MasterNotFoundError
 
 from pubtasks import defaults
 from pubtasks.confirms import Delivery, Outcome, Settled
-from pubtasks.errors import StatsUnavailable
+from pubtasks.errors import NotReplicated, StatsUnavailable
 from pubtasks.message import message_id, scheduled_at_of
 from pubtasks.schedule import REASONS, Run
 from pubtasks.sentinel import master_client
@@ -263,11 +263,16 @@ end
 #       entry:<entry>, entries, skips:<entry>.
 # ARGV: the tick's id, how many numbers, the entry, its scheduled time, 1 to obey a pause
 #       (0: a tick fired by hand), 1 if it fires late, records kept, the record of this
-#       tick skipped while paused, then (or nothing) the run of ticks before it skipped
-#       for being later than the window: its count, first, last and record.
+#       tick skipped while paused, the floor, then (or nothing) the run of ticks before
+#       it skipped for being later than the window: its count, first, last and record.
+# Returns {first number (-1: skipped while paused), numbers lifted to the floor}.
 # The numbers of the entry's latest tick are kept with its id, so asking again for the
 # same tick (a retried write, or a beat that died before sending it and the next
 # holder firing it again) returns the same numbers: no gap, no double allocation.
+# The floor is the highest number the caller (beat) was given before: a Sentinel
+# failover that lost the master's last writes leaves last_message_number behind the
+# numbers already sent, and numbering goes on from the floor instead of giving them
+# again (the count lifted is returned, for beat to say so).
 # A tick of a paused entry gets no number (-1): it is skipped, and becomes the tick
 # the entry's next beat goes on from. A tick numbered is counted fired, once; a tick
 # skipped is counted skipped, once: only if it is past beat:last and the latest tick
@@ -278,7 +283,7 @@ _NUMBER = (
 local held = redis.call('GET', KEYS[2])
 if held then
   local id, first = string.match(held, '^(.*) (%d+)$')
-  if id == ARGV[1] then return tonumber(first) end
+  if id == ARGV[1] then return {tonumber(first), 0} end
 end
 local function handled(t)
   local last = tonumber(redis.call('GET', KEYS[4]) or '')
@@ -293,19 +298,26 @@ local function skip(reason, n, first, last, record)
   local current = tonumber(redis.call('GET', KEYS[4]) or '')
   if not current or tonumber(last) > current then redis.call('SET', KEYS[4], last) end
 end
-if ARGV[5] == '1' and #ARGV >= 12 then
-  skip('window', ARGV[9], ARGV[10], ARGV[11], ARGV[12])
+if ARGV[5] == '1' and #ARGV >= 13 then
+  skip('window', ARGV[10], ARGV[11], ARGV[12], ARGV[13])
 end
 if ARGV[5] == '1' and redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then
   skip('paused', 1, ARGV[4], ARGV[4], ARGV[8])
-  return -1
+  return {-1, 0}
+end
+local floor = tonumber(ARGV[9])
+local stored = tonumber(redis.call('HGET', KEYS[1], 'last_message_number') or '0')
+local lifted = 0
+if floor > stored then
+  lifted = floor - stored
+  redis.call('HSET', KEYS[1], 'last_message_number', floor)
 end
 local first = redis.call('HINCRBY', KEYS[1], 'last_message_number', ARGV[2]) - ARGV[2] + 1
 redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. first)
 redis.call('SADD', KEYS[6], ARGV[3])
 redis.call('HINCRBY', KEYS[5], ARGV[5] == '1' and 'ticks' or 'ticks_manual', 1)
 if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[5], 'ticks_late', 1) end
-return first
+return {first, lifted}
 """
 )
 
@@ -710,29 +722,52 @@ class Replication:
     acknowledge within ``REDIS_WAIT_TIMEOUT`` (none is connected, say), that is
     logged once, and writes stop waiting for ``RECHECK`` seconds before they try
     again, so a lost replica costs one timeout now and then, not one per write.
+
+    A write that must not be lost (beat numbering a tick it is about to send) always
+    waits, and is refused (``holding``) while replicas have been short for less than
+    ``grace`` (``REPLICA_GRACE``): a failover leaves the new master without a replica
+    until the old one is back, and a master that then loses that role takes those
+    writes with it. Past the grace, a replica gone for good, it goes on as the others.
     """
 
     RECHECK = 5.0
 
-    def __init__(self, wanted: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        wanted: int,
+        clock: Callable[[], float] = time.monotonic,
+        grace: float = defaults.REPLICA_GRACE,
+    ) -> None:
         self.wanted = wanted
         self.clock = clock
+        self.grace = grace
         self.short_until = 0.0
         self.short = False
+        self.short_since: float | None = None
 
-    def replicas(self) -> int:
-        """Replicas to wait for on the next write (0: do not wait now)."""
-        if not self.wanted or self.clock() < self.short_until:
+    def replicas(self, durable: bool = False) -> int:
+        """Replicas to wait for on the next write (0: do not wait now); a ``durable``
+        write waits while ``holding``."""
+        if not self.wanted:
+            return 0
+        if self.clock() < self.short_until and not (durable and self.holding()):
             return 0
         return self.wanted
+
+    def holding(self) -> bool:
+        """Whether a durable write that replicas did not acknowledge is refused now."""
+        return self.short_since is None or self.clock() - self.short_since < self.grace
 
     def acknowledged(self, count: int) -> None:
         if count >= self.wanted:
             if self.short:
                 log.warning("Redis replication is back: %d replica(s) acknowledge writes", count)
             self.short = False
+            self.short_since = None
             return
         self.short_until = self.clock() + self.RECHECK
+        if self.short_since is None:
+            self.short_since = self.clock()
         if not self.short:
             log.warning(
                 "Redis: %d of %d replica(s) acknowledged a counter write within %g s; "
@@ -792,16 +827,37 @@ class Stats:
         for sentinel in getattr(manager, "sentinels", ()):
             sentinel.close()
 
-    def _write(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
-        """Run a counting script; with replicas to wait for, WAIT in the same round trip."""
-        if not self.replication.replicas():
+    def _write(self, script: Any, keys: list[Any], args: list[Any], durable: bool = False) -> Any:
+        """Run a counting script; with replicas to wait for, WAIT in the same round trip.
+        A ``durable`` write that the replicas did not acknowledge raises ``NotReplicated``
+        while the replication holds it (the script ran: it must be idempotent)."""
+        if not self.replication.replicas(durable):
             return script(keys=keys, args=args)  # redis-py reloads a script Redis lacks
-        return self._replicated(lambda pipe: script(keys=keys, args=args, client=pipe))[0]
+        queue = lambda pipe: script(keys=keys, args=args, client=pipe)  # noqa: E731
+        replies, acked = self._replicated(queue, durable)
+        if durable and not acked and self.replication.holding():
+            raise NotReplicated(
+                f"Redis at {mask_url(self._url)}: no replica acknowledged the write within "
+                f"{defaults.REDIS_WAIT_TIMEOUT:g} s (a failover underway?); held until one "
+                f"does, for up to REPLICA_GRACE={self.replication.grace:g} s"
+            )
+        return replies[0]
 
-    def _replicated(self, queue: Callable[[Any], object]) -> list[Any]:
+    def _replicated(
+        self, queue: Callable[[Any], object], durable: bool = False
+    ) -> tuple[list[Any], bool]:
         """Run the commands ``queue`` puts in a pipeline, then WAIT for the replicas (if
-        any are wanted now), in one round trip; their replies, without WAIT's."""
-        wait = self.replication.replicas()
+        any are wanted now), in one round trip: their replies, without WAIT's, and
+        whether the replicas acknowledged them (True when none is wanted)."""
+        wait = self.replication.replicas(durable)
+        replies = self._pipelined(queue, wait)
+        if not wait:  # acknowledged only if no replica is wanted at all
+            return replies, not self.replication.wanted
+        count = int(replies.pop())
+        self.replication.acknowledged(count)
+        return replies, count >= wait
+
+    def _pipelined(self, queue: Callable[[Any], object], wait: int) -> list[Any]:
         for attempt in (1, 2):
             try:
                 with self.client.pipeline(transaction=False) as pipe:
@@ -817,8 +873,6 @@ class Stats:
                 # Once more loads them on it; the scripts are idempotent.
                 if attempt == 2:
                     raise
-        if wait:
-            self.replication.acknowledged(int(replies.pop()))
         return replies
 
     def run(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
@@ -851,13 +905,20 @@ class Stats:
         *,
         window: Run | None = None,
         now: float | None = None,
+        floor: int = 0,
     ) -> int | None:
         """The first of the ``count`` numbers of a tick: allocated once (beat), when the
         tick is counted fired (and ``late``). None when the entry is paused: the tick is
         skipped, counted ``paused`` (a tick fired by hand is not skipped).
 
         ``window`` is the run of ticks just before this one that beat skipped for being
-        later than the window (``plan_ticks``), counted in the same call."""
+        later than the window (``plan_ticks``), counted in the same call. ``floor`` is
+        the highest number the caller was given before: numbers go on above it even if
+        Redis lost the writes that gave it (a failover; logged when it happens).
+
+        The numbers must survive a failover before the tick is sent: ``NotReplicated``
+        while no replica acknowledges them (``Replication``); asked again, the tick
+        gets the same numbers."""
         k = self.keys
         now = time.time() if now is None else now
         tick_id = message_id(entry, scheduled_at, manual)
@@ -865,11 +926,18 @@ class Stats:
         keys += [k.entry(entry), k.entries, k.skips(entry)]
         paused = Skip("paused", scheduled_at, scheduled_at, 1, now)
         args: list[Any] = [tick_id, count, entry, scheduled_at, 0 if manual else 1, int(late)]
-        args += [SKIPS_KEPT, paused.record()]
+        args += [SKIPS_KEPT, paused.record(), floor]
         if window is not None and window.count > 0 and not manual:
             args += [window.count, window.first, window.last, Skip.of(window, now).record()]
         with _converted(self._url):
-            first = int(self._write(self._number, keys, args))
+            first, lifted = (int(x) for x in self._write(self._number, keys, args, True))
+        if lifted:
+            log.warning(
+                "Redis had lost the last %d message number(s) given (a failover lost the "
+                "master's latest writes); numbering goes on after %d, the highest given",
+                lifted,
+                floor,
+            )
         return None if first < 0 else first
 
     # -- ticks skipped (``beat``) -------------------------------------------------------
@@ -979,9 +1047,11 @@ class Stats:
         now: float,
         *,
         trigger: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Beat sent this tick: where the next beat goes on from, and one to see done.
-        ``trigger`` is the request (``beat:triggers``) of a tick fired by hand, now done."""
+        ``trigger`` is the request (``beat:triggers``) of a tick fired by hand, now done.
+        Whether the replicas acknowledged the record (else ``keep_sent`` it later: a
+        failover could lose it, and the tick's task message with it)."""
         k = self.keys
         manual = trigger is not None
         member = SentTick.member_of(entry, scheduled_at, number, batch, manual)
@@ -994,7 +1064,19 @@ class Stats:
             pipe.zadd(k.beat_sent, {member: now})
 
         with _converted(self._url):
-            self._replicated(queue)
+            return self._replicated(queue)[1]
+
+    def keep_sent(self, records: Mapping[str, float]) -> bool:
+        """Record again sent ticks (members, with the time each was sent) that may have
+        been lost in a failover, where they are not; True once the replicas acknowledge
+        them, or once the replication no longer holds writes (a replica gone for good).
+        A tick whose record was lost is then seen by ``overdue`` and, if its task message
+        was lost too, sent again by a worker's supervisor."""
+        with _converted(self._url):
+            acked = self._replicated(
+                lambda pipe: pipe.zadd(self.keys.beat_sent, dict(records), nx=True), True
+            )[1]
+        return acked or not self.replication.holding()
 
     def overdue(self, cutoff: float, limit: int = 2000) -> list[SentTick]:
         """Sent ticks not yet seen done, sent (or sent again) at or before ``cutoff``;

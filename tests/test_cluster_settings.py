@@ -117,6 +117,28 @@ def test_a_missing_replica_costs_one_timeout_per_recheck_not_one_per_write(
     assert Replication(0, clock).replicas() == 0
 
 
+def test_a_durable_write_waits_and_is_held_while_replicas_are_short_within_the_grace() -> None:
+    clock = Clock()
+    r = Replication(1, clock, grace=30.0)
+    assert r.holding() and r.replicas(durable=True) == 1
+    r.acknowledged(0)  # a failover: the new master has no replica yet
+    assert r.replicas() == 0  # counts stop waiting for RECHECK...
+    assert r.replicas(durable=True) == 1 and r.holding()  # ...numbering does not
+    clock.now += 29.0
+    r.acknowledged(0)
+    assert r.holding()  # still short, still within the grace: held
+    clock.now += 1.0
+    assert not r.holding()  # a replica gone for good: numbering goes on without it
+    assert r.replicas(durable=True) == 0  # and stops waiting, as the counts do
+    clock.now += Replication.RECHECK
+    r.acknowledged(1)  # back: the next shortness is held again, for a whole grace
+    assert r.holding()
+    r.acknowledged(0)
+    clock.now += 29.0
+    assert r.holding()
+    assert Replication(0, clock).replicas(durable=True) == 0  # one Redis: nothing to wait for
+
+
 def test_sentinel_urls_give_celerys_transport_the_master_name(tmp_path: Path) -> None:
     (tmp_path / "celeryconfig.py").write_text("broker_transport_options = {'unacked_key': 'u'}\n")
     show = (

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from pubtasks import stats as stats_module
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.control import Control
+from pubtasks.errors import NotReplicated
 from pubtasks.message import message_id
 from pubtasks.schedule import Run
 from pubtasks.sentinel import FollowingConnection
-from pubtasks.stats import Counts, ResumePoint, Skip, Stats
+from pubtasks.stats import Counts, Replication, ResumePoint, SentTick, Skip, Stats
 from pubtasks.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -107,6 +110,59 @@ def test_a_tick_keeps_its_numbers_when_asked_again(stats: Stats) -> None:
     assert stats.tick_number("e", 2.0, 1) == 4
     assert stats.tick_number("other", 2.0, 1) == 5
     assert stats.snapshot().last_message_number == 5
+
+
+def test_numbers_go_on_above_the_floor_when_redis_lost_the_latest(
+    stats: Stats, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given beat was given numbers 1 to 5, then a failover lost the writes that gave
+    # 4 and 5 (the new master's counter and the entry's latest tick are older)
+    assert stats.tick_number("e", 1.0, 3) == 1
+    assert stats.tick_number("e", 2.0, 2) == 4
+    stats.client.hset(stats.keys.totals, "last_message_number", 3)
+    stats.client.set(stats.keys.beat_number("e"), f"{message_id('e', 1.0)} 1")
+    # When beat numbers its next tick, with the highest number it was given as floor
+    with caplog.at_level(logging.WARNING, logger="pubtasks.stats"):
+        first = stats.tick_number("e", 3.0, 1, floor=5)
+    # Then 4 and 5 are not given again, and the lifted count is logged
+    assert first == 6
+    assert stats.snapshot().last_message_number == 6
+    assert "lost the last 2 message number(s)" in caplog.text
+    # A floor at or below what Redis holds changes nothing, and says nothing
+    caplog.clear()
+    assert stats.tick_number("e", 4.0, 1, floor=6) == 7
+    assert stats.tick_number("e", 4.0, 1, floor=7) == 7  # asked again: the same
+    assert not caplog.text
+
+
+def test_numbers_no_replica_acknowledged_are_held_then_given_the_same(
+    redis_url: str, prefix: str, stats: Stats
+) -> None:
+    # Given counters that want one replica, on a Redis that has none (a new master
+    # whose old one is not back yet), and a clock for the grace
+    now = [100.0]
+    waiting = Stats.from_url(redis_url, prefix, wait_replicas=1)
+    waiting.replication = Replication(1, lambda: now[0], grace=30.0)
+    try:
+        # When beat numbers a tick, it is held: not to be sent yet
+        with pytest.raises(NotReplicated, match="no replica acknowledged"):
+            waiting.tick_number("e", 1.0)
+        # and asked again, within the grace, it is held with the same number kept
+        now[0] += 10.0
+        with pytest.raises(NotReplicated):
+            waiting.tick_number("e", 1.0)
+        assert stats.snapshot().last_message_number == 1
+        # A sent record not acknowledged says so, and is kept again (not doubled)
+        assert waiting.sent("e", 1.0, 1, 1, 5.0) is False
+        member = SentTick.member_of("e", 1.0, 1, 1, False)
+        assert waiting.keep_sent({member: 5.0}) is False
+        # Past the grace (a replica gone for good) the same number is given, and kept
+        now[0] += 20.0
+        assert waiting.tick_number("e", 1.0) == 1
+        assert waiting.keep_sent({member: 5.0}) is True
+        assert stats.client.zrange(stats.keys.beat_sent, 0, -1, withscores=True) == [(member, 5.0)]
+    finally:
+        waiting.close()
 
 
 def test_a_paused_entrys_tick_gets_no_number_but_a_tick_by_hand_does(stats: Stats) -> None:
