@@ -401,6 +401,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                         late=late,
                         window=tick.window,
                         floor=self._highest,
+                        keep=catch_up_of(tick.entry.options).within,
                     )
                     if tick.number is not None:
                         self._highest = max(self._highest, tick.number + tick.batch - 1)

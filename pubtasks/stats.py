@@ -39,6 +39,8 @@ key                       type    holds
                                   ([entry, scheduled_at, number, batch(, manual)]
                                   -> sent at)
 ``beat:manual:<entry>``   string  the entry's latest tick fired by hand and its number
+``beat:numbered:<entry>`` zset    the entry's ticks of its catch-up window and their
+                                  first numbers ("<tick id> <number>" -> ms)
 ``beat:triggers``         list    ticks asked for by hand, for the beat holder to fire
                                   ([entry, ms] of ``schedule trigger``)
 ``triggered``             hash    entry -> the ms of its latest tick asked for by hand
@@ -259,16 +261,24 @@ local function skipped(totals, hash, list, entries, entry, reason, n, record, ke
 end
 """
 
+#: At most how long (s) a tick's numbers are kept for asking again (``beat:numbered``):
+#: a beat fires an older tick again only if it took the lock from one an hour stuck.
+NUMBERS_KEPT_FOR = 3600.0
+
 # KEYS: totals, beat:number:<entry> (or beat:manual:<entry>), paused, beat:last:<entry>,
-#       entry:<entry>, entries, skips:<entry>.
+#       entry:<entry>, entries, skips:<entry>, beat:numbered:<entry>.
 # ARGV: the tick's id, how many numbers, the entry, its scheduled time, 1 to obey a pause
 #       (0: a tick fired by hand), 1 if it fires late, records kept, the record of this
-#       tick skipped while paused, the floor, then (or nothing) the run of ticks before
-#       it skipped for being later than the window: its count, first, last and record.
+#       tick skipped while paused, the floor, how long numbers are kept, then (or
+#       nothing) the run of ticks before it skipped for being later than the window:
+#       its count, first, last and record.
 # Returns {first number (-1: skipped while paused), numbers lifted to the floor}.
-# The numbers of the entry's latest tick are kept with its id, so asking again for the
-# same tick (a retried write, or a beat that died before sending it and the next
-# holder firing it again) returns the same numbers: no gap, no double allocation.
+# The numbers of the entry's latest tick are kept with its id, and those of its ticks
+# of the last ARGV[10] seconds by scheduled time (beat:numbered, the entry's catch-up
+# window), so asking again for the same tick (a retried write, a beat that died
+# before sending it, or a beat that took the lock from one still sending the ticks it
+# had numbered, each next holder firing them again) returns the same numbers: no
+# gap, no double allocation, and a tick sent twice is the same message twice.
 # The floor is the highest number the caller (beat) was given before: a Sentinel
 # failover that lost the master's last writes leaves last_message_number behind the
 # numbers already sent, and numbering goes on from the floor instead of giving them
@@ -285,6 +295,11 @@ if held then
   local id, first = string.match(held, '^(.*) (%d+)$')
   if id == ARGV[1] then return {tonumber(first), 0} end
 end
+local at = math.floor(tonumber(ARGV[4]) * 1000 + 0.5)
+for _, kept in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], at, at)) do
+  local id, first = string.match(kept, '^(.*) (%d+)$')
+  if id == ARGV[1] then return {tonumber(first), 0} end
+end
 local function handled(t)
   local last = tonumber(redis.call('GET', KEYS[4]) or '')
   if last and t <= last then return true end
@@ -298,8 +313,8 @@ local function skip(reason, n, first, last, record)
   local current = tonumber(redis.call('GET', KEYS[4]) or '')
   if not current or tonumber(last) > current then redis.call('SET', KEYS[4], last) end
 end
-if ARGV[5] == '1' and #ARGV >= 13 then
-  skip('window', ARGV[10], ARGV[11], ARGV[12], ARGV[13])
+if ARGV[5] == '1' and #ARGV >= 14 then
+  skip('window', ARGV[11], ARGV[12], ARGV[13], ARGV[14])
 end
 if ARGV[5] == '1' and redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then
   skip('paused', 1, ARGV[4], ARGV[4], ARGV[8])
@@ -314,6 +329,8 @@ if floor > stored then
 end
 local first = redis.call('HINCRBY', KEYS[1], 'last_message_number', ARGV[2]) - ARGV[2] + 1
 redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. first)
+redis.call('ZADD', KEYS[8], at, ARGV[1] .. ' ' .. first)
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. (at - tonumber(ARGV[10]) * 1000))
 redis.call('SADD', KEYS[6], ARGV[3])
 redis.call('HINCRBY', KEYS[5], ARGV[5] == '1' and 'ticks' or 'ticks_manual', 1)
 if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[5], 'ticks_late', 1) end
@@ -440,6 +457,9 @@ class Keys:
 
     def beat_number(self, entry: str, manual: bool = False) -> str:
         return f"{self.prefix}beat:{'manual' if manual else 'number'}:{entry}"
+
+    def beat_numbered(self, entry: str) -> str:
+        return f"{self.prefix}beat:numbered:{entry}"
 
     @property
     def beat_triggers(self) -> str:
@@ -906,6 +926,7 @@ class Stats:
         window: Run | None = None,
         now: float | None = None,
         floor: int = 0,
+        keep: float = defaults.CATCH_UP_WITHIN,
     ) -> int | None:
         """The first of the ``count`` numbers of a tick: allocated once (beat), when the
         tick is counted fired (and ``late``). None when the entry is paused: the tick is
@@ -915,6 +936,8 @@ class Stats:
         later than the window (``plan_ticks``), counted in the same call. ``floor`` is
         the highest number the caller was given before: numbers go on above it even if
         Redis lost the writes that gave it (a failover; logged when it happens).
+        ``keep``: how long (s, by scheduled time) a tick's numbers are kept for asking
+        again, the entry's catch-up window.
 
         The numbers must survive a failover before the tick is sent: ``NotReplicated``
         while no replica acknowledges them (``Replication``); asked again, the tick
@@ -923,10 +946,10 @@ class Stats:
         now = time.time() if now is None else now
         tick_id = message_id(entry, scheduled_at, manual)
         keys = [k.totals, k.beat_number(entry, manual), k.paused, k.beat_last(entry)]
-        keys += [k.entry(entry), k.entries, k.skips(entry)]
+        keys += [k.entry(entry), k.entries, k.skips(entry), k.beat_numbered(entry)]
         paused = Skip("paused", scheduled_at, scheduled_at, 1, now)
         args: list[Any] = [tick_id, count, entry, scheduled_at, 0 if manual else 1, int(late)]
-        args += [SKIPS_KEPT, paused.record(), floor]
+        args += [SKIPS_KEPT, paused.record(), floor, min(keep, NUMBERS_KEPT_FOR)]
         if window is not None and window.count > 0 and not manual:
             args += [window.count, window.first, window.last, Skip.of(window, now).record()]
         with _converted(self._url):

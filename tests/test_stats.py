@@ -112,6 +112,22 @@ def test_a_tick_keeps_its_numbers_when_asked_again(stats: Stats) -> None:
     assert stats.snapshot().last_message_number == 5
 
 
+def test_a_tick_fired_again_by_another_beat_keeps_its_numbers_within_the_window(
+    stats: Stats,
+) -> None:
+    # Given beat a numbered ticks at 10 s, 11 s and 12 s; beat b, which took the lock
+    # while a was still sending them, fires the 10 s and 11 s ones again
+    assert [stats.tick_number("e", t, 2, keep=60) for t in (10.0, 11.0, 12.0)] == [1, 3, 5]
+    # Then each gets the numbers a gave it (one message, sent twice), not new ones
+    assert stats.tick_number("e", 10.0, 2, keep=60) == 1
+    assert stats.tick_number("e", 11.0, 2, keep=60) == 3
+    assert stats.snapshot().last_message_number == 6
+    # Ticks older than the window are forgotten as newer ones are numbered
+    assert stats.tick_number("e", 71.0, 1, keep=60) == 7
+    assert stats.client.zcard(stats.keys.beat_numbered("e")) == 3  # 11 s, 12 s, 71 s
+    assert stats.tick_number("e", 10.0, 2, keep=60) == 8  # a tick unknown: new numbers
+
+
 def test_numbers_go_on_above_the_floor_when_redis_lost_the_latest(
     stats: Stats, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -230,16 +246,29 @@ def test_a_tick_skipped_while_paused_is_counted_once_with_its_record(stats: Stat
 
 def test_a_paused_tick_at_or_before_the_latest_numbered_one_is_not_counted(stats: Stats) -> None:
     # Given ticks at 1 s and 2 s numbered, the one at 1 s sent but not recorded sent
-    assert stats.tick_number("e", 1.0) == 1
-    assert stats.tick_number("e", 2.0) == 2
+    # and its numbers no longer kept (keep: a catch-up window of 0.5 s)
+    assert stats.tick_number("e", 1.0, keep=0.5) == 1
+    assert stats.tick_number("e", 2.0, keep=0.5) == 2
     # When the entry is paused and a beat fires the tick at 1 s again
     Control(stats).pause("e", now=2.5)
-    assert stats.tick_number("e", 1.0) is None
+    assert stats.tick_number("e", 1.0, keep=0.5) is None
     # Then it is not counted skipped: it was fired already (and numbered)
     assert skipped_of(stats, "e")[0] == 0
     assert stats.skips("e") == []
     assert stats.tick_number("e", 3.0) is None
     assert skipped_of(stats, "e")[0] == 1
+
+
+def test_a_tick_numbered_before_a_pause_keeps_its_numbers_when_fired_again(
+    stats: Stats,
+) -> None:
+    # A tick numbered before the pause was fired: fired again (a beat that died before
+    # sending it, or a second beat), it is sent with its numbers, not skipped
+    assert stats.tick_number("e", 1.0) == 1
+    assert stats.tick_number("e", 2.0) == 2
+    Control(stats).pause("e", now=2.5)
+    assert stats.tick_number("e", 1.0) == 1
+    assert skipped_of(stats, "e")[0] == 0
 
 
 def test_ticks_passed_over_for_the_window_are_counted_with_the_next_tick_once(
