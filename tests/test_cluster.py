@@ -36,7 +36,7 @@ import redis
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
-from pubtasks.bench.cluster import Cluster, replica_linked
+from pubtasks.bench.cluster import Cluster, redis_whole
 from pubtasks.bench.services import forget_celery_keys
 from pubtasks.confirms import Delivery
 from pubtasks.defaults import DEFAULT_ENTRY
@@ -416,8 +416,8 @@ def kill_master(cluster: Cluster) -> Callable[[], None]:
     old.kill()
 
     def mend() -> None:
-        old.start()  # Sentinel makes it a replica of the new master
-        wait_for(lambda: replica_linked(old.port), 60, "the old master to replicate", 0.2)
+        old.start()  # Sentinel makes it a replica (or, racing the failover, the master)
+        wait_for(lambda: redis_whole(cluster), 60, "a master and its replica in sync", 0.2)
 
     return mend
 

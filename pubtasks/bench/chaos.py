@@ -340,10 +340,7 @@ class OnCluster:
         """Three nodes running, Redis's master and a replica in sync, nothing restarting."""
         if self.mends.busy or self.running() != len(self.cluster.nodes):
             return False
-        master = self.cluster.master_port()
-        return master is not None and any(
-            clusters.replica_linked(r.port) for r in self.cluster.redis if r.port != master
-        )
+        return clusters.redis_whole(self.cluster)
 
     def leader(self) -> int:
         for i in range(len(self.cluster.nodes)):
@@ -405,8 +402,8 @@ class OnCluster:
             old.kill()
 
             def restart() -> None:
-                old.start()  # Sentinel makes it a replica of the new master
-                wait_for(lambda: clusters.replica_linked(old.port), 120, "the old master", 0.2)
+                old.start()  # Sentinel makes it a replica (or, racing, the master again)
+                wait_for(lambda: clusters.redis_whole(self.cluster), 120, "Redis whole", 0.2)
 
             self.mends.start(f"Redis {old.name} (the old master)", restart)
             return f"Redis master {old.name} (port {port}) SIGKILLed"

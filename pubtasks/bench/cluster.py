@@ -251,6 +251,18 @@ def replica_linked(port: int) -> bool:
         client.close()
 
 
+def redis_whole(cluster: Cluster) -> bool:
+    """Whether Sentinel names a master and each other Redis replicates it, in sync.
+
+    A killed master started again usually becomes the new master's replica; when its
+    start races the failover it can be made the master again instead (Sentinel fails
+    back to it, the promoted one becoming its replica): either is whole."""
+    master = cluster.master_port()
+    return master is not None and all(
+        replica_linked(r.port) for r in cluster.redis if r.port != master
+    )
+
+
 def _sentinels_agree(cluster: Cluster) -> bool:
     """Each Sentinel knows the others and the replica: a failover can happen."""
     for s in cluster.sentinels:
