@@ -58,9 +58,10 @@ from pubtasks.cron import grid_of
 from pubtasks.entries import catch_up_of, task_options
 from pubtasks.errors import StatsUnavailable
 from pubtasks.lock import BeatLock, owner_id
+from pubtasks.records import ResumePoint, SentTick
 from pubtasks.schedule import Grid, Resumed, Run, jumped, resume
 from pubtasks.settings import Settings
-from pubtasks.stats import ResumePoint, SentTick, Stats
+from pubtasks.stats import Stats
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,11 @@ from pubtasks.control import Control
 from pubtasks.entries import publish_entries
 from pubtasks.errors import ConfigError, PubtasksError
 from pubtasks.health import check, read_fleet, schedules
+from pubtasks.keys import COUNTERS
 from pubtasks.metrics import Schedule, StatsCollector
+from pubtasks.records import Counts, Snapshot
 from pubtasks.settings import mask_url
-from pubtasks.stats import COUNTERS, Counts, Snapshot, Stats
+from pubtasks.stats import Stats
 
 COLUMNS = (*COUNTERS[:-1], "pending", "failed", "skipped")
 

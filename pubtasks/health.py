@@ -34,8 +34,9 @@ from celery.schedules import schedule as interval_schedule
 
 from pubtasks.cron import grid_of
 from pubtasks.entries import publish_entries
+from pubtasks.records import Counts
 from pubtasks.schedule import every
-from pubtasks.stats import Counts, Stats
+from pubtasks.stats import Stats
 from pubtasks.supervision import WORKER_TTL
 
 #: Seconds a tick may take from its time on the schedule to its confirm before its

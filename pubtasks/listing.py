@@ -14,8 +14,9 @@ from typing import Any
 from pubtasks.control import State
 from pubtasks.cron import grid_of
 from pubtasks.entries import CatchUp, catch_up_of, publish_entries
+from pubtasks.keys import COUNTERS
+from pubtasks.records import Counts
 from pubtasks.schedule import every
-from pubtasks.stats import COUNTERS, Counts
 
 COLUMNS = (*COUNTERS, "pending", "skipped")
 

@@ -29,7 +29,9 @@ from pubtasks import defaults
 from pubtasks.control import Control, State
 from pubtasks.errors import StatsUnavailable
 from pubtasks.health import Fleet, Following, intervals, read_fleet, schedules, verdicts
-from pubtasks.stats import COUNTERS, TICKS, Latency, Snapshot, Stats
+from pubtasks.keys import COUNTERS, TICKS
+from pubtasks.records import Latency, Snapshot
+from pubtasks.stats import Stats
 
 log = logging.getLogger(__name__)
 

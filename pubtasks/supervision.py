@@ -96,7 +96,8 @@ from pubtasks.lanes import Lanes
 from pubtasks.lock import owner_id
 from pubtasks.message import message_id
 from pubtasks.orphans import Orphans
-from pubtasks.stats import SentTick, Stats
+from pubtasks.records import SentTick
+from pubtasks.stats import Stats
 
 log = logging.getLogger("pubtasks")
 

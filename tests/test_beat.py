@@ -12,9 +12,10 @@ import pytest
 from pubtasks.beat import Scheduler, at, changed, going_on
 from pubtasks.celery import App
 from pubtasks.control import POLL
+from pubtasks.records import ResumePoint
 from pubtasks.schedule import Resumed, Run, every
 from pubtasks.settings import Settings
-from pubtasks.stats import ResumePoint, Stats
+from pubtasks.stats import Stats
 
 #: How long handing a tick to Celery's transport takes here: far longer than in life.
 SEND = 0.1

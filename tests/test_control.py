@@ -10,8 +10,9 @@ from celery.schedules import crontab
 
 from pubtasks.control import Control, State
 from pubtasks.listing import as_json, render, rows
+from pubtasks.records import Counts
 from pubtasks.schedule import every
-from pubtasks.stats import Counts, Stats
+from pubtasks.stats import Stats
 
 SCHEDULE = {
     "fast": {"task": "pubtasks.publish", "schedule": every(0.2)},

@@ -9,8 +9,8 @@ import pytest
 from celery.schedules import crontab
 
 from pubtasks.health import GRACE, Fleet, check, intervals, schedules, verdicts
+from pubtasks.records import Counts
 from pubtasks.schedule import every
-from pubtasks.stats import Counts
 
 ALIVE = Fleet(workers=1, beat="web-1.4711.3fa2c1", since=None)
 

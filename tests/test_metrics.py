@@ -14,9 +14,11 @@ from prometheus_client.registry import Collector
 from pubtasks.bench.nodes import free_port
 from pubtasks.control import State
 from pubtasks.health import Fleet
+from pubtasks.keys import LATENCY_BUCKETS
 from pubtasks.metrics import Reading, Schedule, StatsCollector, families, holder_parts
+from pubtasks.records import Counts, Latency, Snapshot
 from pubtasks.schedule import every
-from pubtasks.stats import LATENCY_BUCKETS, Counts, Latency, Snapshot, Stats
+from pubtasks.stats import Stats
 
 NOW = 1_000.0
 

@@ -16,8 +16,9 @@ import pytest
 
 from pubtasks.bench.ledger import failed_markers
 from pubtasks.message import message_id, scheduled_at_of
+from pubtasks.records import Skip
 from pubtasks.schedule import every
-from pubtasks.stats import Skip, Stats
+from pubtasks.stats import Stats
 from pubtasks.waiting import wait_for
 from tests.helpers import Raw, Worker, finish, take, write_config
 

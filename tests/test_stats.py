@@ -11,9 +11,11 @@ from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.control import Control
 from pubtasks.errors import NotReplicated
 from pubtasks.message import message_id
+from pubtasks.records import Counts, ResumePoint, SentTick, Skip
 from pubtasks.schedule import Run
 from pubtasks.sentinel import FollowingConnection
-from pubtasks.stats import Counts, Replication, ResumePoint, SentTick, Skip, Stats
+from pubtasks.stats import Stats
+from pubtasks.store import Replication
 from pubtasks.waiting import wait_for
 
 pytestmark = pytest.mark.integration

@@ -76,8 +76,9 @@ from pubtasks.bench.nodes import RabbitNode, RedisNode
 from pubtasks.bench.proxy import Proxy
 from pubtasks.bench.worker import Worker, write_config
 from pubtasks.defaults import DEFAULT_ENTRY
+from pubtasks.keys import COUNTERS
 from pubtasks.schedule import every
-from pubtasks.stats import COUNTERS, Stats
+from pubtasks.stats import Stats
 from pubtasks.waiting import wait_for
 
 PREFIX = "chaos:"

@@ -1,0 +1,292 @@
+"""The Lua scripts that count, number and record, each one atomic in Redis.
+
+Each is idempotent: redis-py may run it again after a lost reply (or a failover)
+without counting twice. Their keys are ``keys.Keys``'; ``stats.Stats`` runs them.
+"""
+
+from __future__ import annotations
+
+from pubtasks.keys import LATENCY_BUCKETS
+
+# A pending publish is the member "<message_id>#<publisher>.<n>" of the pending zset;
+# message ids are "<entry>@<ms>[.<i>]", so the entry is everything before the last "@",
+# and the tick is "<entry>@<ms>", message i of it (0 without a batch).
+_ENTRY_OF = """
+local function entry_of(key) return string.match(key, '^(.*)@') or '?' end
+local marked = {}
+local function mark_done(prefix, message_id)
+  local tick, i = string.match(message_id, '^(.*@[%w%-]+)%.(%d+)$')
+  if not tick then tick, i = message_id, 0 end
+  redis.call('SETBIT', prefix .. tick, tonumber(i), 1)
+  marked[prefix .. tick] = true
+end
+local function expire_marked(ttl)
+  for key in pairs(marked) do redis.call('EXPIRE', key, ttl) end
+end
+"""
+
+# One call counts a whole chunk of publishes (a window's worth), so a batch costs one
+# round trip, not one per message.
+# KEYS: totals, pending, entries.  ARGV: now, entry key prefix, then one key per publish.
+BEGIN = (
+    _ENTRY_OF
+    + """
+local begun, total = {}, 0
+for i = 3, #ARGV do
+  if redis.call('ZADD', KEYS[2], 'NX', ARGV[1], ARGV[i]) == 1 then
+    local entry = entry_of(ARGV[i])
+    begun[entry] = (begun[entry] or 0) + 1
+    total = total + 1
+  end
+end
+for entry, n in pairs(begun) do
+  redis.call('SADD', KEYS[3], entry)
+  redis.call('HINCRBY', ARGV[2] .. entry, 'published', n)
+end
+if total > 0 then redis.call('HINCRBY', KEYS[1], 'published', total) end
+return total
+"""
+)
+
+# KEYS: totals, pending.
+# ARGV: now, entry key prefix, the highest acked (not returned) message number or 0,
+#       done key prefix, done ttl, latency key prefix, then (key, outcome) per publish;
+#       outcome is acked, returned (acked and returned), bounced (acked and returned,
+#       and to be published again: not done), nacked or unconfirmed.
+# Only the caller whose ZREM removes a publish counts it: settling twice counts once.
+# A message counted acked or returned is marked done, in the same call. Every acked one
+# (returned included) adds its latency, from its tick's time (the ms of its message id,
+# the request's for a tick fired by hand) to now, to its entry's histogram.
+SETTLE = (
+    _ENTRY_OF
+    + f"local BUCKETS = {{{', '.join(map(repr, LATENCY_BUCKETS))}}}\n"
+    + """
+local counts, counted, latencies = {}, 0, {}
+local function bump(hash, field)
+  counts[hash] = counts[hash] or {}
+  counts[hash][field] = (counts[hash][field] or 0) + 1
+end
+local function observe(key)
+  local ms = string.match(key, '@[%a%-]*(%d+)[^@]*#')
+  if not ms then return end
+  local seconds = math.max(tonumber(ARGV[1]) - tonumber(ms) / 1000, 0)
+  local bucket = '+Inf'
+  for _, le in ipairs(BUCKETS) do
+    if seconds <= le then bucket = le; break end
+  end
+  local h = ARGV[6] .. entry_of(key)
+  latencies[h] = latencies[h] or {n = 0, sum = 0, buckets = {}}
+  local l = latencies[h]
+  l.n, l.sum = l.n + 1, l.sum + seconds
+  l.buckets[bucket] = (l.buckets[bucket] or 0) + 1
+end
+for i = 7, #ARGV, 2 do
+  if redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
+    counted = counted + 1
+    local outcome = ARGV[i + 1]
+    if outcome == 'acked' or outcome == 'returned' then
+      mark_done(ARGV[4], string.match(ARGV[i], '^(.*)#'))
+    end
+    if outcome ~= 'nacked' and outcome ~= 'unconfirmed' then observe(ARGV[i]) end
+    for _, hash in ipairs({KEYS[1], ARGV[2] .. entry_of(ARGV[i])}) do
+      if outcome == 'returned' or outcome == 'bounced' then
+        bump(hash, 'acked')
+        bump(hash, 'returned')
+      else
+        bump(hash, outcome)
+      end
+    end
+  end
+end
+local number = tonumber(ARGV[3])
+for hash, fields in pairs(counts) do
+  for field, n in pairs(fields) do redis.call('HINCRBY', hash, field, n) end
+  local current = tonumber(redis.call('HGET', hash, 'last_confirmed_number') or '0')
+  if fields['acked'] and number > 0 and number >= current then
+    redis.call('HSET', hash, 'last_confirmed_number', number, 'last_confirmed_at', ARGV[1])
+  end
+end
+for h, l in pairs(latencies) do
+  for bucket, n in pairs(l.buckets) do redis.call('HINCRBY', h, tostring(bucket), n) end
+  redis.call('HINCRBY', h, 'count', l.n)
+  redis.call('HINCRBYFLOAT', h, 'sum', string.format('%.6f', l.sum))
+end
+expire_marked(ARGV[5])
+return counted
+"""
+)
+
+# KEYS: failed marker of each message, then totals, last_error, entries.
+# ARGV: ttl, now, entry, entry key prefix, reason, done key prefix, done ttl, then
+#       (message id, message number) per message.
+FAIL = (
+    _ENTRY_OF
+    + """
+local n = (#ARGV - 7) / 2
+local totals, last_error, entries = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
+local failed = 0
+for i = 1, n do
+  if redis.call('SET', KEYS[i], ARGV[7 + 2 * i] .. ' ' .. ARGV[5], 'NX', 'EX', ARGV[1]) then
+    failed = failed + 1
+    mark_done(ARGV[6], ARGV[6 + 2 * i])
+  end
+end
+if failed == 0 then return 0 end
+redis.call('SADD', entries, ARGV[3])
+redis.call('HINCRBY', totals, 'failed', failed)
+redis.call('HINCRBY', ARGV[4] .. ARGV[3], 'failed', failed)
+redis.call('HSET', last_error, 'at', ARGV[2], 'entry', ARGV[3], 'message_id', ARGV[8],
+           'reason', ARGV[5])
+expire_marked(ARGV[7])
+return failed
+"""
+)
+
+# Counting ticks skipped: the counters of the totals and of the entry, and the entry's
+# record (JSON made by the caller: Lua's cjson writes numbers with 14 digits), kept newest
+# first. The caller moves beat:last:<entry> past the run in the same call.
+_SKIPPED = """
+local function skipped(totals, hash, list, entries, entry, reason, n, record, kept)
+  for _, h in ipairs({totals, hash}) do
+    redis.call('HINCRBY', h, 'skipped', n)
+    redis.call('HINCRBY', h, 'skipped_' .. reason, n)
+  end
+  redis.call('SADD', entries, entry)
+  redis.call('LPUSH', list, record)
+  redis.call('LTRIM', list, 0, tonumber(kept) - 1)
+end
+"""
+
+# KEYS: totals, beat:number:<entry> (or beat:manual:<entry>), paused, beat:last:<entry>,
+#       entry:<entry>, entries, skips:<entry>, beat:numbered:<entry>.
+# ARGV: the tick's id, how many numbers, the entry, its scheduled time, 1 to obey a pause
+#       (0: a tick fired by hand), 1 if it fires late, records kept, the record of this
+#       tick skipped while paused, the floor, how long numbers are kept, then (or
+#       nothing) the run of ticks before it skipped for being later than the window:
+#       its count, first, last and record.
+# Returns {first number (-1: skipped while paused), numbers lifted to the floor}.
+# The numbers of the entry's latest tick are kept with its id, and those of its ticks
+# of the last ARGV[10] seconds by scheduled time (beat:numbered, the entry's catch-up
+# window), so asking again for the same tick (a retried write, a beat that died
+# before sending it, or a beat that took the lock from one still sending the ticks it
+# had numbered, each next holder firing them again) returns the same numbers: no
+# gap, no double allocation, and a tick sent twice is the same message twice.
+# The floor is the highest number the caller (beat) was given before: a Sentinel
+# failover that lost the master's last writes leaves last_message_number behind the
+# numbers already sent, and numbering goes on from the floor instead of giving them
+# again (the count lifted is returned, for beat to say so).
+# A tick of a paused entry gets no number (-1): it is skipped, and becomes the tick
+# the entry's next beat goes on from. A tick numbered is counted fired, once; a tick
+# skipped is counted skipped, once: only if it is past beat:last and the latest tick
+# numbered (ticks go in order: one at or before either was fired or skipped already).
+NUMBER = (
+    _SKIPPED
+    + """
+local held = redis.call('GET', KEYS[2])
+if held then
+  local id, first = string.match(held, '^(.*) (%d+)$')
+  if id == ARGV[1] then return {tonumber(first), 0} end
+end
+local at = math.floor(tonumber(ARGV[4]) * 1000 + 0.5)
+for _, kept in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], at, at)) do
+  local id, first = string.match(kept, '^(.*) (%d+)$')
+  if id == ARGV[1] then return {tonumber(first), 0} end
+end
+local function handled(t)
+  local last = tonumber(redis.call('GET', KEYS[4]) or '')
+  if last and t <= last then return true end
+  local ms = nil
+  if held then ms = tonumber(string.match(held, '@(%d+) %d+$')) end
+  return ms ~= nil and math.floor(t * 1000 + 0.5) <= ms
+end
+local function skip(reason, n, first, last, record)
+  if handled(tonumber(first)) then return end
+  skipped(KEYS[1], KEYS[5], KEYS[7], KEYS[6], ARGV[3], reason, n, record, ARGV[7])
+  local current = tonumber(redis.call('GET', KEYS[4]) or '')
+  if not current or tonumber(last) > current then redis.call('SET', KEYS[4], last) end
+end
+if ARGV[5] == '1' and #ARGV >= 14 then
+  skip('window', ARGV[11], ARGV[12], ARGV[13], ARGV[14])
+end
+if ARGV[5] == '1' and redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then
+  skip('paused', 1, ARGV[4], ARGV[4], ARGV[8])
+  return {-1, 0}
+end
+local floor = tonumber(ARGV[9])
+local stored = tonumber(redis.call('HGET', KEYS[1], 'last_message_number') or '0')
+local lifted = 0
+if floor > stored then
+  lifted = floor - stored
+  redis.call('HSET', KEYS[1], 'last_message_number', floor)
+end
+local first = redis.call('HINCRBY', KEYS[1], 'last_message_number', ARGV[2]) - ARGV[2] + 1
+redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. first)
+redis.call('ZADD', KEYS[8], at, ARGV[1] .. ' ' .. first)
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. (at - tonumber(ARGV[10]) * 1000))
+redis.call('SADD', KEYS[6], ARGV[3])
+redis.call('HINCRBY', KEYS[5], ARGV[5] == '1' and 'ticks' or 'ticks_manual', 1)
+if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[5], 'ticks_late', 1) end
+return {first, lifted}
+"""
+)
+
+# KEYS: beat:last:<entry>, beat:number:<entry>, totals, entry:<entry>, entries,
+#       skips:<entry>.
+# ARGV: the entry, beat:last and beat:number as the caller read them ('' for none),
+#       records kept, beat:last to set, then (reason, count, record) per run.
+# A beat that takes the beat lock skips the runs it decided from what it read, only if
+# that is still so (compare and set): a retried write, or a second beat deciding from
+# the same state, finds beat:last moved and counts nothing (0 if it was moved to this
+# very value, else -1: read again and decide again).
+SKIP = (
+    _SKIPPED
+    + """
+local last = redis.call('GET', KEYS[1]) or ''
+if last ~= ARGV[2] or (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then
+  if last == ARGV[5] then return 0 end
+  return -1
+end
+local total = 0
+for i = 6, #ARGV, 3 do
+  local n = tonumber(ARGV[i + 1])
+  skipped(KEYS[3], KEYS[4], KEYS[6], KEYS[5], ARGV[1], ARGV[i], n, ARGV[i + 2], ARGV[4])
+  total = total + n
+end
+redis.call('SET', KEYS[1], ARGV[5])
+return total
+"""
+)
+
+# KEYS: done:<tick>.  ARGV: the tick's batch.  The indexes of its messages done.
+DONE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local done = {}
+for i = 0, tonumber(ARGV[1]) - 1 do
+  if redis.call('GETBIT', KEYS[1], i) == 1 then done[#done + 1] = i end
+end
+return done
+"""
+
+# KEYS: beat:sent.  ARGV: cutoff, now, member.  Takes a sent tick that is overdue (its
+# score at or before the cutoff) for sending again, once: the score moves to now.
+CLAIM = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
+if not score or tonumber(score) > tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+return 1
+"""
+
+# KEYS: pending, totals.  ARGV: cutoff, entry key prefix, limit.
+# Publishes left pending by a publisher that died (SIGKILL, lost host) become unconfirmed.
+REAP = (
+    _ENTRY_OF
+    + """
+local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, key in ipairs(keys) do
+  redis.call('ZREM', KEYS[1], key)
+  redis.call('HINCRBY', KEYS[2], 'unconfirmed', 1)
+  redis.call('HINCRBY', ARGV[2] .. entry_of(key), 'unconfirmed', 1)
+end
+return #keys
+"""
+)
