@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable, Sequence
 
 from pubtasks.confirms import Delivery, Settled
@@ -31,11 +28,6 @@ from pubtasks.message import Outgoing, Tick
 from pubtasks.stats import Stats
 
 log = logging.getLogger(__name__)
-
-
-def publisher_id() -> str:
-    """Names one publisher in Redis's pending set: unique per process and stream."""
-    return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
 
 
 def abandoned_after(confirm_timeout: float) -> float:

@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from celery.beat import PersistentScheduler, ScheduleEntry, SchedulingError
 
 from pubtasks import defaults, pulse
@@ -57,7 +56,8 @@ from pubtasks.control import POLL, Control, Trigger
 from pubtasks.cron import grid_of
 from pubtasks.entries import catch_up_of, task_options
 from pubtasks.errors import StatsUnavailable
-from pubtasks.lock import BeatLock, owner_id
+from pubtasks.ids import owner_id
+from pubtasks.lock import BeatLock
 from pubtasks.records import ResumePoint, SentTick
 from pubtasks.schedule import Grid, Resumed, Run, jumped, resume
 from pubtasks.settings import Settings
@@ -191,9 +191,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         if self._leading and now - self._renewed < LOCK_TTL / 5:
             return True
         if self._lock is None:
-            self._lock = BeatLock(
-                self.stats.client, self.stats.keys.beat_lock, LOCK_TTL, owner_id()
-            )
+            self._lock = BeatLock(self.stats, self.stats.keys.beat_lock, LOCK_TTL, owner_id())
         try:
             if self._leading:
                 self._leading = self._lock.renew()
@@ -208,7 +206,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                     self._lock.release()
                     return False
                 self._leading = True
-        except redis.RedisError as exc:
+        except StatsUnavailable as exc:
             if self._leading and now - self._renewed > LOCK_TTL:
                 log.warning("beat: cannot renew the beat lock (%s); standing by", exc)
                 self._leading = False
@@ -314,7 +312,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         if self._lock is not None and self._leading:
             try:
                 self._lock.release()  # a standby takes over at once, from the last tick
-            except redis.RedisError:
+            except StatsUnavailable:
                 log.debug("beat: could not release the beat lock", exc_info=True)
         super().close()
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from pubtasks.message import message_id
+from pubtasks.ids import message_id
 from pubtasks.stats import Stats
 
 #: Seconds between the beat holder's reads of the trigger requests.

@@ -184,8 +184,3 @@ class Keys:
     @property
     def lanes(self) -> str:
         return f"{self.prefix}lanes"
-
-
-def entry_of(pending_key: str) -> str:
-    """The entry of a pending publish ``<entry>@<ms>[.<i>]#<publisher>.<n>``."""
-    return pending_key.rpartition("#")[0].rpartition("@")[0] or "?"

@@ -8,11 +8,7 @@ after ``ttl`` and another beat takes over where it stopped (see ``beat.py``).
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
-
-import redis
+from pubtasks.store import Store
 
 # Renew or release only a lock we still hold.
 _RENEW = """
@@ -27,29 +23,29 @@ return 0
 """
 
 
-def owner_id() -> str:
-    """Names the holder: which host and process holds the beat lock."""
-    return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-
-
 class BeatLock:
-    """A Redis lock with a time to live, renewed by its holder."""
+    """A Redis lock with a time to live, renewed by its holder. Through the ``Store``:
+    Redis errors come out as ``StatsUnavailable``."""
 
-    def __init__(self, client: redis.Redis, key: str, ttl: float, owner: str) -> None:
-        self.client, self.key, self.owner = client, key, owner
+    def __init__(self, store: Store, key: str, ttl: float, owner: str) -> None:
+        self.store, self.key, self.owner = store, key, owner
         self.ttl_ms = int(ttl * 1000)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._renew = store.client.register_script(_RENEW)
+        self._release = store.client.register_script(_RELEASE)
 
     def acquire(self) -> bool:
-        return bool(self.client.set(self.key, self.owner, nx=True, px=self.ttl_ms))
+        with self.store.converted():
+            return bool(self.store.client.set(self.key, self.owner, nx=True, px=self.ttl_ms))
 
     def renew(self) -> bool:
-        return bool(self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
+        with self.store.converted():
+            return bool(self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
 
     def release(self) -> None:
-        self._release(keys=[self.key], args=[self.owner])
+        with self.store.converted():
+            self._release(keys=[self.key], args=[self.owner])
 
     def holder(self) -> str | None:
-        value = self.client.get(self.key)
+        with self.store.converted():
+            value = self.store.client.get(self.key)
         return None if value is None else str(value)

@@ -24,6 +24,7 @@ from kombu.exceptions import SerializerNotInstalled
 
 from pubtasks import defaults
 from pubtasks.errors import BodyError, kind_of
+from pubtasks.ids import message_id
 
 #: The content type of the default body.
 CONTENT_TYPE = "application/json"
@@ -36,23 +37,6 @@ SERIALIZER = "json"
 #: Headers that carry the tick on a message with a body of the entry's own.
 NUMBER_HEADER = "x-message-number"
 SCHEDULED_HEADER = "x-scheduled-at"
-
-
-#: Marks the id of a tick fired by hand (``pubtasks schedule trigger``).
-MANUAL = "manual-"
-
-
-def message_id(entry: str, scheduled_at: float, manual: bool = False) -> str:
-    """The stable id of a tick: the entry's name and its scheduled time in milliseconds
-    (``<entry>@<ms>``); a tick fired by hand is ``<entry>@manual-<ms>``, its time that of
-    the request, so that it never shares an id with a tick of the schedule."""
-    return f"{entry}@{MANUAL if manual else ''}{round(scheduled_at * 1000)}"
-
-
-def scheduled_at_of(message_id: str) -> float:
-    """The scheduled time back from a message id (``<entry>@[manual-]<ms>[.<i>]``)."""
-    stamp = message_id.rsplit("@", 1)[1].split(".", maxsplit=1)[0]
-    return int(stamp.removeprefix(MANUAL)) / 1000
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ within about a second of RabbitMQ coming back.
 
 from __future__ import annotations
 
-from pubtasks.accounting import Accounting, publisher_id
+from pubtasks.accounting import Accounting
+from pubtasks.ids import owner_id
 from pubtasks.lanes import Lanes
 from pubtasks.message import Tick
 from pubtasks.policy import Limits, Result, TickPolicy, Tries
@@ -29,7 +30,7 @@ class Publisher:
         self.stream = ConfirmStream(
             Options.from_settings(settings), Topology.from_settings(settings)
         )
-        self.accounting = Accounting(self.stats, publisher_id())
+        self.accounting = Accounting(self.stats, owner_id())
         self.policy = TickPolicy(self.stream, self.accounting, Limits.from_settings(settings))
         self.lanes = Lanes(self.stats)
 

@@ -10,8 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from pubtasks.ids import message_id, scheduled_at_of
 from pubtasks.keys import COUNTERS, LATENCY_BUCKETS, SKIPPED, TICKS
-from pubtasks.message import message_id, scheduled_at_of
 from pubtasks.schedule import REASONS, Run
 
 

@@ -17,15 +17,14 @@ import redis
 
 from pubtasks import defaults, lua
 from pubtasks.confirms import Delivery, Outcome, Settled
+from pubtasks.ids import entry_of, message_id
 from pubtasks.keys import (
     DONE_TTL,
     FAILED_TTL,
     NUMBERS_KEPT_FOR,
     SKIPS_KEPT,
     Keys,
-    entry_of,
 )
-from pubtasks.message import message_id
 from pubtasks.records import Counts, Latency, ResumePoint, SentTick, Skip, Snapshot
 from pubtasks.schedule import Run
 from pubtasks.settings import Settings

@@ -92,9 +92,8 @@ from kombu.utils.encoding import bytes_to_str
 from pubtasks import defaults, pulse
 from pubtasks.accounting import abandoned_after
 from pubtasks.entries import task_options
+from pubtasks.ids import message_id, owner_id
 from pubtasks.lanes import Lanes
-from pubtasks.lock import owner_id
-from pubtasks.message import message_id
 from pubtasks.orphans import Orphans
 from pubtasks.records import SentTick
 from pubtasks.stats import Stats

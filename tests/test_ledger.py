@@ -23,7 +23,7 @@ from pubtasks.bench.ledger import (
     verdict,
 )
 from pubtasks.cron import Cron
-from pubtasks.message import message_id
+from pubtasks.ids import message_id
 from pubtasks.schedule import every
 
 E = "e"

@@ -11,6 +11,7 @@ from kombu.serialization import register, unregister
 
 from pubtasks.errors import BodyError
 from pubtasks.framing import serialize_properties
+from pubtasks.ids import message_id, scheduled_at_of
 from pubtasks.message import (
     BINARY,
     CONTENT_TYPE,
@@ -21,9 +22,7 @@ from pubtasks.message import (
     Tick,
     body,
     encode,
-    message_id,
     properties,
-    scheduled_at_of,
 )
 
 

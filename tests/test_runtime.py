@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from pubtasks.bench.ledger import failed_markers
-from pubtasks.message import message_id, scheduled_at_of
+from pubtasks.ids import message_id, scheduled_at_of
 from pubtasks.records import Skip
 from pubtasks.schedule import every
 from pubtasks.stats import Stats

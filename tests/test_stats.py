@@ -10,7 +10,7 @@ from pubtasks import stats as stats_module
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.control import Control
 from pubtasks.errors import NotReplicated
-from pubtasks.message import message_id
+from pubtasks.ids import message_id
 from pubtasks.records import Counts, ResumePoint, SentTick, Skip
 from pubtasks.schedule import Run
 from pubtasks.sentinel import FollowingConnection

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Exchange, Queue
 
-from pubtasks.message import scheduled_at_of
+from pubtasks.ids import scheduled_at_of
 from pubtasks.stats import Stats
 from pubtasks.waiting import wait_for
 from tests.helpers import (

@@ -42,7 +42,8 @@ from typing import Any
 
 from kombu.connection import Connection
 
-from pubtasks.message import MANUAL, NUMBER_HEADER, Tick, message_id
+from pubtasks.ids import MANUAL, message_id, message_ids, scheduled_at_of
+from pubtasks.message import NUMBER_HEADER, Tick
 from pubtasks.schedule import US, Grid, to_us
 from pubtasks.stats import Stats
 
@@ -183,14 +184,7 @@ def grid_points(grid: Grid, after: float, until: float) -> list[float]:
 
 def ids_of(entry: str, at: float, batch: int) -> list[str]:
     """The message ids of the tick of ``entry`` at ``at``, as pubtasks names them."""
-    base = message_id(entry, at)
-    return [base] if batch == 1 else [f"{base}.{i}" for i in range(batch)]
-
-
-def tick_of(mid: str) -> tuple[str, str]:
-    """(entry, the tick's id) of a message id ``<entry>@<ms>[.<i>]``."""
-    entry, _, stamp = mid.rpartition("@")
-    return entry, f"{entry}@{stamp.split('.', 1)[0]}"
+    return message_ids(message_id(entry, at), batch)
 
 
 def ms(t: float) -> int:
@@ -263,7 +257,7 @@ def match(
     latest = max(
         [clock.stopped]
         + [r.last for r in skips]
-        + [_time_of(m) for m in got | fails.keys() if MANUAL not in m]
+        + [scheduled_at_of(m) for m in got | fails.keys() if MANUAL not in m]
     )
     points = grid_points(expected.grid, clock.started, latest)
     ended = [
@@ -309,10 +303,6 @@ def match(
                 f"{r.reason} {r.first:.3f}..{r.last:.3f}: count {r.count}, grid {covered}"
             )
     return result
-
-
-def _time_of(mid: str) -> float:
-    return int(tick_of(mid)[1].rpartition("@")[2]) / 1000
 
 
 # -- the account ----------------------------------------------------------------------

@@ -18,7 +18,7 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from kombu.messaging import Producer
 
-from pubtasks import defaults, message
+from pubtasks import defaults, ids, message
 from pubtasks.bench.names import Names
 from pubtasks.errors import PubtasksError
 from pubtasks.message import Recipe, Tick
@@ -68,7 +68,7 @@ def pika_baseline(
     declare_queue(url, names, "pika")
     body = payload(size)
     # Like for like with a pubtasks tick: the same properties, each message its own id.
-    base_id = message.message_id(defaults.DEFAULT_ENTRY, time.time())
+    base_id = ids.message_id(defaults.DEFAULT_ENTRY, time.time())
     width = None if properties_size is None else id_width(properties_size)
     sent, confirmed = 0, 0
     started = ended = 0.0

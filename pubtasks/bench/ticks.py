@@ -13,7 +13,7 @@ from pubtasks.bench.fidelity import confirmed_ticks, grid_fidelity, percentile, 
 from pubtasks.bench.names import Names
 from pubtasks.bench.services import broker_restart_recovery, delete_queues
 from pubtasks.bench.worker import Worker, rss_of_group, write_config
-from pubtasks.message import scheduled_at_of
+from pubtasks.ids import scheduled_at_of
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 
