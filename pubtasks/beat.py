@@ -58,6 +58,7 @@ from pubtasks.entries import catch_up_of, task_options
 from pubtasks.errors import StatsUnavailable
 from pubtasks.ids import owner_id
 from pubtasks.lock import BeatLock
+from pubtasks.message import tick_kwargs
 from pubtasks.records import ResumePoint, SentTick
 from pubtasks.schedule import Grid, Resumed, Run, jumped, resume
 from pubtasks.settings import Settings
@@ -413,14 +414,14 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                     if name in self._paused:
                         log.warning("beat: %s is resumed; firing its ticks again", name)
                         self._paused.discard(name)
-                kwargs = {
-                    **(tick.entry.kwargs or {}),
-                    "entry": name,
-                    "scheduled_at": tick.scheduled_at,
-                    "number": tick.number,
-                    "batch": tick.batch,
-                    **({"manual": True} if manual else {}),
-                }
+                kwargs = tick_kwargs(
+                    tick.entry.kwargs,
+                    name,
+                    tick.scheduled_at,
+                    tick.number,
+                    tick.batch,
+                    manual=manual,
+                )
                 options = task_options(tick.entry.options)
                 entry = changed(tick.entry, kwargs=kwargs, options=options)
                 super().apply_async(entry, producer=producer, advance=False)

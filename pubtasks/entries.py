@@ -335,6 +335,12 @@ def task_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (options or {}).items() if k not in OPTIONS}
 
 
+def options_of(beat_schedule: Mapping[str, Any] | None, entry: str) -> dict[str, Any]:
+    """The task options of ``entry`` in ``beat_schedule`` (none if it is not there)."""
+    spec = (beat_schedule or {}).get(entry) or {}
+    return task_options(spec.get("options"))
+
+
 def _check_catch_up(entry: str, options: Mapping[str, Any], schedule: Any) -> None:
     name = f"beat_schedule entry {entry!r}: options: "
     if not (options.keys() & set(OPTIONS)):

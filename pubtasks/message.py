@@ -39,6 +39,27 @@ NUMBER_HEADER = "x-message-number"
 SCHEDULED_HEADER = "x-scheduled-at"
 
 
+def tick_kwargs(
+    kwargs: Mapping[str, Any] | None,
+    entry: str,
+    scheduled_at: float,
+    number: int,
+    batch: int,
+    *,
+    manual: bool = False,
+) -> dict[str, Any]:
+    """What beat sends a publish task (and a resend sends again): the entry's own
+    ``kwargs`` and the tick, whose first number beat allocated."""
+    return {
+        **(kwargs or {}),
+        "entry": entry,
+        "scheduled_at": scheduled_at,
+        "number": number,
+        "batch": batch,
+        **({"manual": True} if manual else {}),
+    }
+
+
 @dataclass(frozen=True)
 class Body:
     """A message body, encoded, and what it is."""

@@ -65,7 +65,9 @@ touched here and nowhere else (kombu's Redis channel close is ``transport``'s):
   wait, at most 4 s) is then unlisted meanwhile, inside ``GRACE``.
 - The Redis transport's channel: ``unacked_key`` (its ``unacked`` hash, named by the
   documented transport option) and ``qos.restore_by_tag``, kombu's own atomic
-  give-back, so the message goes back exactly as kombu would put it back.
+  give-back, so the message goes back exactly as kombu would put it back; and
+  ``_q_for_pri``, the list that holds a queue's messages of one priority step (the
+  transport's own naming, so a tick sent with a priority is found, not sent twice).
 - The order in which a pool process starts (billiard 4.3): ``worker_process_init``
   runs before billiard's ``reset_signals``, which replaces signal handlers but not
   the signal mask, so SIGTERM blocked there stays blocked.
@@ -91,9 +93,10 @@ from kombu.utils.encoding import bytes_to_str
 
 from pubtasks import defaults, pulse
 from pubtasks.accounting import abandoned_after
-from pubtasks.entries import task_options
+from pubtasks.entries import options_of, task_options
 from pubtasks.ids import message_id, owner_id
 from pubtasks.lanes import Lanes
+from pubtasks.message import tick_kwargs
 from pubtasks.orphans import Orphans
 from pubtasks.records import SentTick
 from pubtasks.stats import Stats
@@ -119,11 +122,27 @@ RESEND_AFTER = 30.0
 RECONCILE = 5.0
 
 
-def queued_ticks(channel: Any, queue: str) -> set[str]:
-    """The ids of the ticks whose task messages are in ``queue`` or reserved (the Redis
-    transport's list and its ``unacked`` hash)."""
+def tick_queues(default: str, beat_schedule: Any) -> set[str]:
+    """The queues a tick's task may wait in: Celery's default, and each publish entry's
+    own (``options.queue``: a name or a kombu ``Queue``)."""
+    queues = {default}
+    for spec in (beat_schedule or {}).values():
+        queue = (spec.get("options") or {}).get("queue") if isinstance(spec, dict) else None
+        if queue is not None:
+            queues.add(str(getattr(queue, "name", queue)))
+    return queues
+
+
+def queued_ticks(channel: Any, queues: set[str]) -> set[str]:
+    """The ids of the ticks whose task messages are in ``queues`` (each list, one per
+    priority step) or reserved (the Redis transport's lists and its ``unacked``
+    hash)."""
     client = channel.client
-    raw = list(client.lrange(queue, 0, -1))
+    steps = getattr(channel, "priority_steps", [0])
+    raw: list[Any] = []
+    for queue in sorted(queues):
+        for name in {channel._q_for_pri(queue, p) for p in steps}:
+            raw += client.lrange(name, 0, -1)
     raw += [json.loads(bytes_to_str(v))[0] for v in client.hvals(channel.unacked_key)]
     found = set()
     for item in raw:
@@ -307,11 +326,9 @@ class Supervisor:
         if Celery's transport does not take it)."""
         for entry in sorted(self.lanes.entries()):
             for woken in self.lanes.wake_orphan(entry):
-                options = ((self.app.conf.beat_schedule or {}).get(entry) or {}).get("options")
+                options = options_of(self.app.conf.beat_schedule, entry)
                 try:
-                    self.app.send_task(
-                        defaults.TASK_NAME, kwargs=woken.kwargs, **task_options(options)
-                    )
+                    self.app.send_task(defaults.TASK_NAME, kwargs=woken.kwargs, **options)
                 except Exception:
                     self.lanes.park_again(entry, [woken])
                     raise
@@ -335,7 +352,8 @@ class Supervisor:
         channel = self._channel()
         if channel is None:
             return
-        present = queued_ticks(channel, self.app.conf.task_default_queue)
+        conf = self.app.conf
+        present = queued_ticks(channel, tick_queues(conf.task_default_queue, conf.beat_schedule))
         present |= self.lanes.parked_ids()
         for tick in overdue:
             if tick.tick_id not in present and self.stats.claim(tick, cutoff, now):
@@ -352,14 +370,14 @@ class Supervisor:
             )
             self.stats.forget_sent(tick)
             return
-        kwargs = {
-            **(entry.get("kwargs") or {}),
-            "entry": tick.entry,
-            "scheduled_at": tick.scheduled_at,
-            "number": tick.number,
-            "batch": tick.batch,
-            **({"manual": True} if tick.manual else {}),
-        }
+        kwargs = tick_kwargs(
+            entry.get("kwargs"),
+            tick.entry,
+            tick.scheduled_at,
+            tick.number,
+            tick.batch,
+            manual=tick.manual,
+        )
         self.app.send_task(defaults.TASK_NAME, kwargs=kwargs, **task_options(entry.get("options")))
         log.warning(
             "pubtasks: sent tick %s (number %d) again: %.0f s after beat sent it, it was "

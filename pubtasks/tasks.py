@@ -14,7 +14,7 @@ from celery.exceptions import Retry
 
 from pubtasks import defaults, entries
 from pubtasks.celery import app
-from pubtasks.entries import task_options
+from pubtasks.entries import options_of
 from pubtasks.errors import BrokerError, ConfigError, PublishError, StatsUnavailable, TickFailed
 from pubtasks.lanes import Parked
 from pubtasks.message import Tick
@@ -206,7 +206,8 @@ class Tickwork:
         woken = lanes.release(entry, self.tick.message_id, wake_all)
         for i, tick in enumerate(woken):
             try:
-                self.task.apply_async(kwargs=tick.kwargs, **self._options())
+                options = options_of(self.task.app.conf.beat_schedule, entry)
+                self.task.apply_async(kwargs=tick.kwargs, **options)
             except Exception as exc:
                 lanes.park_again(entry, woken[i:])
                 log.warning(
@@ -218,10 +219,6 @@ class Tickwork:
                     exc,
                 )
                 return
-
-    def _options(self) -> dict[str, Any]:
-        entry = (self.task.app.conf.beat_schedule or {}).get(self.tick.entry) or {}
-        return task_options(entry.get("options"))
 
 
 @signals.worker_process_shutdown.connect  # type: ignore[untyped-decorator]
