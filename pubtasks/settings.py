@@ -263,6 +263,9 @@ class Settings:
                 "STARTUP_RETRIES", opt("STARTUP_RETRIES", defaults.STARTUP_RETRIES), int
             ),
         )
+        broker = cfg.get("broker_url")
+        if isinstance(broker, str) and broker:
+            check_broker(broker)
         recipes = check_schedule(
             cfg.get("beat_schedule") or {},
             loaded.context,
@@ -270,6 +273,21 @@ class Settings:
             str(cfg.get("task_serializer") or "json"),
         )
         return replace(loaded, recipes=recipes)
+
+
+def check_broker(url: str) -> None:
+    """Celery's own broker must be Redis: the give-back of a dead worker's ticks and the
+    resend of lost ones read its Redis transport, and beat keeps firing into it while
+    RabbitMQ is down. Raise ConfigError naming the setting otherwise."""
+    try:
+        check_url("broker_url", url, REDIS_SCHEMES)
+    except ConfigError:
+        raise ConfigError(
+            f"broker_url (or CELERY_BROKER_URL)={mask_url(url) if '://' in url else repr(url)}: "
+            "pubtasks runs Celery on Redis only (redis://, rediss://, unix://, sentinel://; "
+            "the give-back and resend of ticks read its Redis transport); remove it to use "
+            "REDIS_URL, or point it at a Redis"
+        ) from None
 
 
 def master_name(environ: Mapping[str, str]) -> str:

@@ -70,6 +70,22 @@ def test_a_malformed_url_names_the_variable_and_hides_the_password(
 
 
 @pytest.mark.parametrize(
+    "url", ["amqp://guest:s3cret@rabbit:5672//", "sqs://key:s3cret@", "nonsense"]
+)
+def test_a_celery_broker_other_than_redis_is_refused_in_one_line(url: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.load({}, {"broker_url": url})
+    text = str(err.value)
+    assert text.startswith("broker_url (or CELERY_BROKER_URL)=")
+    assert "Redis only" in text and "s3cret" not in text and "\n" not in text
+
+
+def test_a_redis_or_sentinel_celery_broker_is_taken() -> None:
+    for url in ("redis://:pw@localhost:6379/3", "sentinel://a:26379;sentinel://b:26379"):
+        Settings.load({}, {"broker_url": url})
+
+
+@pytest.mark.parametrize(
     ("key", "value"),
     [
         ("EXCHANGE_TYPE", "fancy"),
