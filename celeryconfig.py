@@ -3,7 +3,8 @@
 The worker reads this module when it starts (``celery -A pubtasks worker -B``
 from this directory). Environment variables stay the way to set the
 connections and the interval: AMQP_URL, REDIS_URL, REDIS_MASTER_NAME,
-PUBLISH_INTERVAL (and CELERY_BROKER_URL to move Celery's own transport off Redis).
+PUBLISH_INTERVAL. An upper-case name here that pubtasks does not read is warned of at
+start; start a name of your own with _.
 """
 
 import os
@@ -55,7 +56,8 @@ beat_schedule = {
 
 # -- The topology (the pika example's names) -----------------------------------------
 # The shorthand for one exchange and one queue. For more, give kombu objects instead,
-# as Celery's task_queues are written, and remove EXCHANGE_TYPE, QUEUE and BINDING_KEY:
+# as Celery's task_queues are written, and remove EXCHANGE_TYPE, QUEUE, BINDING_KEY and
+# QUEUE_TYPE (a quorum queue then says so: queue_arguments={"x-queue-type": "quorum"}):
 # from kombu import Exchange, Queue
 # QUEUES = [Queue("text", Exchange("message", "topic"), routing_key="example.#")]
 # EXCHANGES = [Exchange("heartbeat", "fanout")]  # exchanges that have no queue of ours

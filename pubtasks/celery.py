@@ -16,12 +16,20 @@ import os
 from typing import Any
 
 from celery import Celery, signals
+from celery.app.defaults import NAMESPACES, flatten
 from celery.utils.imports import import_from_cwd
 
 from pubtasks import defaults, startup
 from pubtasks.errors import ConfigError
 from pubtasks.schedule import every
-from pubtasks.settings import REDIS_SCHEMES, Settings, check_url, is_sentinel, master_name
+from pubtasks.settings import (
+    REDIS_SCHEMES,
+    Settings,
+    check_url,
+    is_sentinel,
+    master_name,
+    unknown_names,
+)
 from pubtasks.supervision import Supervision
 from pubtasks.transport import BrokerAMQP
 
@@ -96,6 +104,11 @@ app = App("pubtasks", include=["pubtasks.tasks"])
 app.steps["worker"].add(Supervision)
 
 
+def celery_old_names() -> set[str]:
+    """Celery's own upper-case setting names (its old style), lower-cased."""
+    return {old for _, option in flatten(NAMESPACES) for old in (option.old or ())}
+
+
 @app.on_configure.connect  # type: ignore[untyped-decorator]
 def _load_celeryconfig(sender: Celery, **_: Any) -> None:
     """Configure ``sender`` from celeryconfig laid over ``celery_defaults()``.
@@ -119,6 +132,8 @@ def _load_celeryconfig(sender: Celery, **_: Any) -> None:
         )
     else:
         given = {k: v for k, v in vars(module).items() if not k.startswith("_")}
+        for line in unknown_names(given, celery_old_names()):
+            log.warning("pubtasks: %s", line)
         for name in TASK_OPTIONS.keys() & given.keys():
             log.warning(
                 "pubtasks: %s in %s does not apply to pubtasks.publish, which keeps %s",

@@ -18,10 +18,11 @@ command: see ``pubtasks.celery.App.settings``), and passed down from there.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -37,6 +38,15 @@ from pubtasks.message import Recipe
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "sentinel"})
 EXCHANGE_TYPES = frozenset({"direct", "topic", "fanout", "headers"})
+#: The upper-case names pubtasks reads from celeryconfig.py.
+CONFIG_NAMES = frozenset({
+    "EXCHANGE", "EXCHANGE_TYPE", "QUEUE", "ROUTING_KEY", "BINDING_KEY", "QUEUE_TYPE",
+    "QUEUES", "EXCHANGES", "STATS_PREFIX", "CONFIRM_TIMEOUT", "PUBLISH_ATTEMPTS",
+    "PUBLISH_BATCH", "CONFIRM_WINDOW", "BATCH_WRITES", "TICK_DEADLINE", "ON_RETURN",
+    "REDIS_WAIT_REPLICAS", "STARTUP_RETRIES",
+})  # fmt: skip
+#: The names pubtasks reads from the environment only.
+ENV_NAMES = frozenset({"AMQP_URL", "REDIS_URL", "REDIS_MASTER_NAME", "PUBLISH_INTERVAL"})
 #: The shorthand for one exchange and one queue, which QUEUES replaces.
 SHORTHAND = ("EXCHANGE_TYPE", "QUEUE", "BINDING_KEY", "QUEUE_TYPE")
 
@@ -273,6 +283,29 @@ class Settings:
             str(cfg.get("task_serializer") or "json"),
         )
         return replace(loaded, recipes=recipes)
+
+
+def unknown_names(names: Iterable[str], celery_names: Collection[str] = ()) -> list[str]:
+    """One warning line for each upper-case name of celeryconfig.py that pubtasks does
+    not read (a misspelling, a setting of another version), with the nearest it does;
+    names of Celery's (``celery_names``, its old upper-case ones, lower-cased) are not."""
+    lines = []
+    for name in sorted(n for n in names if n.isupper() and not n.startswith("_")):
+        if name in CONFIG_NAMES or name.lower() in celery_names:
+            continue
+        if name in ENV_NAMES:
+            lines.append(
+                f"{name} in celeryconfig.py is not read: pubtasks takes it from the "
+                f"environment only; set {name} there"
+            )
+            continue
+        near = difflib.get_close_matches(name, sorted(CONFIG_NAMES | ENV_NAMES), n=1)
+        hint = f"did you mean {near[0]}?" if near else "it is not a setting of pubtasks"
+        lines.append(
+            f"{name} in celeryconfig.py is not a setting pubtasks knows, and is ignored: "
+            f"{hint} (a name of your own: start it with _)"
+        )
+    return lines
 
 
 def check_broker(url: str) -> None:
