@@ -51,7 +51,7 @@ from typing import Any
 
 from celery.beat import PersistentScheduler, ScheduleEntry, SchedulingError
 
-from pubtasks import defaults, pulse
+from pubtasks import defaults, pulse, timing
 from pubtasks.control import POLL, Control, Trigger
 from pubtasks.cron import grid_of
 from pubtasks.entries import catch_up_of, task_options
@@ -66,8 +66,7 @@ from pubtasks.stats import Stats
 
 log = logging.getLogger(__name__)
 
-#: Seconds the beat lock lives without renewal: another beat takes over within this.
-LOCK_TTL = 10.0
+LOCK_TTL = timing.LOCK_TTL
 
 
 def due_time(entry: ScheduleEntry, now: float) -> float:

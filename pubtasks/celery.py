@@ -19,7 +19,7 @@ from celery import Celery, signals
 from celery.app.defaults import NAMESPACES, flatten
 from celery.utils.imports import import_from_cwd
 
-from pubtasks import defaults, startup
+from pubtasks import defaults, startup, timing
 from pubtasks.errors import ConfigError
 from pubtasks.schedule import every
 from pubtasks.settings import (
@@ -55,7 +55,7 @@ def celery_defaults() -> dict[str, Any]:
         name = master_name(os.environ)
     except ConfigError as exc:  # Celery would parse it first and print a traceback
         startup.exit_with(str(exc))
-    transport: dict[str, Any] = {"visibility_timeout": 3600}
+    transport: dict[str, Any] = {"visibility_timeout": timing.VISIBILITY_TIMEOUT}
     if is_sentinel(redis_url):
         # kombu's Sentinel transport finds the master by this name, through the Sentinels
         # of the URL, and asks again after a failover.

@@ -8,11 +8,6 @@ AMQP_URL: Final = "amqp://guest:guest@localhost:5672//"
 REDIS_URL: Final = "redis://localhost:6379/0"
 #: The master's name that Sentinel knows, when REDIS_URL is a sentinel:// URL.
 REDIS_MASTER_NAME: Final = "mymaster"
-#: How long a counter write waits for its replicas (REDIS_WAIT_REPLICAS) before going on.
-REDIS_WAIT_TIMEOUT: Final = 0.5
-#: How long beat holds a tick whose number no replica has acknowledged (a failover
-#: underway, the old master not yet back as a replica) before it goes on without.
-REPLICA_GRACE: Final = 30.0
 PUBLISH_INTERVAL: Final = 1.0
 
 EXCHANGE: Final = "message"

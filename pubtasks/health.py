@@ -32,6 +32,7 @@ from typing import Any
 from celery.schedules import BaseSchedule
 from celery.schedules import schedule as interval_schedule
 
+from pubtasks import timing
 from pubtasks.cron import grid_of
 from pubtasks.entries import publish_entries
 from pubtasks.records import Counts
@@ -40,14 +41,13 @@ from pubtasks.stats import Stats
 from pubtasks.supervision import WORKER_TTL
 
 #: Seconds a tick may take from its time on the schedule to its confirm before its
-#: entry is unhealthy: beat's wake-up, Celery's queue in Redis, a publish retried after
-#: a lost connection. A tick later than that is worth a look.
-GRACE = 10.0
+#: entry is unhealthy (``timing.HEALTH_GRACE``). A tick later than that is worth a look.
+GRACE = timing.HEALTH_GRACE
 #: Seconds a confirm may seem to precede its tick by (the confirm is stamped by the
 #: worker's clock, the tick by beat's): a confirm counts for the ticks up to this long
 #: after it. So an entry faster than this is asked for its first tick more than SKEW
 #: after its last confirm: a miss is seen at most SKEW later.
-SKEW = 1.0
+SKEW = timing.HEALTH_SKEW
 
 #: The first tick of a schedule strictly after a moment (seconds since the epoch).
 Following = Callable[[float], float]

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pubtasks import timing
 from pubtasks.schedule import REASONS
 
 COUNTERS = ("published", "acked", "nacked", "returned", "unconfirmed", "failed")
@@ -84,14 +85,9 @@ SKIPS_KEPT = 10_000
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
 )  # fmt: skip
-FAILED_TTL = 24 * 3600
-#: Seconds a tick's done marks are kept. A tick is redelivered within seconds of its
-#: worker's death (``supervision``), or at worst after Celery's visibility_timeout
-#: (3600 s, set in ``pubtasks.celery``): the marks outlive both.
-DONE_TTL = 2 * 3600
-#: At most how long (s) a tick's numbers are kept for asking again (``beat:numbered``):
-#: a beat fires an older tick again only if it took the lock from one an hour stuck.
-NUMBERS_KEPT_FOR = 3600.0
+#: How long marks and records are kept (``timing``).
+FAILED_TTL, DONE_TTL = timing.FAILED_TTL, timing.DONE_TTL
+NUMBERS_KEPT_FOR = timing.NUMBERS_KEPT_FOR
 
 
 @dataclass(frozen=True)

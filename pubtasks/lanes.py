@@ -30,12 +30,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pubtasks import timing
 from pubtasks.stats import Stats
 
 log = logging.getLogger(__name__)
 
-#: Seconds a lane outlives its holder's countdown before anyone may take it.
-LANE_TTL = 30.0
+LANE_TTL = timing.LANE_TTL
 
 # KEYS: lane, parked, lanes.  ARGV: tick id, ttl ms, member, scheduled time, entry.
 # The holder (or a tick that finds the lane free) holds it for ttl; anyone else parks.

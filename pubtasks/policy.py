@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, Protocol
 
-from pubtasks import message
+from pubtasks import message, timing
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.errors import (
     AccessRefused,
@@ -189,11 +189,7 @@ class Later(Exception):
         self.tries = tries
 
 
-#: Seconds an attempt may spend connecting to RabbitMQ before the tick is given back
-#: to wait (``UNREACHABLE_DELAY``): a worker process is never held through an outage.
-CONNECT_BUDGET = 1.0
-#: Seconds a tick waits, given back, before it tries an unreachable RabbitMQ again.
-UNREACHABLE_DELAY = 1.0
+CONNECT_BUDGET, UNREACHABLE_DELAY = timing.CONNECT_BUDGET, timing.UNREACHABLE_DELAY
 
 
 def nack_backoff(attempt: int) -> float:
@@ -204,16 +200,16 @@ def nack_backoff(attempt: int) -> float:
     leader's node was killed (``scripts/quorum_election.py`` measures it on the 3-node
     cluster: under 0.5 s on one machine; a host lost silently is noticed after Erlang's
     net tick time, 60 s by default, which no backoff should wait out). At most
-    4 s, below ``supervision.GRACE``: Celery 5.6 does not list a task that waits for
-    its countdown among those its worker holds.
+    ``timing.NACK_BACKOFF_MAX`` (4 s), below ``timing.GIVE_BACK_GRACE``: Celery 5.6
+    does not list a task that waits for its countdown among those its worker holds.
     """
-    return float(min(0.5 * 2 ** (min(attempt, 8) - 1), 4.0))
+    return float(min(0.5 * 2 ** (min(attempt, 8) - 1), timing.NACK_BACKOFF_MAX))
 
 
 def return_backoff(bounces: int) -> float:
     """Seconds to wait before publishing a returned message again: 0.1, 0.2, 0.4... at
-    most 2."""
-    return float(min(0.1 * 2 ** (min(bounces, 8) - 1), 2.0))
+    most ``timing.RETURN_BACKOFF_MAX`` (2)."""
+    return float(min(0.1 * 2 ** (min(bounces, 8) - 1), timing.RETURN_BACKOFF_MAX))
 
 
 class TickPolicy:

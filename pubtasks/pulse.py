@@ -26,6 +26,8 @@ import mmap
 import time
 from collections.abc import Callable
 
+from pubtasks import timing
+
 #: Seconds without a stamp after which the embedded beat counts as hung. Longer than the
 #: longest legitimate silence: one Redis call of beat's client that fails slowly (a
 #: silent network cut: a first attempt bounded by its 5 s socket timeout, then two
@@ -35,7 +37,7 @@ from collections.abc import Callable
 #: calls in a row do not add up. Short enough that with the supervisor's look every
 #: second, a hang is handled within 30 s: seen 20 to 22 s after the last stamp, the
 #: beat killed at once, and the worker's warm stop begun.
-HUNG_AFTER = 20.0
+HUNG_AFTER = timing.HUNG_AFTER
 
 
 class Pulse:

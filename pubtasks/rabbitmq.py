@@ -73,6 +73,7 @@ from kombu.exceptions import OperationalError
 from kombu.messaging import Producer
 from kombu.transport import pyamqp
 
+from pubtasks import timing
 from pubtasks.confirms import Delivery, Outcome, Settled, Tracker
 from pubtasks.errors import AccessRefused, ChannelLost, TopologyError, Unreachable
 from pubtasks.framing import Frames
@@ -84,8 +85,7 @@ log = logging.getLogger(__name__)
 #: Publishes whose frames go to the socket in one write (kombu's ``Producer.batch`` size).
 WRITE_BATCH = 128
 
-#: Seconds a channel is kept, at least, before a nack renews it (``ConfirmStream.renew``).
-RENEW_EVERY = 1.0
+RENEW_EVERY = timing.RENEW_EVERY  # a channel's least life before a nack renews it
 
 #: Backoff between connection attempts: kombu's interval_start, interval_step, interval_max.
 RECONNECT = {"interval_start": 0.0, "interval_step": 0.25, "interval_max": 1.0}

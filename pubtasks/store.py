@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError
 
-from pubtasks import defaults
+from pubtasks import defaults, timing
 from pubtasks.errors import NotReplicated, StatsUnavailable
 from pubtasks.sentinel import master_client
 from pubtasks.settings import is_sentinel, mask_url
@@ -80,13 +80,13 @@ class Replication:
     writes with it. Past the grace, a replica gone for good, it goes on as the others.
     """
 
-    RECHECK = 5.0
+    RECHECK = timing.REPLICA_RECHECK
 
     def __init__(
         self,
         wanted: int,
         clock: Callable[[], float] = time.monotonic,
-        grace: float = defaults.REPLICA_GRACE,
+        grace: float = timing.REPLICA_GRACE,
     ) -> None:
         self.wanted = wanted
         self.clock = clock
@@ -124,7 +124,7 @@ class Replication:
                 "counting goes on, but a failover now could lose the latest counts",
                 count,
                 self.wanted,
-                defaults.REDIS_WAIT_TIMEOUT,
+                timing.REDIS_WAIT_TIMEOUT,
             )
         self.short = True
 
@@ -156,7 +156,7 @@ class Store:
         if durable and not acked and self.replication.holding():
             raise NotReplicated(
                 f"Redis at {mask_url(self._url)}: no replica acknowledged the write within "
-                f"{defaults.REDIS_WAIT_TIMEOUT:g} s (a failover underway?); held until one "
+                f"{timing.REDIS_WAIT_TIMEOUT:g} s (a failover underway?); held until one "
                 f"does, for up to REPLICA_GRACE={self.replication.grace:g} s"
             )
         return replies[0]
@@ -181,7 +181,7 @@ class Store:
                 with self.client.pipeline(transaction=False) as pipe:
                     queue(pipe)
                     if wait:
-                        pipe.wait(wait, int(defaults.REDIS_WAIT_TIMEOUT * 1000))
+                        pipe.wait(wait, int(timing.REDIS_WAIT_TIMEOUT * 1000))
                     replies = list(pipe.execute())
                 break
             except NoScriptError:

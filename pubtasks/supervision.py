@@ -91,7 +91,7 @@ from celery.worker import state
 from kombu.connection import Connection
 from kombu.utils.encoding import bytes_to_str
 
-from pubtasks import defaults, pulse
+from pubtasks import defaults, pulse, timing
 from pubtasks.accounting import abandoned_after
 from pubtasks.entries import options_of, task_options
 from pubtasks.ids import message_id, owner_id
@@ -105,21 +105,9 @@ log = logging.getLogger("pubtasks")
 
 #: The worker's exit status when its embedded beat has died.
 EXIT_BEAT_DIED = 3
-#: Seconds between two looks (beat, heartbeat).
-HEARTBEAT = 1.0
-#: Seconds a worker counts as alive after its last heartbeat.
-WORKER_TTL = 10.0
-#: Seconds between two searches for orphaned deliveries.
-SWEEP = 2.0
-#: Seconds a delivery must stay unheld by any live worker before it is given back. Above
-#: every countdown pubtasks retries a tick with (at most 4 s: ``policy``), since Celery
-#: 5.6 does not list a task that waits for its countdown (``held_tags``).
-GRACE = 5.0
-#: Seconds after beat sent a tick by which it must be done, queued or reserved; a tick
-#: that is none of these was lost in Redis, and is sent again.
-RESEND_AFTER = 30.0
-#: Seconds between two searches for lost ticks.
-RECONCILE = 5.0
+# The supervisor's durations (``timing``, where their invariants are).
+HEARTBEAT, WORKER_TTL, SWEEP = timing.HEARTBEAT, timing.WORKER_TTL, timing.SWEEP
+GRACE, RESEND_AFTER, RECONCILE = timing.GIVE_BACK_GRACE, timing.RESEND_AFTER, timing.RECONCILE
 
 
 def tick_queues(default: str, beat_schedule: Any) -> set[str]:
