@@ -40,11 +40,8 @@ It uses Celery's public scheduler hooks only (``setup_schedule``, ``tick``,
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -59,10 +56,12 @@ from pubtasks.errors import StatsUnavailable
 from pubtasks.ids import owner_id
 from pubtasks.lock import BeatLock
 from pubtasks.message import tick_kwargs
-from pubtasks.records import ResumePoint, SentTick
-from pubtasks.schedule import Grid, Resumed, Run, jumped, resume
+from pubtasks.records import SentTick
+from pubtasks.resuming import going_on, summary
+from pubtasks.schedule import Grid, Run, jumped
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
+from pubtasks.stopping import signals_held
 
 log = logging.getLogger(__name__)
 
@@ -86,52 +85,6 @@ def changed(entry: ScheduleEntry, **fields: Any) -> ScheduleEntry:
     """A copy of ``entry`` with some of its fields replaced (as Celery's ``entry.next`` makes
     one with a new ``last_run_at``), so that an entry in use is never altered."""
     return type(entry)(**{**dict(entry), **fields})
-
-
-def going_on(
-    grid: Grid, policy: str, point: ResumePoint, queued: float | None, now: float
-) -> tuple[float | None, Resumed]:
-    """Where an entry goes on from when a beat takes the beat lock: the tick to fire
-    again, if any, and ``schedule.resume`` from the entry's latest tick handled.
-
-    That is its last tick sent or skipped (``beat:last``), or a later one: the latest
-    tick numbered (a beat that died between numbering it and recording it sent: it is
-    fired again, with its number, whatever the policy; the ticks before it were all
-    sent or skipped, in order), or the latest waiting in this beat (``queued``: fired
-    while it thought it led, to be sent).
-    """
-    last, numbered = point.last_at, point.numbered_at
-    handled = [t for t in (last, numbered, queued) if t is not None]
-    base = max(handled) if handled else None
-    again = None
-    if numbered is not None and all(numbered > t for t in (last, queued) if t is not None):
-        again = numbered
-    paused_until = now if point.paused else point.resumed_at
-    return again, resume(grid, policy, base, now, paused_until)
-
-
-def summary(runs: tuple[Run, ...]) -> str:
-    return ", ".join(f"{r.count} {r.reason}" for r in runs) or "none"
-
-
-#: The signals that stop beat. SIGUSR2 is how an embedded beat's SIGTERM thread hands it
-#: a SIGTERM from its worker, to act on at once (``supervision.HANDOFF``).
-STOPPING = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR2})
-
-
-@contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold the signals that stop beat while a tick is numbered and sent, so that stopping
-    beat cannot leave a number allocated for a tick that was never sent."""
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)
-    except (ValueError, OSError):  # not the main thread of a process: nothing to hold
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass

@@ -19,19 +19,18 @@ from celery import Celery, signals
 from celery.app.defaults import NAMESPACES, flatten
 from celery.utils.imports import import_from_cwd
 
-from pubtasks import defaults, startup, timing
+from pubtasks import (
+    defaults,
+    startup,
+    stopping,  # noqa: F401  (its hooks connect to worker_process_init, beat_embedded_init)
+    timing,
+)
 from pubtasks.errors import ConfigError
 from pubtasks.schedule import every
-from pubtasks.settings import (
-    REDIS_SCHEMES,
-    Settings,
-    check_url,
-    is_sentinel,
-    master_name,
-    unknown_names,
-)
+from pubtasks.settings import Settings, unknown_names
 from pubtasks.supervision import Supervision
 from pubtasks.transport import BrokerAMQP
+from pubtasks.urls import REDIS_SCHEMES, check_url, is_sentinel, master_name
 
 log = logging.getLogger("pubtasks")
 

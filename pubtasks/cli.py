@@ -24,8 +24,8 @@ from pubtasks.health import check, read_fleet, schedules
 from pubtasks.keys import COUNTERS
 from pubtasks.metrics import Schedule, StatsCollector
 from pubtasks.records import Counts, Snapshot
-from pubtasks.settings import mask_url
 from pubtasks.stats import Stats
+from pubtasks.urls import mask_url
 
 COLUMNS = (*COUNTERS[:-1], "pending", "failed", "skipped")
 

@@ -8,7 +8,7 @@ The mark is in Redis, so it outlives restarts and lock takeovers. Each tick
 skipped while paused is counted (``skipped_paused``). ``resume`` records when (the
 ``resumed`` hash): a beat that was down meanwhile and takes the lock later counts
 the ticks due until then skipped, ``paused``, and does not catch them up
-(``beat.going_on``).
+(``resuming.going_on``).
 
 ``pubtasks schedule trigger ENTRY`` appends a request to ``beat:triggers``; the beat
 holder reads the list at least every ``POLL`` seconds, fires one extra tick for

@@ -1,6 +1,6 @@
 """Lanes: one tick of an entry retries at a time; its other ticks wait parked in Redis.
 
-A tick that must wait before its next attempt (``policy.Later``: a nack's or a
+A tick that must wait before its next attempt (``tries.Later``: a nack's or a
 return's backoff, RabbitMQ unreachable, a confirm timeout) does not sleep in the
 worker process. It takes its entry's **lane** and goes back to Celery with a
 countdown (a retry, with the same number and ``message_id``), or, when another tick

@@ -13,11 +13,12 @@ from pubtasks.accounting import Accounting
 from pubtasks.ids import owner_id
 from pubtasks.lanes import Lanes
 from pubtasks.message import Tick
-from pubtasks.policy import Limits, Result, TickPolicy, Tries
+from pubtasks.policy import Limits, Result, TickPolicy
 from pubtasks.rabbitmq import ConfirmStream, Options
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 from pubtasks.topology import Topology
+from pubtasks.tries import Tries
 
 
 class Publisher:

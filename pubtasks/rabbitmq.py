@@ -77,8 +77,9 @@ from pubtasks import timing
 from pubtasks.confirms import Delivery, Outcome, Settled, Tracker
 from pubtasks.errors import AccessRefused, ChannelLost, TopologyError, Unreachable
 from pubtasks.framing import Frames
-from pubtasks.settings import Settings, mask_url
+from pubtasks.settings import Settings
 from pubtasks.topology import Topology
+from pubtasks.urls import mask_url
 
 log = logging.getLogger(__name__)
 

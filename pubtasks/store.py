@@ -18,7 +18,7 @@ from redis.sentinel import MasterNotFoundError
 from pubtasks import defaults, timing
 from pubtasks.errors import NotReplicated, StatsUnavailable
 from pubtasks.sentinel import master_client
-from pubtasks.settings import is_sentinel, mask_url
+from pubtasks.urls import is_sentinel, mask_url
 
 log = logging.getLogger(__name__)
 

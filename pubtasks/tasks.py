@@ -18,8 +18,8 @@ from pubtasks.entries import options_of
 from pubtasks.errors import BrokerError, ConfigError, PublishError, StatsUnavailable, TickFailed
 from pubtasks.lanes import Parked
 from pubtasks.message import Tick
-from pubtasks.policy import Later, Tries
 from pubtasks.publisher import Publisher
+from pubtasks.tries import Later, Tries
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def publish(
 class Tickwork:
     """One run of the publish task for one tick, with its entry's lane (``lanes``).
 
-    A tick that must wait (``policy.Later``) goes back to Celery with a countdown if it
+    A tick that must wait (``tries.Later``) goes back to Celery with a countdown if it
     holds its entry's lane, and is parked otherwise; either way its worker process is
     free at once. A tick of an entry with a payload function holds the lane while it
     runs, so that a slow payload holds one worker process at most. A tick that was in

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pubtasks"
 #: The pure core: no Celery app, no settings loader, no I/O of its own.
 CORE = {
     "schedule", "cron", "confirms", "message", "framing", "errors", "defaults", "orphans",
-    "keys", "lua", "records", "ids", "timing",
+    "keys", "lua", "records", "ids", "timing", "tries", "urls", "resuming",
 }  # fmt: skip
 
 #: Library internals that only the AMQP seam may touch (pubtasks/rabbitmq.py).

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from pubtasks.beat import Scheduler, at, changed, going_on
+from pubtasks.beat import Scheduler, at, changed
 from pubtasks.celery import App
 from pubtasks.control import POLL
 from pubtasks.records import ResumePoint
+from pubtasks.resuming import going_on
 from pubtasks.schedule import Resumed, Run, every
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats

@@ -12,8 +12,9 @@ from kombu import Queue
 from pubtasks.entries import recipe
 from pubtasks.errors import ConfigError
 from pubtasks.sentinel import sentinels
-from pubtasks.settings import Settings, mask_url
+from pubtasks.settings import Settings
 from pubtasks.store import Replication
+from pubtasks.urls import mask_url
 
 NODES = "amqp://u:s3cret@h1:5672//;amqp://u:s3cret@h2:5673//;amqp://u:s3cret@h3:5674//"
 SENTINELS = "sentinel://:pw9@h1:26379;sentinel://:pw9@h2:26380/2"

@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 from celery import signals
 
-from pubtasks.beat import STOPPING
 from pubtasks.bench.worker import STOP_TIMEOUT
 from pubtasks.stats import Stats
-from pubtasks.supervision import HANDOFF, from_main
+from pubtasks.stopping import HANDOFF, STOPPING, from_main
 from pubtasks.waiting import wait_for
 from tests.helpers import Worker, caught_up, check, clock_of, finish, take, tally, write_config
 from tests.test_faults import more_acks
@@ -69,7 +68,7 @@ def test_beat_holds_the_hand_over_while_it_numbers_and_sends_a_tick() -> None:
 #: when the test writes a line.
 CHILD = """
 import logging, os, signal, sys, time
-from pubtasks.supervision import hand_over, hold_foreign_sigterm
+from pubtasks.stopping import hand_over, hold_foreign_sigterm
 logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
 child = os.fork()
 if child == 0:

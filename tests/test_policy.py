@@ -19,16 +19,8 @@ from pubtasks.errors import (
     Unreachable,
 )
 from pubtasks.message import Outgoing, Tick
-from pubtasks.policy import (
-    UNREACHABLE_DELAY,
-    Later,
-    Limits,
-    Result,
-    TickPolicy,
-    Tries,
-    nack_backoff,
-    return_backoff,
-)
+from pubtasks.policy import Limits, Result, TickPolicy
+from pubtasks.tries import UNREACHABLE_DELAY, Later, Tries, nack_backoff, return_backoff
 
 T0 = 1_795_000_000.0
 LIMITS = Limits(attempts=3, confirm_timeout=5.0, confirm_window=4, tick_deadline=600.0)

@@ -17,10 +17,11 @@ from kombu.entity import Exchange, Queue
 from pubtasks.errors import TickFailed, TopologyError
 from pubtasks.framing import Frames
 from pubtasks.message import Recipe, Tick
-from pubtasks.policy import Later, Result
+from pubtasks.policy import Result
 from pubtasks.publisher import Publisher
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
+from pubtasks.tries import Later
 from pubtasks.waiting import wait_for
 from tests.helpers import close_connections, drain
 from tests.proxy import Proxy

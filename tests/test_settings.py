@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pubtasks.errors import ConfigError, StatsUnavailable
-from pubtasks.settings import Settings, mask_url
+from pubtasks.settings import Settings
 from pubtasks.stats import Stats
+from pubtasks.urls import mask_url
 
 
 def test_defaults_are_the_pika_examples() -> None:

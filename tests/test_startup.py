@@ -11,8 +11,8 @@ from kombu.connection import Connection
 from kombu.entity import Exchange
 
 from pubtasks.bench.ledger import Clock, account, take
-from pubtasks.settings import mask_url
 from pubtasks.stats import Stats
+from pubtasks.urls import mask_url
 from tests.helpers import Worker, check, row_of, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pubtasks import policy, timing
+from pubtasks import timing, tries
 from pubtasks.celery import celery_defaults
 
 
@@ -14,8 +14,8 @@ def test_each_timing_invariant_holds(why: str, holds: bool) -> None:
 
 
 def test_the_backoffs_stay_within_their_stated_maxima() -> None:
-    assert max(policy.nack_backoff(a) for a in range(1, 20)) == timing.NACK_BACKOFF_MAX
-    assert max(policy.return_backoff(b) for b in range(1, 20)) == timing.RETURN_BACKOFF_MAX
+    assert max(tries.nack_backoff(a) for a in range(1, 20)) == timing.NACK_BACKOFF_MAX
+    assert max(tries.return_backoff(b) for b in range(1, 20)) == timing.RETURN_BACKOFF_MAX
 
 
 def test_celery_is_given_the_visibility_timeout_the_invariants_assume() -> None:

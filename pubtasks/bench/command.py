@@ -18,7 +18,8 @@ from pubtasks.bench.ticks import worker_run
 from pubtasks.celery import app
 from pubtasks.framing import serialize_properties
 from pubtasks.message import Tick, properties
-from pubtasks.settings import Settings, mask_url
+from pubtasks.settings import Settings
+from pubtasks.urls import mask_url
 
 THROUGHPUT_PARTS = ("pika", "kombu", "pubtasks", "pubtasks-public")
 #: Sizes of a message's serialised properties, in bytes, that pika publishes with apart:
