@@ -9,13 +9,11 @@ import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 
 from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
 from pubtasks import listing
-from pubtasks.bench import command as bench
 from pubtasks.celery import app
 from pubtasks.control import Control
 from pubtasks.entries import publish_entries
@@ -25,16 +23,10 @@ from pubtasks.keys import COUNTERS
 from pubtasks.metrics import Schedule, StatsCollector
 from pubtasks.records import Counts, Snapshot
 from pubtasks.stats import Stats
+from pubtasks.times import moment
 from pubtasks.urls import mask_url
 
 COLUMNS = (*COUNTERS[:-1], "pending", "failed", "skipped")
-
-
-def _moment(at: float | None, now: float) -> str:
-    if at is None:
-        return "-"
-    stamp = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-    return f"{stamp} ({now - at:.1f} s ago)"
 
 
 def render_table(snap: Snapshot, where: str, prefix: str, now: float) -> str:
@@ -51,7 +43,7 @@ def render_table(snap: Snapshot, where: str, prefix: str, now: float) -> str:
     confirmed = (
         "-"
         if t.last_confirmed_number is None
-        else f"#{t.last_confirmed_number} at {_moment(t.last_confirmed_at, now)}"
+        else f"#{t.last_confirmed_number} at {moment(t.last_confirmed_at, now)}"
     )
     error = (
         " ".join(f"{k}={v}" for k, v in sorted(snap.last_error.items())) if snap.last_error else "-"
@@ -62,7 +54,7 @@ def render_table(snap: Snapshot, where: str, prefix: str, now: float) -> str:
         "",
         f"last message number  {snap.last_message_number}",
         f"last confirmed       {confirmed}",
-        f"oldest pending       {_moment(snap.oldest_pending_at, now)}",
+        f"oldest pending       {moment(snap.oldest_pending_at, now)}",
         f"invariant            {verdict} (published = acked + nacked + unconfirmed + pending)",
         f"ticks skipped        {t.skipped} ({reasons})",
         f"last error           {error}",
@@ -270,9 +262,37 @@ def parser() -> argparse.ArgumentParser:
         "tick fidelity and memory, and with --restart-broker the recovery from a broker "
         "restart (reads AMQP_URL, REDIS_URL)",
     )
-    bench.add_arguments(bench_parser)
-    bench_parser.set_defaults(run=bench.command)
+    bench_arguments(bench_parser)
+    bench_parser.set_defaults(run=bench_command)
     return top
+
+
+def bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--markdown", action="store_true", help="print docs/performance.md")
+    parser.add_argument("--messages", type=int, default=20000, help="messages for part a")
+    parser.add_argument("--size", type=int, default=200, help="bytes per message")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="pika and pubtasks runs, in turn (medians shown)"
+    )
+    parser.add_argument("--interval", type=float, default=0.1, help="PUBLISH_INTERVAL for b")
+    parser.add_argument(
+        "--tick-seconds", type=float, default=60.0, help="length of part b; 0 skips b, c, d"
+    )
+    parser.add_argument(
+        "--restart-broker",
+        action="store_true",
+        help="part c: stop and start the local RabbitMQ node's app with rabbitmqctl while "
+        "the worker runs (it cuts every client of that broker; off by default)",
+    )
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    """``pubtasks bench``: the bench is imported only when it runs, so that the other
+    commands (``pubtasks stats``, ``health``...) load nothing of it."""
+    from pubtasks.bench.command import command  # noqa: PLC0415 - kept off the other commands
+
+    return command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,6 +39,7 @@ from pubtasks.records import Counts
 from pubtasks.schedule import every
 from pubtasks.stats import Stats
 from pubtasks.supervision import WORKER_TTL
+from pubtasks.times import stamp
 
 #: Seconds a tick may take from its time on the schedule to its confirm before its
 #: entry is unhealthy (``timing.HEALTH_GRACE``). A tick later than that is worth a look.
@@ -133,10 +134,6 @@ class Verdict:
     reason: str
 
 
-def _at(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 def judge(
     name: str,
     following: Following | None,
@@ -171,7 +168,7 @@ def judge(
         return Verdict(
             name,
             False,
-            f"{name}: the tick due at {_at(due)} ({now - due:.1f} s ago) is not confirmed "
+            f"{name}: the tick due at {stamp(due)} ({now - due:.1f} s ago) is not confirmed "
             f"within {grace:g} s (last confirm {confirm}); see `pubtasks stats` for the "
             "last error",
         )

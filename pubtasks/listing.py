@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import tzinfo
 from typing import Any
 
 from pubtasks.control import State
@@ -17,6 +17,7 @@ from pubtasks.entries import CatchUp, catch_up_of, publish_entries
 from pubtasks.keys import COUNTERS
 from pubtasks.records import Counts
 from pubtasks.schedule import every
+from pubtasks.times import moment
 
 COLUMNS = (*COUNTERS, "pending", "skipped")
 
@@ -67,14 +68,6 @@ def rows(
     return out
 
 
-def _stamp(at: float | None, now: float) -> str:
-    if at is None:
-        return "-"
-    text = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    ago = now - at
-    return f"{text} ({ago:.1f} s ago)" if ago >= 0 else f"{text} (in {-ago:.1f} s)"
-
-
 def holder_line(state: State) -> str:
     if state.holder is None:
         return "beat lock   nobody holds it: no beat is firing ticks"
@@ -94,11 +87,11 @@ def render(listing: list[Row], state: State, where: str, prefix: str, now: float
             if r.catch_up is None
             else f"{r.catch_up.policy} within {r.catch_up.within:g} s"
         )
-        status, last = "running", _stamp(r.last_tick, now)
+        status, last = "running", moment(r.last_tick, now)
         if r.paused_since is not None:
-            status = f"PAUSED since {_stamp(r.paused_since, now)}"
+            status = f"PAUSED since {moment(r.paused_since, now)}"
             last += " (ticks since the pause are skipped)" if r.last_tick else ""
-        nxt = "paused" if r.paused_since is not None else _stamp(r.next_tick, now)
+        nxt = "paused" if r.paused_since is not None else moment(r.next_tick, now)
         counters = "  ".join(f"{c} {getattr(r.counts, c)}" for c in COLUMNS)
         lines += [
             "",
@@ -107,7 +100,7 @@ def render(listing: list[Row], state: State, where: str, prefix: str, now: float
             f"  state      {status}",
             f"  last tick  {last}",
             f"  next tick  {nxt}",
-            f"  by hand    {_stamp(r.last_manual, now)}",
+            f"  by hand    {moment(r.last_manual, now)}",
             f"  counters   {counters}",
         ]
     return "\n".join(lines)

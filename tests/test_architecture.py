@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pubtasks"
 #: The pure core: no Celery app, no settings loader, no I/O of its own.
 CORE = {
     "schedule", "cron", "confirms", "message", "framing", "errors", "defaults", "orphans",
-    "keys", "lua", "records", "ids", "timing", "tries", "urls", "resuming",
+    "keys", "lua", "records", "ids", "timing", "tries", "urls", "resuming", "times",
 }  # fmt: skip
 
 #: Library internals that only the AMQP seam may touch (pubtasks/rabbitmq.py).
@@ -149,3 +151,14 @@ def test_redis_internals_stay_in_the_redis_seam(internal: str) -> None:
 def test_transport_internals_stay_in_the_transport_seam(internal: str) -> None:
     users = sorted(name for name, path in MODULES.items() if re.search(internal, code_of(path)))
     assert set(users) <= {"pubtasks.transport"}, users
+
+
+def test_the_commands_other_than_bench_load_nothing_of_the_bench() -> None:
+    show = (
+        "import sys; from pubtasks import cli; cli.parser(); "
+        "print(sorted(m for m in sys.modules if m.startswith('pubtasks.bench')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", show], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert out.stdout.strip() == "[]"

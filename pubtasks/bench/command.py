@@ -33,26 +33,6 @@ def tick_properties(messages: int) -> dict[str, Any]:
     return properties(tick, tick.messages()[-1], time.time(), None)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--markdown", action="store_true", help="print docs/performance.md")
-    parser.add_argument("--messages", type=int, default=20000, help="messages for part a")
-    parser.add_argument("--size", type=int, default=200, help="bytes per message")
-    parser.add_argument(
-        "--rounds", type=int, default=5, help="pika and pubtasks runs, in turn (medians shown)"
-    )
-    parser.add_argument("--interval", type=float, default=0.1, help="PUBLISH_INTERVAL for b")
-    parser.add_argument(
-        "--tick-seconds", type=float, default=60.0, help="length of part b; 0 skips b, c, d"
-    )
-    parser.add_argument(
-        "--restart-broker",
-        action="store_true",
-        help="part c: stop and start the local RabbitMQ node's app with rabbitmqctl while "
-        "the worker runs (it cuts every client of that broker; off by default)",
-    )
-
-
 def exact(counts: list[dict[str, Any]], messages: int) -> bool:
     """Whether Redis counted every message of every round exactly."""
     return all(c["invariant_holds"] and c["published"] == c["acked"] == messages for c in counts)
