@@ -25,6 +25,7 @@ from pubtasks.waiting import wait_for
 from tests.helpers import (
     Worker,
     beat_pid,
+    caught_up,
     check,
     clock_of,
     finish,
@@ -84,6 +85,7 @@ def test_a_killed_beat_stops_its_worker_and_a_restart_goes_on(
     # ticks missed meanwhile): recovery is the first confirm of a tick fired after the kill
     worker.start()
     recovery = ticking_again(stats, before) - killed_at
+    wait_for(lambda: caught_up(stats), 60, "the new beat to catch up", 0.05)
     assert worker.stop() == 0
     queued = finish(worker.cwd, worker.env, stats)
     row = tally(

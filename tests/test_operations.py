@@ -16,7 +16,16 @@ import pytest
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.stats import Stats
 from pubtasks.waiting import wait_for
-from tests.helpers import Worker, check, clock_of, finish, holder_group, tally, write_config
+from tests.helpers import (
+    Worker,
+    caught_up,
+    check,
+    clock_of,
+    finish,
+    holder_group,
+    tally,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +57,7 @@ def test_two_workers_fire_each_tick_once_and_one_takes_over(
     took_over = time.time() - killed_at
     acked = stats.snapshot().totals.acked
     wait_for(lambda: stats.snapshot().totals.acked >= acked + 10, 30, "10 more ticks")
+    wait_for(lambda: caught_up(stats), 60, "the new beat to catch up", 0.05)
     assert alive.stop() == 0
     dead.stop()  # reaps what the kill left
     queued = finish(alive.cwd, alive.env, stats)

@@ -20,7 +20,7 @@ from pubtasks.records import Skip
 from pubtasks.schedule import every
 from pubtasks.stats import Stats
 from pubtasks.waiting import wait_for
-from tests.helpers import Raw, Worker, finish, take, write_config
+from tests.helpers import Raw, Worker, caught_up, finish, take, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -163,6 +163,8 @@ def test_a_restarted_worker_catches_up_as_each_entry_says(
     before = {n: acked(stats, n) for n in names}
     worker.start()
     wait_for(lambda: all(acked(stats, n) >= before[n] + 5 for n in names), 60, "ticking again")
+    # (a stop while beat still catches up would leave the rest to the next start)
+    wait_for(lambda: all(caught_up(stats, n) for n in names), 60, "beat to catch up", 0.05)
     assert worker.stop() == 0, worker.log[-3000:]
     finish(worker_dir, worker_env, stats)
 
