@@ -15,6 +15,11 @@ command's own retry (with its backoff) rather than retrying the dead address. It
 overrides ``connect_check_health()`` and reads ``_sock`` (connected or not), as
 redis-py's own ``SentinelManagedConnection`` does; the public alternative, a retry
 loop of our own around every Redis call, would duplicate redis-py's retry.
+
+And ``close_client`` reads the pool's ``sentinel_manager`` to close the Sentinels'
+own connections, which the master client's ``close()`` leaves open (redis-py has no
+public way to reach them from the client; without it, each closed client leaks a
+connection per Sentinel).
 """
 
 from __future__ import annotations
@@ -77,3 +82,11 @@ def master_client(url: str, master_name: str, options: dict[str, Any]) -> redis.
         **options,
     )
     return client
+
+
+def close_client(client: redis.Redis) -> None:
+    """Close ``client``, and, for a master Sentinel named, the Sentinels' connections."""
+    client.close()
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        sentinel.close()

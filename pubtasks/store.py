@@ -17,7 +17,7 @@ from redis.sentinel import MasterNotFoundError
 
 from pubtasks import defaults, timing
 from pubtasks.errors import NotReplicated, StatsUnavailable
-from pubtasks.sentinel import master_client
+from pubtasks.sentinel import close_client, master_client
 from pubtasks.urls import is_sentinel, mask_url
 
 log = logging.getLogger(__name__)
@@ -140,10 +140,7 @@ class Store:
 
     def close(self) -> None:
         """Close the connections: to Redis, and to the Sentinels that named the master."""
-        self.client.close()
-        manager = getattr(self.client.connection_pool, "sentinel_manager", None)
-        for sentinel in getattr(manager, "sentinels", ()):
-            sentinel.close()
+        close_client(self.client)
 
     def _write(self, script: Any, keys: list[Any], args: list[Any], durable: bool = False) -> Any:
         """Run a counting script; with replicas to wait for, WAIT in the same round trip.

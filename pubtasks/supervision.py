@@ -51,28 +51,13 @@ A stop signal sent to the whole process group (``kill -TERM -PGID``, systemd's
 ``KillMode=control-group``, Ctrl-C) is kept out of the pool's processes and beat by
 ``stopping``, which leave it to the main process's warm shutdown.
 
-The Celery worker internals and the Redis transport's give-back that it needs are
-touched here and nowhere else (kombu's Redis channel close is ``transport``'s):
-
-- ``celery.worker.state.should_stop``: how Celery's own signal handlers ask the
-  worker's loop for a warm shutdown with an exit code; no public call does it from
-  another thread.
-- ``celery.worker.state.reserved_requests`` and ``scheduled_requests``: the tasks
-  a worker holds (what ``celery inspect reserved`` and ``scheduled`` report); read
-  here without the remote-control round trip. Celery 5.6 has no
-  ``scheduled_requests``: a task waiting for its countdown (a tick given back to
-  wait, at most 4 s) is then unlisted meanwhile, inside ``GRACE``.
-- The Redis transport's channel: ``unacked_key`` (its ``unacked`` hash, named by the
-  documented transport option) and ``qos.restore_by_tag``, kombu's own atomic
-  give-back, so the message goes back exactly as kombu would put it back; and
-  ``_q_for_pri``, the list that holds a queue's messages of one priority step (the
-  transport's own naming, so a tick sent with a priority is found, not sent twice).
+It touches no library internal: what it needs of Celery's worker state and of the
+Redis transport (the reserved requests, the warm stop, the ``unacked`` hash, kombu's
+give-back) is asked of the worker seam, ``transport``.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
 import signal
@@ -81,19 +66,26 @@ import time
 from typing import Any
 
 from celery import bootsteps
-from celery.worker import state
 from kombu.connection import Connection
-from kombu.utils.encoding import bytes_to_str
 
 from pubtasks import defaults, pulse, timing
 from pubtasks.accounting import abandoned_after
 from pubtasks.entries import options_of, task_options
-from pubtasks.ids import message_id, owner_id
+from pubtasks.ids import owner_id
 from pubtasks.lanes import Lanes
 from pubtasks.message import tick_kwargs
 from pubtasks.orphans import Orphans
 from pubtasks.records import SentTick
 from pubtasks.stats import Stats
+from pubtasks.transport import (
+    embedded_beat,
+    give_back,
+    held_tags,
+    queued_ticks,
+    stop_worker,
+    unacked_tags,
+    worker_stopping,
+)
 
 log = logging.getLogger("pubtasks")
 
@@ -113,42 +105,6 @@ def tick_queues(default: str, beat_schedule: Any) -> set[str]:
         if queue is not None:
             queues.add(str(getattr(queue, "name", queue)))
     return queues
-
-
-def queued_ticks(channel: Any, queues: set[str]) -> set[str]:
-    """The ids of the ticks whose task messages are in ``queues`` (each list, one per
-    priority step) or reserved (the Redis transport's lists and its ``unacked``
-    hash)."""
-    client = channel.client
-    steps = getattr(channel, "priority_steps", [0])
-    raw: list[Any] = []
-    for queue in sorted(queues):
-        for name in {channel._q_for_pri(queue, p) for p in steps}:
-            raw += client.lrange(name, 0, -1)
-    raw += [json.loads(bytes_to_str(v))[0] for v in client.hvals(channel.unacked_key)]
-    found = set()
-    for item in raw:
-        try:
-            message = json.loads(bytes_to_str(item)) if isinstance(item, str | bytes) else item
-            kwargs = json.loads(base64.b64decode(message["body"]))[1]
-            manual = bool(kwargs.get("manual", False))
-            found.add(message_id(kwargs["entry"], float(kwargs["scheduled_at"]), manual))
-        except (ValueError, KeyError, TypeError, IndexError):
-            continue  # not a tick (another task in the same queue)
-    return found
-
-
-def held_tags() -> set[str]:
-    """The delivery tags of the tasks this worker holds: reserved, running, or waiting
-    for their countdown. Read from another thread, so a set that changes while it is
-    copied is copied again."""
-    for _ in range(10):
-        try:
-            requests = [*state.reserved_requests, *getattr(state, "scheduled_requests", ())]
-        except RuntimeError:  # changed size during iteration
-            continue
-        return {str(r.message.delivery_tag) for r in requests if r.message is not None}
-    raise RuntimeError("the worker's reserved requests kept changing")
 
 
 class Supervisor:
@@ -178,7 +134,7 @@ class Supervisor:
         self._beat_seen_dead = False
 
     def start(self) -> None:
-        beat = self.worker.beat
+        beat = embedded_beat(self.worker)
         self.pulse.stamp()  # beat has just been started: its silence counts from now
         if beat is not None:
             log.info("pubtasks: watching the embedded beat (pid %s)", getattr(beat, "pid", "-"))
@@ -229,8 +185,8 @@ class Supervisor:
             self.check_beat()
 
     def check_beat(self) -> None:
-        beat = self.worker.beat
-        shutting_down = self._stopping.is_set() or state.should_stop or state.should_terminate
+        beat = embedded_beat(self.worker)
+        shutting_down = self._stopping.is_set() or worker_stopping()
         if beat is None or self._beat_gone or shutting_down:
             return
         if beat.is_alive():
@@ -253,7 +209,7 @@ class Supervisor:
             how,
             EXIT_BEAT_DIED,
         )
-        state.should_stop = EXIT_BEAT_DIED
+        stop_worker(EXIT_BEAT_DIED)
 
     def _check_pulse(self, beat: Any) -> None:
         """Kill a beat that is alive but silent (``pulse``), and stop as for a death."""
@@ -277,7 +233,7 @@ class Supervisor:
                 beat.join(5)  # reaped, so that Celery's stop of beat signals no other pid
             except (OSError, AssertionError):
                 log.debug("pubtasks: killing the hung beat", exc_info=True)
-        state.should_stop = EXIT_BEAT_DIED
+        stop_worker(EXIT_BEAT_DIED)
 
     # -- orphaned deliveries ------------------------------------------------------------------
 
@@ -286,14 +242,14 @@ class Supervisor:
         channel = self._channel()
         if channel is None:
             return
-        unacked = {bytes_to_str(t) for t in channel.client.hkeys(channel.unacked_key)}
+        unacked = unacked_tags(channel)
         if not unacked:
             self.orphans.update(set(), set(), time.monotonic())
             return
         held = self.stats.held_by_live_workers() | held_tags()
         due = self.orphans.update(unacked, held, time.monotonic())
         for tag in due:
-            channel.qos.restore_by_tag(tag)
+            give_back(channel, tag)
         if due:
             log.warning(
                 "pubtasks: gave back %d reserved task(s) whose worker is gone: %s",

@@ -1,4 +1,33 @@
-"""Celery's broker connection to Redis: **the one seam around kombu's Redis transport**.
+"""**The worker seam**: the Celery worker's state and its Redis transport, the one
+module of pubtasks that touches their internals. Written against Celery 5.6 and 5.7,
+kombu 5.7 and billiard 4.3 (the versions pyproject admits, tested at both ends).
+
+What ``supervision`` asks of the worker, and the internal each answer touches:
+
+- ``held_tags``: ``celery.worker.state.reserved_requests`` and ``scheduled_requests``,
+  the tasks a worker holds (what ``celery inspect reserved`` and ``scheduled``
+  report), read without the remote-control round trip (the public alternative,
+  ``app.control.inspect``, costs a broadcast per look and needs remote control).
+  Celery 5.6 has no ``scheduled_requests``: a task waiting for its countdown (a tick
+  given back to wait, at most 4 s) is then unlisted meanwhile, inside the give-back
+  grace (``timing``).
+- ``stop_worker`` and ``worker_stopping``: ``state.should_stop`` (and
+  ``should_terminate``), how Celery's own signal handlers ask the worker's loop for a
+  warm shutdown with an exit code; no public call does it from another thread.
+- ``embedded_beat``: the worker's ``beat`` attribute, the embedded beat's service
+  (``-B``), whose process Celery starts and never looks at again.
+- ``unacked_tags`` and ``give_back``: the Redis transport's ``unacked`` hash (named by
+  the documented ``unacked_key`` transport option) and ``qos.restore_by_tag``, kombu's
+  own atomic give-back, so the message goes back exactly as kombu would put it back.
+- ``queued_ticks``: the transport's lists, each priority step's (``_q_for_pri``, the
+  transport's own naming), and the ``unacked`` hash, read to find a tick's task
+  message; Celery's protocol-2 body (``[args, kwargs, embed]``, base64 in the Redis
+  transport's JSON envelope) is decoded by hand, since kombu gives no public reader of
+  a message at rest.
+
+And Celery's broker connection to Redis itself, **the seam around kombu's Redis
+transport's close**:
+
 
 Celery's own transport is Redis (``REDIS_URL``, one Redis or the Sentinels). kombu's
 Redis transport can stop the worker when Redis goes away while the worker holds a
@@ -61,13 +90,19 @@ connect, takes the transport from the URL's scheme again.
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 from celery.app.amqp import AMQP
+from celery.worker import state
 from kombu.connection import Connection as KombuConnection
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from pubtasks.ids import message_id
 
 
 class _ClosingChannel:
@@ -137,3 +172,67 @@ class BrokerAMQP(AMQP):  # type: ignore[misc]
 
     Connection = Connection
     BrokerConnection = Connection
+
+
+# -- the worker's state and its transport, as supervision asks ------------------------------
+
+
+def queued_ticks(channel: Any, queues: set[str]) -> set[str]:
+    """The ids of the ticks whose task messages are in ``queues`` (each list, one per
+    priority step) or reserved (the Redis transport's lists and its ``unacked``
+    hash)."""
+    client = channel.client
+    steps = getattr(channel, "priority_steps", [0])
+    raw: list[Any] = []
+    for queue in sorted(queues):
+        for name in {channel._q_for_pri(queue, p) for p in steps}:
+            raw += client.lrange(name, 0, -1)
+    raw += [json.loads(bytes_to_str(v))[0] for v in client.hvals(channel.unacked_key)]
+    found = set()
+    for item in raw:
+        try:
+            message = json.loads(bytes_to_str(item)) if isinstance(item, str | bytes) else item
+            kwargs = json.loads(base64.b64decode(message["body"]))[1]
+            manual = bool(kwargs.get("manual", False))
+            found.add(message_id(kwargs["entry"], float(kwargs["scheduled_at"]), manual))
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue  # not a tick (another task in the same queue)
+    return found
+
+
+def held_tags() -> set[str]:
+    """The delivery tags of the tasks this worker holds: reserved, running, or waiting
+    for their countdown. Read from another thread, so a set that changes while it is
+    copied is copied again."""
+    for _ in range(10):
+        try:
+            requests = [*state.reserved_requests, *getattr(state, "scheduled_requests", ())]
+        except RuntimeError:  # changed size during iteration
+            continue
+        return {str(r.message.delivery_tag) for r in requests if r.message is not None}
+    raise RuntimeError("the worker's reserved requests kept changing")
+
+
+def stop_worker(code: int) -> None:
+    """Ask the worker's loop for a warm shutdown that exits with ``code``."""
+    state.should_stop = code
+
+
+def worker_stopping() -> bool:
+    """Whether the worker is shutting down (warm or cold)."""
+    return bool(state.should_stop or state.should_terminate)
+
+
+def embedded_beat(worker: Any) -> Any:
+    """The embedded beat's service of ``worker`` (``-B``), or None."""
+    return getattr(worker, "beat", None)
+
+
+def unacked_tags(channel: Any) -> set[str]:
+    """The delivery tags in the Redis transport's ``unacked`` hash (reserved tasks)."""
+    return {bytes_to_str(t) for t in channel.client.hkeys(channel.unacked_key)}
+
+
+def give_back(channel: Any, tag: str) -> None:
+    """Give a reserved task back to its queue, as kombu itself would."""
+    channel.qos.restore_by_tag(tag)

@@ -32,32 +32,31 @@ INTERNALS = [
 ]
 
 
-#: Celery worker and Redis transport internals that only the worker seam may touch
-#: (pubtasks/supervision.py).
+#: Celery worker, billiard and kombu Redis transport internals that only the worker seam
+#: may touch (pubtasks/transport.py).
 WORKER_INTERNALS = [
     r"\bshould_stop\b",
+    r"\bshould_terminate\b",
     r"\breserved_requests\b",
     r"\bscheduled_requests\b",
     r"\.unacked_key\b",
     r"\.restore_by_tag\b",
+    r"\b_q_for_pri\b",
+    r"\bworker\.beat\b",
+    r"getattr\(\w+, \"beat\"",
+    r"\b_connparams\b",
+    r"\b_disconnect_pools\b",
+    r"\b_close_clients\b",
 ]
 
 
 #: redis-py connection internals that only the Redis seam may touch (pubtasks/sentinel.py).
 REDIS_INTERNALS = [
+    r"\bsentinel_manager\b",
     r"\bSentinelManagedConnection\b",
     r"\bconnect_check_health\b",
     r"\bget_master_address\b",
     r"\._sock\b",
-]
-
-
-#: kombu Redis transport internals that only the transport seam may touch
-#: (pubtasks/transport.py).
-TRANSPORT_INTERNALS = [
-    r"\b_connparams\b",
-    r"\b_disconnect_pools\b",
-    r"\b_close_clients\b",
 ]
 
 
@@ -138,19 +137,13 @@ def test_library_internals_stay_in_the_amqp_seam(internal: str) -> None:
 @pytest.mark.parametrize("internal", WORKER_INTERNALS)
 def test_worker_internals_stay_in_the_worker_seam(internal: str) -> None:
     users = sorted(name for name, path in MODULES.items() if re.search(internal, code_of(path)))
-    assert set(users) <= {"pubtasks.supervision"}, users
+    assert set(users) <= {"pubtasks.transport"}, users
 
 
 @pytest.mark.parametrize("internal", REDIS_INTERNALS)
 def test_redis_internals_stay_in_the_redis_seam(internal: str) -> None:
     users = sorted(name for name, path in MODULES.items() if re.search(internal, code_of(path)))
     assert set(users) <= {"pubtasks.sentinel"}, users
-
-
-@pytest.mark.parametrize("internal", TRANSPORT_INTERNALS)
-def test_transport_internals_stay_in_the_transport_seam(internal: str) -> None:
-    users = sorted(name for name, path in MODULES.items() if re.search(internal, code_of(path)))
-    assert set(users) <= {"pubtasks.transport"}, users
 
 
 def test_the_commands_other_than_bench_load_nothing_of_the_bench() -> None:

@@ -171,6 +171,7 @@ def test_a_killed_worker_s_reserved_ticks_are_given_back_in_seconds(
     assert "gave back" in worker.log
     # ... and the restarted beat goes on, with the ticks missed while none was alive
     ticking_again(stats, before)
+    wait_for(lambda: caught_up(stats), 60, "the new beat to catch up", 0.05)
     assert worker.stop() == 0
     queued = finish(worker.cwd, worker.env, stats)
     row = tally(

@@ -9,7 +9,8 @@ import pytest
 from celery import Celery
 
 from pubtasks.ids import message_id
-from pubtasks.supervision import queued_ticks, tick_queues
+from pubtasks.supervision import tick_queues
+from pubtasks.transport import queued_ticks
 
 pytestmark = pytest.mark.integration
 
