@@ -1,7 +1,7 @@
 """The exceptions pubtasks raises: one small tree, each with a one-line reason.
 
 Library errors are converted at the boundary, and raised ``from`` the original:
-kombu's and py-amqp's in ``rabbitmq.py``, redis-py's in ``stats.py``. A caller
+kombu's and py-amqp's in ``stream.py``, redis-py's in ``store.py``. A caller
 only ever handles these.
 
 ::

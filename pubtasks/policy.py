@@ -22,7 +22,7 @@ retry with a countdown, or parked in its entry's lane, ``lanes``). The next
 ``publish`` of the same tick goes on from those ``Tries``. So a sick entry
 never holds a worker process that another entry's tick needs.
 
-The policy speaks to RabbitMQ only through a ``Stream`` (``rabbitmq.ConfirmStream``)
+The policy speaks to RabbitMQ only through a ``Stream`` (``stream.ConfirmStream``)
 and reports every step to a ``Listener`` (``accounting.Accounting`` writes them to
 Redis), so it runs against fakes of both in the unit tests.
 """
@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 
 class Stream(Protocol):
-    """A confirm-mode channel, as the policy sees it (``rabbitmq.ConfirmStream``)."""
+    """A confirm-mode channel, as the policy sees it (``stream.ConfirmStream``)."""
 
     @property
     def blocked(self) -> str | None: ...

@@ -14,9 +14,9 @@ from pubtasks.ids import owner_id
 from pubtasks.lanes import Lanes
 from pubtasks.message import Tick
 from pubtasks.policy import Limits, Result, TickPolicy
-from pubtasks.rabbitmq import ConfirmStream, Options
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
+from pubtasks.stream import ConfirmStream, Options
 from pubtasks.topology import Topology
 from pubtasks.tries import Tries
 

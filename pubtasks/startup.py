@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from pubtasks.errors import BrokerError, ConfigError, PubtasksError, StatsUnavailable
-from pubtasks.rabbitmq import RECONNECT, ConfirmStream, Options
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
+from pubtasks.stream import RECONNECT, ConfirmStream, Options
 from pubtasks.topology import Topology
 
 log = logging.getLogger("pubtasks")

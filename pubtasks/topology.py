@@ -1,7 +1,7 @@
 """The topology pubtasks declares: kombu ``Exchange`` and ``Queue`` objects and their bindings.
 
 Declaring goes through kombu's public entity API on a channel the caller
-gives (``rabbitmq.ConfirmStream`` declares on every channel it opens). Each
+gives (``stream.ConfirmStream`` declares on every channel it opens). Each
 declaration carries a plain description, so a conflict names the entity:
 "cannot declare exchange 'message' (topic, durable): RabbitMQ replied (406)...".
 Queue and exchange arguments (``queue_arguments={"x-queue-type": "quorum"}``,

@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pubtasks"
 CORE = {
     "schedule", "cron", "confirms", "message", "framing", "errors", "defaults", "orphans",
     "keys", "lua", "records", "ids", "timing", "tries", "urls", "resuming", "times",
+    "properties",
 }  # fmt: skip
 
 #: Library internals that only the AMQP seam may touch (pubtasks/rabbitmq.py).

@@ -14,7 +14,7 @@ from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 
 from pubtasks.framing import Frames
-from pubtasks.rabbitmq import drop_fillers
+from pubtasks.properties import drop_fillers
 
 FRAME_MAX = 4096
 TYPICAL = {

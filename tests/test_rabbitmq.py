@@ -10,15 +10,10 @@ import pytest
 
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.errors import ChannelLost
-from pubtasks.rabbitmq import (
-    Channel,
-    ConfirmStream,
-    Options,
-    Transport,
-    kombu_expiration,
-    publish_arguments,
-)
+from pubtasks.properties import kombu_expiration, publish_arguments
+from pubtasks.rabbitmq import Channel, Transport
 from pubtasks.settings import Settings
+from pubtasks.stream import ConfirmStream, Options
 from pubtasks.topology import Topology
 from pubtasks.waiting import wait_for
 from tests.helpers import close_connections, drain
