@@ -6,6 +6,7 @@ without counting twice. Their keys are ``keys.Keys``'; ``stats.Stats`` runs them
 
 from __future__ import annotations
 
+from pubtasks.counters import lua_table
 from pubtasks.keys import LATENCY_BUCKETS
 
 # A pending publish is the member "<message_id>#<publisher>.<n>" of the pending zset;
@@ -51,8 +52,7 @@ return total
 # KEYS: totals, pending.
 # ARGV: now, entry key prefix, the highest acked (not returned) message number or 0,
 #       done key prefix, done ttl, latency key prefix, then (key, outcome) per publish;
-#       outcome is acked, returned (acked and returned), bounced (acked and returned,
-#       and to be published again: not done), nacked or unconfirmed.
+#       outcome is one of ``counters.EFFECTS``, whose table is rendered in.
 # Only the caller whose ZREM removes a publish counts it: settling twice counts once.
 # A message counted acked or returned is marked done, in the same call. Every acked one
 # (returned included) adds its latency, from its tick's time (the ms of its message id,
@@ -60,6 +60,7 @@ return total
 SETTLE = (
     _ENTRY_OF
     + f"local BUCKETS = {{{', '.join(map(repr, LATENCY_BUCKETS))}}}\n"
+    + lua_table()
     + """
 local counts, counted, latencies = {}, 0, {}
 local function bump(hash, field)
@@ -83,18 +84,11 @@ end
 for i = 7, #ARGV, 2 do
   if redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
     counted = counted + 1
-    local outcome = ARGV[i + 1]
-    if outcome == 'acked' or outcome == 'returned' then
-      mark_done(ARGV[4], string.match(ARGV[i], '^(.*)#'))
-    end
-    if outcome ~= 'nacked' and outcome ~= 'unconfirmed' then observe(ARGV[i]) end
+    local effect = EFFECTS[ARGV[i + 1]]
+    if effect.done then mark_done(ARGV[4], string.match(ARGV[i], '^(.*)#')) end
+    if effect.latency then observe(ARGV[i]) end
     for _, hash in ipairs({KEYS[1], ARGV[2] .. entry_of(ARGV[i])}) do
-      if outcome == 'returned' or outcome == 'bounced' then
-        bump(hash, 'acked')
-        bump(hash, 'returned')
-      else
-        bump(hash, outcome)
-      end
+      for _, field in ipairs(effect.counters) do bump(hash, field) end
     end
   end
 end

@@ -16,7 +16,8 @@ from typing import Any
 import redis
 
 from pubtasks import defaults, lua
-from pubtasks.confirms import Delivery, Outcome, Settled
+from pubtasks.confirms import Delivery, Settled
+from pubtasks.counters import outcome_of
 from pubtasks.ids import entry_of, message_id
 from pubtasks.keys import (
     DONE_TTL,
@@ -189,10 +190,8 @@ class Stats(Store):
         pairs: list[Any] = []
         number = 0
         for x in settled:
-            outcome = x.outcome.value
-            if x.returned:
-                outcome = "bounced" if x.delivery.retry_return else "returned"
-            elif x.outcome is Outcome.ACKED:
+            outcome = outcome_of(x)
+            if outcome == "acked":
                 number = max(number, x.delivery.number)
             pairs += (x.delivery.key, outcome)
         if not pairs:
