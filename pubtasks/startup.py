@@ -13,10 +13,11 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
+from pubtasks import timing
 from pubtasks.errors import BrokerError, ConfigError, PubtasksError, StatsUnavailable
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
-from pubtasks.stream import RECONNECT, ConfirmStream, Options
+from pubtasks.stream import ConfirmStream, Options
 from pubtasks.topology import Topology
 
 log = logging.getLogger("pubtasks")
@@ -49,7 +50,6 @@ def retry_line(service: str, reason: str, interval: float, attempt: int, attempt
 
 def wait_for_redis(stats: Stats, attempts: int) -> None:
     """Ping Redis until it answers, at most ``attempts`` times, one line per failed attempt."""
-    interval = RECONNECT["interval_start"]
     for attempt in range(1, attempts + 1):
         try:
             stats.ping()
@@ -57,7 +57,7 @@ def wait_for_redis(stats: Stats, attempts: int) -> None:
         except StatsUnavailable as exc:
             if attempt == attempts:
                 raise
-            interval = min(interval + RECONNECT["interval_step"], RECONNECT["interval_max"])
+            interval = timing.RECONNECT.delay(attempt + 1)
             retry_line("Redis", str(exc), interval, attempt, attempts)
             time.sleep(interval)
 

@@ -36,7 +36,9 @@ def connect(
         "decode_responses": True,
         "socket_connect_timeout": 2,
         "socket_timeout": 5,
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        "retry": Retry(
+            ExponentialBackoff(cap=timing.REDIS_RETRY.most, base=timing.REDIS_RETRY.first), retries
+        ),
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
         "health_check_interval": 15,
     }

@@ -62,9 +62,6 @@ log = logging.getLogger(__name__)
 
 RENEW_EVERY = timing.RENEW_EVERY  # a channel's least life before a nack renews it
 
-#: Backoff between connection attempts: kombu's interval_start, interval_step, interval_max.
-RECONNECT = {"interval_start": 0.0, "interval_step": 0.25, "interval_max": 1.0}
-
 
 def describe(exc: BaseException) -> str:
     """One line for an AMQP or socket error, quoting RabbitMQ's reply code and text."""
@@ -157,7 +154,10 @@ class ConfirmStream:
 
         try:
             self.connection.ensure_connection(
-                errback=errback, max_retries=max_retries, timeout=timeout, **RECONNECT
+                errback=errback,
+                max_retries=max_retries,
+                timeout=timeout,
+                **timing.RECONNECT.kombu(),
             )
         except amqp.exceptions.AccessRefused as exc:
             self._reset()

@@ -12,7 +12,7 @@ from typing import Any
 from celery import Task, signals
 from celery.exceptions import Retry
 
-from pubtasks import defaults, entries
+from pubtasks import defaults, entries, timing
 from pubtasks.celery import app
 from pubtasks.entries import options_of
 from pubtasks.errors import BrokerError, ConfigError, PublishError, StatsUnavailable, TickFailed
@@ -115,10 +115,11 @@ def publish(
         return Tickwork(self, p, tick, kwargs=own, tries=Tries.of(**(tries or {})), lane=lane).run()
     except StatsUnavailable as exc:
         # Nothing can be counted, so nothing more is published: try the tick again later.
-        if scheduled_at is not None and time.time() + 1 > scheduled_at + s.tick_deadline:
+        wait = timing.STATS_RETRY.delay(1)
+        if scheduled_at is not None and time.time() + wait > scheduled_at + s.tick_deadline:
             raise
-        log.warning("tick of %s at %s: %s; retrying in 1 s", entry, scheduled_at, exc)
-        raise self.retry(countdown=1, exc=exc) from exc
+        log.warning("tick of %s at %s: %s; retrying in %g s", entry, scheduled_at, exc, wait)
+        raise self.retry(countdown=wait, exc=exc) from exc
     except (PublishError, BrokerError, Retry):
         raise
     except Exception as exc:  # a bug, ours or a library's, before the policy took the tick

@@ -7,9 +7,49 @@ are in ``defaults``; the invariants say which of their defaults they rely on.
 
 from __future__ import annotations
 
-from typing import Final
+from dataclasses import dataclass
+from typing import Any, Final
 
 from pubtasks import defaults
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long to wait before retry ``n`` (from 1): ``first``, then growing by
+    ``factor`` and ``step`` each time, at most ``most``. kombu's reconnect is linear
+    (``factor`` 1, its ``interval_step``); redis-py's ``ExponentialBackoff`` doubles
+    (``factor`` 2). The one vocabulary for every retry pubtasks makes."""
+
+    first: float
+    most: float
+    factor: float = 1.0
+    step: float = 0.0
+
+    def delay(self, n: int) -> float:
+        """Seconds before retry ``n`` (1 is the first retry)."""
+        k = max(min(n, 64), 1) - 1
+        return float(min(self.first * self.factor**k + self.step * k, self.most))
+
+    def kombu(self) -> dict[str, Any]:
+        """As kombu's ``ensure_connection`` takes it (linear only)."""
+        if self.factor != 1.0:
+            raise ValueError("kombu's reconnect backoff is linear: factor must be 1")
+        return {"interval_start": self.first, "interval_step": self.step, "interval_max": self.most}
+
+
+#: Between connection attempts to RabbitMQ (kombu's ``ensure_connection``) and the
+#: start-up ping of Redis: 0, 0.25, 0.5, 0.75, then 1 s.
+RECONNECT: Final = Backoff(first=0.0, step=0.25, most=1.0)
+#: Between redis-py's retries of a command after a lost connection: 0.05 s doubling to
+#: 1 s (its ``ExponentialBackoff(cap=1.0, base=0.05)``).
+REDIS_RETRY: Final = Backoff(first=0.05, factor=2.0, most=1.0)
+#: Before a tick's next attempt after a nack: 0.5, 1, 2, then 4 s (7.5 s before the
+#: fifth attempt, longer than a quorum queue's leader election).
+NACK_BACKOFF: Final = Backoff(first=0.5, factor=2.0, most=4.0)
+#: Before a returned message is published again: 0.1 s doubling to 2 s.
+RETURN_BACKOFF: Final = Backoff(first=0.1, factor=2.0, most=2.0)
+#: Before a tick whose counting Redis refused is tried again (a Celery retry).
+STATS_RETRY: Final = Backoff(first=1.0, most=1.0)
 
 # -- Celery's Redis transport ---------------------------------------------------------------
 #: Redis redelivers an unacknowledged task after this; it must stay longer than a tick
@@ -49,10 +89,8 @@ HUNG_AFTER: Final = 20.0
 CONNECT_BUDGET: Final = 1.0
 #: A tick given back waits this long before it tries an unreachable RabbitMQ again.
 UNREACHABLE_DELAY: Final = 1.0
-#: The longest nack backoff (0.5, 1, 2, then this).
-NACK_BACKOFF_MAX: Final = 4.0
-#: The longest return backoff (0.1 doubling to this).
-RETURN_BACKOFF_MAX: Final = 2.0
+NACK_BACKOFF_MAX: Final = NACK_BACKOFF.most
+RETURN_BACKOFF_MAX: Final = RETURN_BACKOFF.most
 #: A channel is kept at least this long before a nack renews it.
 RENEW_EVERY: Final = 1.0
 #: A lane outlives its holder's countdown by this before anyone may take it.

@@ -82,10 +82,10 @@ def nack_backoff(attempt: int) -> float:
     ``timing.NACK_BACKOFF_MAX`` (4 s), below ``timing.GIVE_BACK_GRACE``: Celery 5.6
     does not list a task that waits for its countdown among those its worker holds.
     """
-    return float(min(0.5 * 2 ** (min(attempt, 8) - 1), timing.NACK_BACKOFF_MAX))
+    return timing.NACK_BACKOFF.delay(attempt)
 
 
 def return_backoff(bounces: int) -> float:
     """Seconds to wait before publishing a returned message again: 0.1, 0.2, 0.4... at
     most ``timing.RETURN_BACKOFF_MAX`` (2)."""
-    return float(min(0.1 * 2 ** (min(bounces, 8) - 1), timing.RETURN_BACKOFF_MAX))
+    return timing.RETURN_BACKOFF.delay(bounces)
