@@ -32,7 +32,7 @@ from pubtasks import timing
 #: longest legitimate silence: one Redis call of beat's client that fails slowly (a
 #: silent network cut: a first attempt bounded by its 5 s socket timeout, then two
 #: reconnects bounded by 2 s each, with backoffs of 0.1 and 0.2 s: about 9.3 s; see
-#: ``stats.connect`` and ``Stats.of(settings, retries=2)`` in ``beat``) plus beat's
+#: ``store.connect`` and ``Stats.of(settings, retries=2)`` in ``beat``) plus beat's
 #: longest sleep between two ticks (1 s); beat stamps between its calls, so two slow
 #: calls in a row do not add up. Short enough that with the supervisor's look every
 #: second, a hang is handled within 30 s: seen 20 to 22 s after the last stamp, the

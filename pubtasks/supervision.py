@@ -20,7 +20,7 @@ for beat alone (no Redis call can delay it) and one for the rest. Every second t
   logs one line and stops with exit status 3.
 - **says what it holds** (a heartbeat): the delivery tags of the tasks this worker
   has reserved, in ``worker:<id>``, which expires ``WORKER_TTL`` seconds after the
-  last heartbeat (the key layout is in ``stats``).
+  last heartbeat (the key layout is in ``keys``).
 - **counts abandoned publishes**, every ``SWEEP`` seconds: a publish left pending by
   a process that died mid-publish is counted unconfirmed (``Stats.reap``) even when
   no tick follows to do it, so that a quiet system's counters add up.
