@@ -72,8 +72,12 @@ REDIS_WAIT_TIMEOUT: Final = 0.5
 #: How long writes stop waiting for replicas after a short WAIT, before they look again.
 REPLICA_RECHECK: Final = 5.0
 #: How long beat holds a tick whose number no replica has acknowledged (a failover
-#: underway, the old master not yet back as a replica) before it goes on without.
-REPLICA_GRACE: Final = 30.0
+#: underway, the old master not yet back as a replica) before it goes on without. The
+#: danger is a restarted old master winning its role back, which Sentinel was seen
+#: doing within about 2 s of promoting the replica; an old master back later becomes
+#: a replica. Short, so that ticks go on within 10 s of a promotion whose old master
+#: does not come back (the reserved-tick failover scenario measures it).
+REPLICA_GRACE: Final = 5.0
 
 # -- Beat --------------------------------------------------------------------------------
 #: The beat lock lives this long without renewal: another beat takes over within this.
