@@ -148,6 +148,10 @@ INVARIANTS: Final = (
         REPLICA_GRACE < defaults.CATCH_UP_WITHIN,
     ),
     (
+        "ticks go on within 10 s of a promotion whose old master does not come back",
+        REPLICA_GRACE + REDIS_WAIT_TIMEOUT < 10.0,
+    ),
+    (
         "a tick fired again within the catch-up window keeps its numbers",
         NUMBERS_KEPT_FOR >= defaults.CATCH_UP_WITHIN,
     ),
