@@ -66,6 +66,8 @@ from pubtasks.stopping import signals_held
 log = logging.getLogger(__name__)
 
 LOCK_TTL = timing.LOCK_TTL
+#: Sent ticks kept to record again until a replica acknowledges them (an hour at 0.04 s).
+UNKEPT_MAX = 100_000
 
 
 def due_time(entry: ScheduleEntry, now: float) -> float:
@@ -403,13 +405,26 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                 self._asked.discard(member)
 
     def _keep_sent(self) -> None:
-        """Record again, once a second, the ticks sent whose record no replica has
-        acknowledged, until one does: a failover that lost a tick's task message and
-        its record would lose the tick; with its record kept, a supervisor sends it
-        again (``supervision.reconcile``)."""
-        if time.monotonic() - self._kept_at < 1.0:
+        """Record again the ticks sent whose record no replica has acknowledged, until one
+        does: once a second while the replication holds writes, then every
+        ``REPLICA_RECHECK`` (a replica away costs a 0.5 s WAIT each time). A failover
+        that lost a tick's task message and its record would lose the tick; with its
+        record kept, a supervisor sends it again (``supervision.reconcile``). At most
+        ``UNKEPT_MAX`` are kept, the oldest dropped first, with one line."""
+        every = 1.0 if self.stats.replication.holding() else timing.REPLICA_RECHECK
+        if time.monotonic() - self._kept_at < every:
             return
         self._kept_at = time.monotonic()
+        if len(self._unkept) > UNKEPT_MAX:
+            dropped = len(self._unkept) - UNKEPT_MAX
+            for member in list(self._unkept)[:dropped]:
+                del self._unkept[member]
+            log.warning(
+                "beat: %d sent tick(s) no Redis replica acknowledged are no longer kept to "
+                "record again (the oldest; at most %d are kept)",
+                dropped,
+                UNKEPT_MAX,
+            )
         try:
             if self.stats.keep_sent(self._unkept):
                 self._unkept.clear()

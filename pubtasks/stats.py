@@ -254,14 +254,15 @@ class Stats(Store):
     def keep_sent(self, records: Mapping[str, float]) -> bool:
         """Record again sent ticks (members, with the time each was sent) that may have
         been lost in a failover, where they are not; True once the replicas acknowledge
-        them, or once the replication no longer holds writes (a replica gone for good).
-        A tick whose record was lost is then seen by ``overdue`` and, if its task message
-        was lost too, sent again by a worker's supervisor."""
+        them. A tick whose record was lost is then seen by ``overdue`` and, if its task
+        message was lost too, sent again by a worker's supervisor. Unlike the numbering,
+        this does not give up after the grace: a master that took writes alone can still
+        lose its role to a restarted old one, later than the grace."""
         with redis_errors(self._url):
             acked = self._replicated(
                 lambda pipe: pipe.zadd(self.keys.beat_sent, dict(records), nx=True), True
             )[1]
-        return acked or not self.replication.holding()
+        return acked
 
     def overdue(self, cutoff: float, limit: int = 2000) -> list[SentTick]:
         """Sent ticks not yet seen done, sent (or sent again) at or before ``cutoff``;
