@@ -72,12 +72,12 @@ REDIS_WAIT_TIMEOUT: Final = 0.5
 #: How long writes stop waiting for replicas after a short WAIT, before they look again.
 REPLICA_RECHECK: Final = 5.0
 #: How long beat holds a tick whose number no replica has acknowledged (a failover
-#: underway, the old master not yet back as a replica) before it goes on without. The
-#: danger is a restarted old master winning its role back, which Sentinel was seen
-#: doing within about 2 s of promoting the replica; an old master back later becomes
-#: a replica. Short, so that ticks go on within 10 s of a promotion whose old master
-#: does not come back (the reserved-tick failover scenario measures it).
-REPLICA_GRACE: Final = 5.0
+#: underway, the old master not yet back as a replica) before it goes on without: a
+#: restarted old master was seen winning its role back, taking what the new one took
+#: alone. 5 s was too short for that race (a run of master kills alone then gave
+#: numbers to two ticks); the cost is that a promotion whose old master does not come
+#: back holds the ticks this long (issue 22 leaves a Sentinel-aware hold to do).
+REPLICA_GRACE: Final = 30.0
 
 # -- Beat --------------------------------------------------------------------------------
 #: The beat lock lives this long without renewal: another beat takes over within this.
@@ -146,10 +146,6 @@ INVARIANTS: Final = (
     (
         "a tick held for its replica is fired, not skipped, within the catch-up window",
         REPLICA_GRACE < defaults.CATCH_UP_WITHIN,
-    ),
-    (
-        "ticks go on within 10 s of a promotion whose old master does not come back",
-        REPLICA_GRACE + REDIS_WAIT_TIMEOUT < 10.0,
     ),
     (
         "a tick fired again within the catch-up window keeps its numbers",
