@@ -60,12 +60,12 @@ def _check_one(name: str, url: str, schemes: frozenset[str]) -> None:
         raise ConfigError(f"{name}={shown} has no host; fix {name}")
 
 
-def check_broker(url: str) -> None:
+def check_broker(url: str) -> str:
     """Celery's own broker must be Redis: the give-back of a dead worker's ticks and the
     resend of lost ones read its Redis transport, and beat keeps firing into it while
-    RabbitMQ is down. Raise ConfigError naming the setting otherwise."""
+    RabbitMQ is down. Return it; raise ConfigError naming the setting otherwise."""
     try:
-        check_url("broker_url", url, REDIS_SCHEMES)
+        return check_url("broker_url", url, REDIS_SCHEMES)
     except ConfigError:
         raise ConfigError(
             f"broker_url (or CELERY_BROKER_URL)={mask_url(url) if '://' in url else repr(url)}: "

@@ -7,7 +7,7 @@ import pytest
 from pubtasks.errors import ConfigError, StatsUnavailable
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
-from pubtasks.urls import mask_url
+from pubtasks.urls import check_broker, mask_url
 
 
 def test_defaults_are_the_pika_examples() -> None:
@@ -83,7 +83,8 @@ def test_a_celery_broker_other_than_redis_is_refused_in_one_line(url: str) -> No
 
 def test_a_redis_or_sentinel_celery_broker_is_taken() -> None:
     for url in ("redis://:pw@localhost:6379/3", "sentinel://a:26379;sentinel://b:26379"):
-        Settings.load({}, {"broker_url": url})
+        assert check_broker(url) == url
+        assert Settings.load({}, {"broker_url": url}).redis_url == "redis://localhost:6379/0"
 
 
 @pytest.mark.parametrize(
