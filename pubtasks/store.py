@@ -94,8 +94,7 @@ class Replication:
         self.clock = clock
         self.grace = grace
         self.short_until = 0.0
-        self.short = False
-        self.short_since: float | None = None
+        self.short_since: float | None = None  # when replicas were first short (None: they answer)
 
     def replicas(self, durable: bool = False) -> int:
         """Replicas to wait for on the next write (0: do not wait now); a ``durable``
@@ -112,15 +111,13 @@ class Replication:
 
     def acknowledged(self, count: int) -> None:
         if count >= self.wanted:
-            if self.short:
+            if self.short_since is not None:
                 log.warning("Redis replication is back: %d replica(s) acknowledge writes", count)
-            self.short = False
             self.short_since = None
             return
         self.short_until = self.clock() + self.RECHECK
         if self.short_since is None:
             self.short_since = self.clock()
-        if not self.short:
             log.warning(
                 "Redis: %d of %d replica(s) acknowledged a counter write within %g s; "
                 "counting goes on, but a failover now could lose the latest counts",
@@ -128,7 +125,6 @@ class Replication:
                 self.wanted,
                 timing.REDIS_WAIT_TIMEOUT,
             )
-        self.short = True
 
 
 class Store:
