@@ -16,10 +16,11 @@ overrides ``connect_check_health()`` and reads ``_sock`` (connected or not), as
 redis-py's own ``SentinelManagedConnection`` does; the public alternative, a retry
 loop of our own around every Redis call, would duplicate redis-py's retry.
 
-And ``close_client`` reads the pool's ``sentinel_manager`` to close the Sentinels'
-own connections, which the master client's ``close()`` leaves open (redis-py has no
-public way to reach them from the client; without it, each closed client leaks a
-connection per Sentinel).
+And ``close_client`` and ``agreed_master`` read the pool's ``sentinel_manager`` and
+``service_name``: the first to close the Sentinels' own connections, which the master
+client's ``close()`` leaves open, the second to ask them about the master (redis-py
+has no public way to reach the Sentinels from the client; without it, each closed
+client leaks a connection per Sentinel).
 """
 
 from __future__ import annotations
@@ -82,6 +83,30 @@ def master_client(url: str, master_name: str, options: dict[str, Any]) -> redis.
         **options,
     )
     return client
+
+
+def agreed_master(client: redis.Redis) -> str | None:
+    """The run id of the master that most of ``client``'s Sentinels name, each seeing it
+    up, reporting itself master and no failover underway; None when they do not agree
+    (or ``client`` is not named by Sentinels). A Sentinel that does not answer counts
+    against: most means more than half of all of them, as a failover needs."""
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    name = getattr(client.connection_pool, "service_name", None)
+    if manager is None or name is None:
+        return None
+    named: list[str] = []
+    for sentinel in manager.sentinels:
+        try:
+            master: Any = sentinel.sentinel_master(name)
+        except redis.RedisError:
+            continue
+        flags = set(str(master.get("flags", "")).split(","))
+        if flags == {"master"} and master.get("role-reported") == "master" and master.get("runid"):
+            named.append(str(master["runid"]))
+    for run_id in set(named):
+        if named.count(run_id) > len(manager.sentinels) // 2:
+            return run_id
+    return None
 
 
 def close_client(client: redis.Redis) -> None:

@@ -17,7 +17,7 @@ from redis.sentinel import MasterNotFoundError
 
 from pubtasks import defaults, timing
 from pubtasks.errors import NotReplicated, StatsUnavailable
-from pubtasks.sentinel import close_client, master_client
+from pubtasks.sentinel import agreed_master, close_client, master_client
 from pubtasks.urls import is_sentinel, mask_url
 
 log = logging.getLogger(__name__)
@@ -75,26 +75,37 @@ class Replication:
     logged once, and writes stop waiting for ``RECHECK`` seconds before they try
     again, so a lost replica costs one timeout now and then, not one per write.
 
-    A write that must not be lost (beat numbering a tick it is about to send) always
-    waits, and is refused (``holding``) while replicas have been short for less than
-    ``grace`` (``REPLICA_GRACE``): a failover leaves the new master without a replica
-    until the old one is back, and a master that then loses that role takes those
-    writes with it. Past the grace, a replica gone for good, it goes on as the others.
+    A write that must not be lost (beat numbering a tick it is about to send) is
+    refused (``holding``) while replicas are short, until one of these:
+
+    - the Sentinels settle (``agreed``): most of them name, as the master, the Redis
+      the write landed on (its run id), with no failover underway. A write then is lost
+      only if that master dies too before a replica has synced (a second failure);
+      writes on a Redis that a failover underway is about to demote, or on an old
+      master that came back and still calls itself master, are held;
+    - ``grace`` (``REPLICA_GRACE``) passes since replicas were first short: without
+      Sentinels to ask (replicas of a plain Redis), a replica gone for good.
     """
 
     RECHECK = timing.REPLICA_RECHECK
+    ASK_EVERY = 1.0  # how long what the Sentinels said is taken as still true
 
     def __init__(
         self,
         wanted: int,
         clock: Callable[[], float] = time.monotonic,
         grace: float = timing.REPLICA_GRACE,
+        agreed: Callable[[], str | None] | None = None,
     ) -> None:
         self.wanted = wanted
         self.clock = clock
         self.grace = grace
+        self.agreed = agreed
         self.short_until = 0.0
         self.short_since: float | None = None  # when replicas were first short (None: they answer)
+        self.landed_on: str | None = None  # the run id the last durable write landed on
+        self._asked: tuple[float, str | None] | None = None
+        self._settled_said = False
 
     def replicas(self, durable: bool = False) -> int:
         """Replicas to wait for on the next write (0: do not wait now); a ``durable``
@@ -105,15 +116,43 @@ class Replication:
             return 0
         return self.wanted
 
+    def asks_run_id(self, durable: bool) -> bool:
+        """Whether a ``durable`` write should learn the run id of the Redis it lands on:
+        while replicas are short, with Sentinels to compare it against."""
+        return durable and self.agreed is not None and self.short_since is not None
+
     def holding(self) -> bool:
-        """Whether a durable write that replicas did not acknowledge is refused now."""
-        return self.short_since is None or self.clock() - self.short_since < self.grace
+        """Whether a durable write that replicas did not acknowledge, landed where the
+        last one did (``landed_on``), is refused now."""
+        if self.short_since is None:
+            return True
+        if self.clock() - self.short_since >= self.grace:
+            return False
+        if self.landed_on is None or self.landed_on != self._agreed_master():
+            return True
+        if not self._settled_said:
+            self._settled_said = True
+            log.warning(
+                "Redis: the Sentinels agree on the master (run id %s) with no failover "
+                "underway; numbering goes on though no replica acknowledges it yet",
+                self.landed_on,
+            )
+        return False
+
+    def _agreed_master(self) -> str | None:
+        if self.agreed is None:
+            return None
+        now = self.clock()
+        if self._asked is None or now - self._asked[0] >= self.ASK_EVERY:
+            self._asked = (now, self.agreed())
+        return self._asked[1]
 
     def acknowledged(self, count: int) -> None:
         if count >= self.wanted:
             if self.short_since is not None:
                 log.warning("Redis replication is back: %d replica(s) acknowledge writes", count)
             self.short_since = None
+            self._settled_said = False
             return
         self.short_until = self.clock() + self.RECHECK
         if self.short_since is None:
@@ -134,7 +173,8 @@ class Store:
     def __init__(self, client: redis.Redis, url: str = "", wait_replicas: int = 0) -> None:
         self.client = client
         self._url = url
-        self.replication = Replication(wait_replicas)
+        agreed = (lambda: agreed_master(client)) if is_sentinel(url) else None
+        self.replication = Replication(wait_replicas, agreed=agreed)
 
     def close(self) -> None:
         """Close the connections: to Redis, and to the Sentinels that named the master."""
@@ -144,15 +184,17 @@ class Store:
         """Run a counting script; with replicas to wait for, WAIT in the same round trip.
         A ``durable`` write that the replicas did not acknowledge raises ``NotReplicated``
         while the replication holds it (the script ran: it must be idempotent)."""
-        if not self.replication.replicas(durable):
+        r = self.replication
+        if not r.replicas(durable) and not r.asks_run_id(durable):
             return script(keys=keys, args=args)  # redis-py reloads a script Redis lacks
         queue = lambda pipe: script(keys=keys, args=args, client=pipe)  # noqa: E731
         replies, acked = self._replicated(queue, durable)
-        if durable and not acked and self.replication.holding():
+        if durable and not acked and r.holding():
             raise NotReplicated(
                 f"Redis at {mask_url(self._url)}: no replica acknowledged the write within "
                 f"{timing.REDIS_WAIT_TIMEOUT:g} s (a failover underway?); held until one "
-                f"does, for up to REPLICA_GRACE={self.replication.grace:g} s"
+                "does or the Sentinels agree on the master, for up to "
+                f"REPLICA_GRACE={r.grace:g} s"
             )
         return replies[0]
 
@@ -161,20 +203,28 @@ class Store:
     ) -> tuple[list[Any], bool]:
         """Run the commands ``queue`` puts in a pipeline, then WAIT for the replicas (if
         any are wanted now), in one round trip: their replies, without WAIT's, and
-        whether the replicas acknowledged them (True when none is wanted)."""
-        wait = self.replication.replicas(durable)
-        replies = self._pipelined(queue, wait)
-        if not wait:  # acknowledged only if no replica is wanted at all
-            return replies, not self.replication.wanted
-        count = int(replies.pop())
-        self.replication.acknowledged(count)
+        whether the replicas acknowledged them (True when none is wanted). A durable
+        write while replicas are short also learns the run id of the Redis it landed
+        on (``Replication.landed_on``), in the same round trip."""
+        r = self.replication
+        wait = r.replicas(durable)
+        ask = r.asks_run_id(durable)
+        replies = self._pipelined(queue, wait, ask)
+        count = int(replies.pop()) if wait else None
+        if durable:  # unknown unless asked now: a Redis this write may not have reached
+            r.landed_on = (str(replies.pop().get("run_id") or "") or None) if ask else None
+        if count is None:  # acknowledged only if no replica is wanted at all
+            return replies, not r.wanted
+        r.acknowledged(count)
         return replies, count >= wait
 
-    def _pipelined(self, queue: Callable[[Any], object], wait: int) -> list[Any]:
+    def _pipelined(self, queue: Callable[[Any], object], wait: int, ask: bool) -> list[Any]:
         for attempt in (1, 2):
             try:
                 with self.client.pipeline(transaction=False) as pipe:
                     queue(pipe)
+                    if ask:
+                        pipe.info("server")
                     if wait:
                         pipe.wait(wait, int(timing.REDIS_WAIT_TIMEOUT * 1000))
                     replies = list(pipe.execute())

@@ -140,6 +140,38 @@ def test_a_durable_write_waits_and_is_held_while_replicas_are_short_within_the_g
     assert Replication(0, clock).replicas(durable=True) == 0  # one Redis: nothing to wait for
 
 
+def test_a_durable_write_goes_on_once_the_sentinels_agree_on_the_redis_it_landed_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    said: list[str | None] = [None]  # what the Sentinels agree on (None: a failover underway)
+    asked: list[float] = []
+
+    def agreed() -> str | None:
+        asked.append(clock.now)
+        return said[0]
+
+    r = Replication(1, clock, grace=30.0, agreed=agreed)
+    assert not r.asks_run_id(durable=True)  # replicas answer: nothing to ask
+    r.acknowledged(0)  # a failover: the new master has no replica yet
+    assert r.asks_run_id(durable=True) and not r.asks_run_id(durable=False)
+    r.landed_on = "new"
+    assert r.holding()  # the Sentinels do not agree yet: held
+    said[0] = "new"
+    assert r.holding()  # what they said is taken as true for ASK_EVERY...
+    clock.now += Replication.ASK_EVERY
+    assert not r.holding()  # ...then asked again: settled on the Redis written to
+    assert r.replicas(durable=True) == 0  # and numbering stops waiting, as counts do
+    assert "Sentinels agree on the master (run id new)" in caplog.text
+    r.landed_on = "old"  # a write that reached another Redis (one about to be demoted)
+    assert r.holding()
+    r.landed_on = None  # or one that did not learn where it landed
+    assert r.holding()
+    assert len(asked) == 2
+    r.acknowledged(1)
+    assert r.holding() and not r.asks_run_id(durable=True)  # replicas back: as before
+
+
 def test_sentinel_urls_give_celerys_transport_the_master_name(tmp_path: Path) -> None:
     (tmp_path / "celeryconfig.py").write_text("broker_transport_options = {'unacked_key': 'u'}\n")
     show = (
