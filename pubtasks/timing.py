@@ -71,12 +71,12 @@ NUMBERS_KEPT_FOR: Final = 3600.0
 REDIS_WAIT_TIMEOUT: Final = 0.5
 #: How long writes stop waiting for replicas after a short WAIT, before they look again.
 REPLICA_RECHECK: Final = 5.0
-#: How long beat holds a tick whose number no replica has acknowledged (a failover
-#: underway, the old master not yet back as a replica) before it goes on without: a
-#: restarted old master was seen winning its role back, taking what the new one took
-#: alone. 5 s was too short for that race (a run of master kills alone then gave
-#: numbers to two ticks); the cost is that a promotion whose old master does not come
-#: back holds the ticks this long (issue 22 leaves a Sentinel-aware hold to do).
+#: How long beat holds, at most, a tick whose number no replica has acknowledged (a
+#: failover underway, the old master not yet back as a replica). With Sentinels the hold
+#: ends sooner, once most of them agree that the Redis written to is the master with no
+#: failover underway (``store.Replication``); the grace bounds it without them. A fixed
+#: 5 s alone was too short: a restarted old master was seen winning its role back,
+#: taking what the new one took alone, and a run of master kills gave numbers twice.
 REPLICA_GRACE: Final = 30.0
 
 # -- Beat --------------------------------------------------------------------------------

@@ -36,8 +36,8 @@ from typing import Any
 
 import amqp
 
-from pubtasks.bench.cluster import Cluster
-from pubtasks.waiting import wait_for
+from pubtasks.bench.waiting import wait_for
+from tests.support.cluster import Cluster
 
 CONFIRM_TIMEOUT = 1.0
 AFTER_KILL = 25.0

@@ -96,7 +96,7 @@ def main(path: str, *chaos_paths: str) -> None:
         "\nColumns: *ticks due* is not the system's own count: it is the points of each\n"
         "entry's schedule (`every(P)`: the multiples of P; a crontab's instants) between the\n"
         "moment the test started its first worker and the moment it stopped it, by the\n"
-        "test's clock (`pubtasks/bench/ledger.py`): from 15 s after the start (a worker's\n"
+        "test's clock (`tests/support/ledger.py`): from 15 s after the start (a worker's\n"
         "first tick may take that long) to 3 s before the stop (beat may lag that much\n"
         "when stopped), and in any case every point between the first and the last that\n"
         "was delivered, failed or skipped. Each due tick's messages (`<entry>@<ms>`) are\n"

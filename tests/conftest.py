@@ -13,7 +13,7 @@ from pubtasks.bench.services import forget_celery_keys
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 from tests.helpers import RABBIT, REDIS, REDIS_DB, Worker, rabbitmqctl, write_config
-from tests.proxy import Proxy
+from tests.support.proxy import Proxy
 
 
 @pytest.fixture

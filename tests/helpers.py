@@ -13,14 +13,14 @@ from typing import Any
 
 from kombu.connection import Connection
 
-from pubtasks.bench.chaos import commit
-from pubtasks.bench.ledger import Clock, Expected, Ledger, Raw, account, queued_ids, take, verdict
 from pubtasks.bench.services import rabbitmqctl
+from pubtasks.bench.waiting import wait_for
 from pubtasks.bench.worker import Worker, celery_isolation
 from pubtasks.bench.worker import write_config as write_worker_config
 from pubtasks.defaults import DEFAULT_ENTRY
 from pubtasks.schedule import every
-from pubtasks.waiting import wait_for
+from tests.support.chaos import commit
+from tests.support.ledger import Clock, Expected, Ledger, Raw, account, queued_ids, take, verdict
 
 __all__ = ["Raw", "Worker", "celery_isolation", "queued_ids", "rabbitmqctl", "take"]
 

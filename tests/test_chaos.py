@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pubtasks.bench.chaos import CAUSED, Supervisor, verdict
 from pubtasks.bench.worker import Worker
+from tests.support.chaos import CAUSED, Supervisor, verdict
 
 
 def result(**changes: Any) -> dict[str, Any]:

@@ -36,13 +36,12 @@ import redis
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
-from pubtasks.bench.cluster import Cluster, redis_whole
 from pubtasks.bench.services import forget_celery_keys
+from pubtasks.bench.waiting import wait_for
 from pubtasks.confirms import Delivery
 from pubtasks.defaults import DEFAULT_ENTRY
 from pubtasks.errors import StatsUnavailable
 from pubtasks.stats import Stats
-from pubtasks.waiting import wait_for
 from tests.helpers import (
     Row,
     Worker,
@@ -54,7 +53,8 @@ from tests.helpers import (
     tally,
     write_config,
 )
-from tests.proxy import Proxy
+from tests.support.cluster import Cluster, redis_whole
+from tests.support.proxy import Proxy
 
 pytestmark = [
     pytest.mark.cluster,

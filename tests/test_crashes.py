@@ -16,12 +16,11 @@ import time
 import pytest
 from celery import Celery
 
-from pubtasks.bench.ledger import Expected, account
+from pubtasks.bench.waiting import wait_for
 from pubtasks.defaults import DEFAULT_ENTRY
 from pubtasks.schedule import every
 from pubtasks.stats import Stats
 from pubtasks.supervision import EXIT_BEAT_DIED
-from pubtasks.waiting import wait_for
 from tests.helpers import (
     Worker,
     beat_pid,
@@ -35,7 +34,8 @@ from tests.helpers import (
     tally,
     write_config,
 )
-from tests.proxy import Proxy
+from tests.support.ledger import Expected, account
+from tests.support.proxy import Proxy
 from tests.test_faults import INTERVAL, more_acks, start_behind
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]

@@ -9,9 +9,12 @@ writes the table in docs/reliability.md from what it records.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,21 +22,20 @@ import pytest
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
-from pubtasks.bench.nodes import RedisNode, accepting
+from pubtasks.bench.waiting import wait_for
 from pubtasks.bench.worker import rss_of_group as process_group_rss
 from pubtasks.stats import Stats
-from pubtasks.waiting import wait_for
 from tests.helpers import (
     Worker,
     check,
     clock_of,
     close_connections,
     finish,
-    rabbitmqctl,
     tally,
     write_config,
 )
-from tests.proxy import Proxy
+from tests.support.nodes import RabbitNode, RedisNode, accepting
+from tests.support.proxy import Proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
 
@@ -94,9 +96,37 @@ def test_repeated_forced_closes(
     check(row)
 
 
+@pytest.fixture(scope="module")
+def own_rabbit() -> Iterator[RabbitNode]:
+    """A RabbitMQ node of this module's own, to stop and to alarm: the shared one on
+    5672 serves the tests that run beside these (``scripts/test`` runs in parallel)."""
+    root = Path(tempfile.mkdtemp(prefix="pubtasks-faults-"))
+    os.chmod(root, 0o755)  # the node runs as the rabbitmq user
+    node = RabbitNode(root / "rabbit", f"pubtasks-faults-{os.getpid()}")
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
-def broker_app() -> Iterator[dict[str, Callable[[], float]]]:
-    """Stop and start the shared RabbitMQ's app; it is always started again afterwards.
+def own_url(own_rabbit: RabbitNode) -> Iterator[str]:
+    """A fresh vhost on ``own_rabbit``, deleted afterwards (the node may be stopped)."""
+    name = f"pubtasks-test-{uuid.uuid4().hex[:10]}"
+    own_rabbit.ctl("add_vhost", name)
+    try:
+        own_rabbit.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield own_rabbit.url(name)
+    finally:
+        own_rabbit.ctl("start_app")  # a no-op when it runs
+        own_rabbit.ctl("delete_vhost", name)
+
+
+@pytest.fixture
+def broker_app(own_rabbit: RabbitNode) -> Iterator[dict[str, Callable[[], float]]]:
+    """Stop and start ``own_rabbit``'s app; it is always started again afterwards.
 
     ``start`` returns when RabbitMQ first accepted a TCP connection again.
     """
@@ -104,19 +134,21 @@ def broker_app() -> Iterator[dict[str, Callable[[], float]]]:
 
     def stop() -> float:
         state["stopped"] = True
-        rabbitmqctl("stop_app")
+        own_rabbit.ctl("stop_app")
         return time.time()
 
     def start() -> float:
         up: list[float] = []
 
         def watch() -> None:  # note the first moment the listener accepts again
-            up.append(wait_for(lambda: accepting(5672) and time.time(), 60, "RabbitMQ", 0.005))
+            up.append(
+                wait_for(lambda: accepting(own_rabbit.port) and time.time(), 60, "RabbitMQ", 0.005)
+            )
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
+        own_rabbit.ctl("start_app")
+        own_rabbit.ctl("await_startup")
         state["stopped"] = False
         watcher.join(30)
         return up[0]
@@ -125,12 +157,13 @@ def broker_app() -> Iterator[dict[str, Callable[[], float]]]:
         yield {"stop": stop, "start": start}
     finally:
         if state["stopped"]:
-            rabbitmqctl("start_app")
+            own_rabbit.ctl("start_app")
 
 
 def test_broker_outage(
-    worker: Worker, stats: Stats, amqp_url: str, broker_app: dict[str, Callable[[], float]]
+    worker: Worker, stats: Stats, own_url: str, broker_app: dict[str, Callable[[], float]]
 ) -> None:
+    worker.env["AMQP_URL"] = own_url
     worker.start()
     more_acks(stats, 3, 30, "start")
     # When RabbitMQ's app is stopped for about 10 s (50 ticks fire meanwhile)
@@ -151,7 +184,7 @@ def test_broker_outage(
     # ... and the ticks that fell in the outage are published after it, each at its time
     queued = finish(worker.cwd, worker.env, stats)
     row = tally(
-        "broker outage (~10 s, stop_app)", amqp_url, stats, clock_of(worker), recovery, "",
+        "broker outage (~10 s, stop_app)", own_url, stats, clock_of(worker), recovery, "",
         queued, interval=INTERVAL,
     )  # fmt: skip
     check(row)
@@ -186,20 +219,21 @@ def test_silent_network_cut(
 
 
 @pytest.fixture
-def memory_alarm() -> Iterator[dict[str, Callable[[], None]]]:
-    """Raise and clear a memory alarm on the shared RabbitMQ (it blocks every publishing
+def memory_alarm(own_rabbit: RabbitNode) -> Iterator[dict[str, Callable[[], None]]]:
+    """Raise and clear a memory alarm on ``own_rabbit`` (it blocks every publishing
     connection); its memory watermark is always put back afterwards."""
-    shown = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
+    ctl = own_rabbit.ctl
+    shown = ctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
     try:
         before = str(float(shown))
     except ValueError:  # an absolute limit, or something unexpected: RabbitMQ's default
         before = "0.4"
 
     def on() -> None:
-        rabbitmqctl("set_vm_memory_high_watermark", "0")
+        ctl("set_vm_memory_high_watermark", "0")
 
     def off() -> None:
-        rabbitmqctl("set_vm_memory_high_watermark", before)
+        ctl("set_vm_memory_high_watermark", before)
 
     try:
         yield {"on": on, "off": off}
@@ -211,7 +245,7 @@ def memory_alarm() -> Iterator[dict[str, Callable[[], None]]]:
 def test_memory_alarm(
     worker: Worker,
     stats: Stats,
-    amqp_url: str,
+    own_url: str,
     prefix: str,
     memory_alarm: dict[str, Callable[[], None]],
     batch_writes: bool,
@@ -219,6 +253,7 @@ def test_memory_alarm(
     # Given a worker publishing every 0.2 s, waiting at most 2 s for a confirm, with
     # batched writes or through py-amqp's basic_publish
     configure(worker, prefix, f"BATCH_WRITES = {batch_writes}\n")
+    worker.env["AMQP_URL"] = own_url
     worker.start()
     more_acks(stats, 3, 30, "start")
     # When RabbitMQ raises a memory alarm (it blocks publishers) for 20 ticks (~4 s)
@@ -237,9 +272,7 @@ def test_memory_alarm(
     way = "batched writes" if batch_writes else "basic_publish"
     scenario = f"memory alarm (~4 s, publishers blocked), {way}"
     queued = finish(worker.cwd, worker.env, stats)
-    row = tally(
-        scenario, amqp_url, stats, clock_of(worker), recovery, "", queued, interval=INTERVAL
-    )
+    row = tally(scenario, own_url, stats, clock_of(worker), recovery, "", queued, interval=INTERVAL)
     check(row)
     assert row.unconfirmed >= 1
     assert "blocked publishing: connection blocked" in worker.log
@@ -363,9 +396,7 @@ def test_redis_restart(worker: Worker, amqp_url: str, prefix: str, own_redis: Re
     queued = finish(worker.cwd, worker.env, stats)
     # ... with no tick lost (beat kept the ticks it could not send) and exact counts
     scenario = f"Redis restart (down {up_at - down_at:.1f} s, AOF)"
-    row = tally(
-        scenario, amqp_url, stats, clock_of(worker), recovery, "", queued, interval=INTERVAL
-    )
+    row = tally(scenario, own_url, stats, clock_of(worker), recovery, "", queued, interval=INTERVAL)
     acked_total = stats.snapshot().totals.acked
     stats.close()
     check(row)
@@ -395,9 +426,7 @@ def test_killed_worker_process(
     assert worker.stop() == 0
     queued = finish(worker.cwd, worker.env, stats)
     scenario = "killed worker process (SIGKILL mid-publish)"
-    row = tally(
-        scenario, amqp_url, stats, clock_of(worker), recovery, "", queued, interval=INTERVAL
-    )
+    row = tally(scenario, own_url, stats, clock_of(worker), recovery, "", queued, interval=INTERVAL)
     check(row)
     assert row.ids is not None and message_id in row.ids
     assert f"pid:{pid} exited with 'signal 9 (SIGKILL)'" in worker.log

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from celery import signals
 
+from pubtasks.bench.waiting import wait_for
 from pubtasks.bench.worker import STOP_TIMEOUT
 from pubtasks.stats import Stats
 from pubtasks.stopping import HANDOFF, STOPPING, from_main
-from pubtasks.waiting import wait_for
 from tests.helpers import Worker, caught_up, check, clock_of, finish, take, tally, write_config
 from tests.test_faults import more_acks
 

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
+from pubtasks.bench.waiting import wait_for
 from pubtasks.pulse import HUNG_AFTER
 from pubtasks.stats import Stats
 from pubtasks.supervision import EXIT_BEAT_DIED
-from pubtasks.waiting import wait_for
 from tests.helpers import Worker, beat_pid, caught_up, check, clock_of, finish, tally
 from tests.test_crashes import ticking_again
 from tests.test_faults import INTERVAL, more_acks

@@ -20,8 +20,8 @@ import pytest
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
+from pubtasks.bench.waiting import wait_for
 from pubtasks.stats import Stats
-from pubtasks.waiting import wait_for
 from tests.helpers import Worker, drain, record_replication, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]

@@ -1,4 +1,4 @@
-"""Unit tests: the account of a run matches due ticks one by one (pubtasks/bench/ledger.py)."""
+"""Unit tests: the account of a run matches due ticks one by one (tests/support/ledger.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from celery.schedules import crontab
 
-from pubtasks.bench.ledger import (
+from pubtasks.cron import Cron
+from pubtasks.ids import message_id
+from pubtasks.schedule import every
+from tests.support.ledger import (
     FIRST_TICK,
     LAST_TICK,
     Clock,
@@ -22,9 +25,6 @@ from pubtasks.bench.ledger import (
     skips_of,
     verdict,
 )
-from pubtasks.cron import Cron
-from pubtasks.ids import message_id
-from pubtasks.schedule import every
 
 E = "e"
 GRID = every(0.5)

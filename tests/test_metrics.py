@@ -11,7 +11,6 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from pubtasks.bench.nodes import free_port
 from pubtasks.control import State
 from pubtasks.health import Fleet
 from pubtasks.keys import LATENCY_BUCKETS
@@ -19,6 +18,7 @@ from pubtasks.metrics import Reading, Schedule, StatsCollector, families, holder
 from pubtasks.records import Counts, Latency, Snapshot
 from pubtasks.schedule import every
 from pubtasks.stats import Stats
+from tests.support.nodes import free_port
 
 NOW = 1_000.0
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from pubtasks.bench.waiting import wait_for
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.stats import Stats
-from pubtasks.waiting import wait_for
 from tests.helpers import (
     Worker,
     caught_up,

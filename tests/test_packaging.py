@@ -21,9 +21,8 @@ def test_the_wheel_holds_every_module(tmp_path: Path) -> None:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(
-        ROOT / "pubtasks", source / "pubtasks", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for tree in ("pubtasks", "tests"):  # the tests beside it, as in a checkout
+        shutil.copytree(ROOT / tree, source / tree, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(source)],
         check=True,
@@ -38,3 +37,7 @@ def test_the_wheel_holds_every_module(tmp_path: Path) -> None:
         if path.suffix in {".py", ".typed"}
     }
     assert sources <= shipped, sorted(sources - shipped)
+    # and only the product: pubtasks and its bench, not the fault harness of the tests
+    assert all(name.startswith("pubtasks") for name in zipfile.ZipFile(wheel).namelist())
+    harness = {"chaos", "cluster", "nodes", "proxy", "ledger"}
+    assert not {n for n in shipped if Path(n).stem in harness}, sorted(shipped)

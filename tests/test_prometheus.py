@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 import yaml
 
-from pubtasks.bench.nodes import free_port
+from pubtasks.bench.waiting import wait_for
 from pubtasks.metrics import families
 from pubtasks.stats import Stats
-from pubtasks.waiting import wait_for
 from tests.helpers import Worker, finish, write_config
+from tests.support.nodes import free_port
 from tests.test_metrics import NOW, SCHEDULE, reading
 
 ROOT = Path(__file__).resolve().parent.parent

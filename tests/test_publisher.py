@@ -14,6 +14,7 @@ import pytest
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
+from pubtasks.bench.waiting import wait_for
 from pubtasks.errors import TickFailed, TopologyError
 from pubtasks.framing import Frames
 from pubtasks.message import Recipe, Tick
@@ -22,9 +23,8 @@ from pubtasks.publisher import Publisher
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 from pubtasks.tries import Later
-from pubtasks.waiting import wait_for
 from tests.helpers import close_connections, drain
-from tests.proxy import Proxy
+from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.integration
 

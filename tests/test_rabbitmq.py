@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pubtasks.bench.waiting import wait_for
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.errors import ChannelLost
 from pubtasks.properties import kombu_expiration, publish_arguments
@@ -15,9 +16,8 @@ from pubtasks.rabbitmq import Channel, Transport
 from pubtasks.settings import Settings
 from pubtasks.stream import ConfirmStream, Options
 from pubtasks.topology import Topology
-from pubtasks.waiting import wait_for
 from tests.helpers import close_connections, drain
-from tests.proxy import Proxy
+from tests.support.proxy import Proxy
 
 
 @pytest.fixture

@@ -14,13 +14,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pubtasks.bench.ledger import failed_markers
+from pubtasks.bench.waiting import wait_for
 from pubtasks.ids import message_id, scheduled_at_of
 from pubtasks.records import Skip
 from pubtasks.schedule import every
 from pubtasks.stats import Stats
-from pubtasks.waiting import wait_for
 from tests.helpers import Raw, Worker, caught_up, finish, take, write_config
+from tests.support.ledger import failed_markers
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -10,10 +10,10 @@ import pytest
 from kombu.connection import Connection
 from kombu.entity import Exchange
 
-from pubtasks.bench.ledger import Clock, account, take
 from pubtasks.stats import Stats
 from pubtasks.urls import mask_url
 from tests.helpers import Worker, check, row_of, write_config
+from tests.support.ledger import Clock, account, take
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
 

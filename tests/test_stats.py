@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from pubtasks import stats as stats_module
+from pubtasks.bench.waiting import wait_for
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.control import Control
 from pubtasks.errors import NotReplicated
@@ -16,7 +17,6 @@ from pubtasks.schedule import Run
 from pubtasks.sentinel import FollowingConnection
 from pubtasks.stats import Stats
 from pubtasks.store import Replication
-from pubtasks.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ import pytest
 from celery import Celery
 
 from pubtasks import tasks
+from pubtasks.bench.waiting import wait_for
 from pubtasks.celery import app as pubtasks_app
 from pubtasks.stats import Stats
 from pubtasks.supervision import Supervision
-from pubtasks.waiting import wait_for
 from tests.helpers import celery_isolation, drain
 
 pytestmark = pytest.mark.integration

@@ -27,10 +27,10 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from kombu.message import Message
 
-from pubtasks.bench.nodes import RedisNode
+from pubtasks.bench.waiting import wait_for
 from pubtasks.celery import app
 from pubtasks.transport import Transport
-from pubtasks.waiting import wait_for
+from tests.support.nodes import RedisNode
 
 pytestmark = [pytest.mark.integration]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Exchange, Queue
 
+from pubtasks.bench.waiting import wait_for
 from pubtasks.ids import scheduled_at_of
 from pubtasks.stats import Stats
-from pubtasks.waiting import wait_for
 from tests.helpers import (
     Raw,
     Received,

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 
 from kombu.connection import Connection
 
+from pubtasks.bench.waiting import wait_for
 from pubtasks.stats import Stats
-from pubtasks.waiting import wait_for
 
 
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:

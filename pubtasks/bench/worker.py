@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from pubtasks.waiting import wait_for
+from pubtasks.bench.waiting import wait_for
 
 CELERY = str(Path(sys.executable).with_name("celery"))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from pubtasks.waiting import wait_for
+from pubtasks.bench.waiting import wait_for
 
 
 def free_port() -> int:

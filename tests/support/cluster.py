@@ -37,8 +37,8 @@ from typing import Any
 
 import redis
 
-from pubtasks.bench.nodes import RabbitNode, free_port, pings
-from pubtasks.waiting import wait_for
+from pubtasks.bench.waiting import wait_for
+from tests.support.nodes import RabbitNode, free_port, pings
 
 DEFAULT_DIR = Path("/tmp/pubtasks-cluster")
 MASTER_NAME = "mymaster"

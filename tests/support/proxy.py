@@ -1,6 +1,6 @@
 """A TCP proxy on loopback that a run can cut silently: bytes are dropped, no FIN, no RST.
 
-The fault suite (tests/proxy.py names it there) and ``scripts/chaos --cluster`` use it.
+The fault suite and ``scripts/chaos --cluster`` use it.
 """
 
 from __future__ import annotations

@@ -69,17 +69,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pubtasks.bench import cluster as clusters
-from pubtasks.bench.ledger import Clock, Expected, Ledger, account, take
-from pubtasks.bench.ledger import verdict as ledger_verdict
-from pubtasks.bench.nodes import RabbitNode, RedisNode
-from pubtasks.bench.proxy import Proxy
+from pubtasks.bench.waiting import wait_for
 from pubtasks.bench.worker import Worker, write_config
 from pubtasks.defaults import DEFAULT_ENTRY
 from pubtasks.keys import COUNTERS
 from pubtasks.schedule import every
 from pubtasks.stats import Stats
-from pubtasks.waiting import wait_for
+from tests.support import cluster as clusters
+from tests.support.ledger import Clock, Expected, Ledger, account, take
+from tests.support.ledger import verdict as ledger_verdict
+from tests.support.nodes import RabbitNode, RedisNode
+from tests.support.proxy import Proxy
 
 PREFIX = "chaos:"
 CONFIG = """
