@@ -57,6 +57,7 @@ from tests.support.cluster import Cluster, redis_whole
 from tests.support.proxy import Proxy
 
 pytestmark = [
+    pytest.mark.xdist_group("cluster"),  # one cluster, started once, for the whole module
     pytest.mark.cluster,
     pytest.mark.faults,
     pytest.mark.integration,
