@@ -17,8 +17,8 @@ from pubtasks.schedule import every
 # Each entry fires the task "pubtasks.publish". `every()` is every PUBLISH_INTERVAL
 # seconds, on the wall-clock grid (tick k at k * interval: no drift). The entry's
 # name labels its statistics in Redis and is part of each message_id. Its "kwargs"
-# say what it publishes and where (see the README, "The schedule and your
-# messages"): exchange, routing_key, body or payload, serializer, headers, properties.
+# say what it publishes and where (see docs/schedule.md): exchange, routing_key,
+# body or payload, serializer, headers, properties.
 # Without kwargs an entry publishes the example's message.
 beat_schedule = {
     "publish-text": {

@@ -195,10 +195,10 @@ def test_every_metric_the_rules_and_dashboard_name_is_served_and_documented() ->
     named = set(re.findall(r"pubtasks_[a-z_]+", " ".join(e for _, _, e in queries())))
     named |= set(re.findall(r"pubtasks_[a-z_]+", " ".join(r["expr"] for r in rules())))
     assert named <= served(), named - served()
-    readme = (ROOT / "README.md").read_text()
+    documented = (ROOT / "docs" / "operations.md").read_text()
     for family in families(reading(), SCHEDULE, NOW):
         name = family.name + ("_total" if family.type == "counter" else "")
-        assert f"`{name}`" in readme, f"README does not document {name}"
+        assert f"`{name}`" in documented, f"docs/operations.md does not document {name}"
 
 
 def test_compose_observability_profile_provisions_prometheus_and_grafana() -> None:

@@ -1,4 +1,5 @@
-"""The README's recipes: each is loaded as celeryconfig, declared, and published once."""
+"""The documented configs: the recipes of docs/schedule.md and the README's entry of one's
+own. Each is loaded as celeryconfig, declared, and published once."""
 
 from __future__ import annotations
 
@@ -16,26 +17,46 @@ from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 from tests.helpers import take
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+SCHEDULE = ROOT / "docs" / "schedule.md"
+README = ROOT / "README.md"
+
+
+def section(path: Path, heading: str) -> str:
+    """The text of ``path``'s section ``## heading``, up to the next ``## ``."""
+    text = path.read_text()
+    found = text[text.index(f"\n## {heading}\n") :]
+    end = found.find("\n## ", 1)
+    return found if end < 0 else found[:end]
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
 def recipes() -> list[str]:
-    """The python blocks of the README's "Recipes" section."""
-    text = README.read_text()
-    section = text[text.index("\n## Recipes\n") :]
-    section = section[: section.index("\n## ", 1)]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    """The python blocks of the "Recipes" section of docs/schedule.md."""
+    return python_blocks(section(SCHEDULE, "Recipes"))
 
 
-def test_the_readme_has_its_recipes() -> None:
+def own_entry() -> list[str]:
+    """The python block of the README's "Your own message" section."""
+    return python_blocks(section(README, "Your own message"))
+
+
+def test_the_docs_have_their_recipes() -> None:
     found = recipes()
     assert len(found) == 5
     for kind in ("fanout", "crontab", "payload", "x-message-ttl", "quorum"):
         assert any(kind in r for r in found), kind
+    [readme] = own_entry()
+    assert '"headers"' in readme
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("recipe", recipes(), ids=lambda r: re.findall(r'"(\w[\w-]*)": \{', r)[0])
+@pytest.mark.parametrize(
+    "recipe", recipes() + own_entry(), ids=lambda r: re.findall(r'"(\w[\w-]*)": \{', r)[0]
+)
 def test_a_recipe_loads_declares_and_publishes(
     recipe: str, amqp_url: str, redis_url: str, prefix: str, stats: Stats
 ) -> None:
@@ -63,6 +84,9 @@ def test_a_recipe_loads_declares_and_publishes(
             assert got.properties["message_id"] == tick.message_id
             for key, value in r.properties.items():
                 assert got.properties[key] == value, key
+            headers = got.properties.get("application_headers") or {}
+            for key, value in r.headers.items():
+                assert headers[key] == value, key
     finally:
         p.close()
     totals = stats.snapshot().totals
