@@ -231,7 +231,8 @@ class Settings:
                 "STARTUP_RETRIES", opt("STARTUP_RETRIES", defaults.STARTUP_RETRIES), int
             ),
         )
-        broker = cfg.get("broker_url")
+        # Celery's own order: the environment's CELERY_BROKER_URL before the config's
+        broker = env.get("CELERY_BROKER_URL") or cfg.get("broker_url")
         if isinstance(broker, str) and broker:
             check_broker(broker)
         recipes = check_schedule(

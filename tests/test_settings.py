@@ -73,9 +73,13 @@ def test_a_malformed_url_names_the_variable_and_hides_the_password(
 @pytest.mark.parametrize(
     "url", ["amqp://guest:s3cret@rabbit:5672//", "sqs://key:s3cret@", "nonsense"]
 )
-def test_a_celery_broker_other_than_redis_is_refused_in_one_line(url: str) -> None:
+@pytest.mark.parametrize("where", ["celeryconfig", "environment"])
+def test_a_celery_broker_other_than_redis_is_refused_in_one_line(url: str, where: str) -> None:
+    env, conf = (
+        ({}, {"broker_url": url}) if where == "celeryconfig" else ({"CELERY_BROKER_URL": url}, {})
+    )
     with pytest.raises(ConfigError) as err:
-        Settings.load({}, {"broker_url": url})
+        Settings.load(env, conf)
     text = str(err.value)
     assert text.startswith("broker_url (or CELERY_BROKER_URL)=")
     assert "Redis only" in text and "s3cret" not in text and "\n" not in text
