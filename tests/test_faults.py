@@ -396,7 +396,9 @@ def test_redis_restart(worker: Worker, amqp_url: str, prefix: str, own_redis: Re
     queued = finish(worker.cwd, worker.env, stats)
     # ... with no tick lost (beat kept the ticks it could not send) and exact counts
     scenario = f"Redis restart (down {up_at - down_at:.1f} s, AOF)"
-    row = tally(scenario, amqp_url, stats, clock_of(worker), recovery, "", queued, interval=INTERVAL)
+    row = tally(
+        scenario, amqp_url, stats, clock_of(worker), recovery, "", queued, interval=INTERVAL
+    )
     acked_total = stats.snapshot().totals.acked
     stats.close()
     check(row)
@@ -426,7 +428,9 @@ def test_killed_worker_process(
     assert worker.stop() == 0
     queued = finish(worker.cwd, worker.env, stats)
     scenario = "killed worker process (SIGKILL mid-publish)"
-    row = tally(scenario, amqp_url, stats, clock_of(worker), recovery, "", queued, interval=INTERVAL)
+    row = tally(
+        scenario, amqp_url, stats, clock_of(worker), recovery, "", queued, interval=INTERVAL
+    )
     check(row)
     assert row.ids is not None and message_id in row.ids
     assert f"pid:{pid} exited with 'signal 9 (SIGKILL)'" in worker.log
