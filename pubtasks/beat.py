@@ -392,7 +392,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             member = None if tick.trigger is None else tick.trigger.member
             now = time.time()
             try:  # sent: where the next holder of the beat lock goes on from
-                kept = self.stats.sent(
+                kept = self.stats.ledger.record(
                     name, tick.scheduled_at, tick.number, tick.batch, now, trigger=member
                 )
             except StatsUnavailable:
@@ -426,7 +426,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                 UNKEPT_MAX,
             )
         try:
-            if self.stats.keep_sent(self._unkept):
+            if self.stats.ledger.keep(self._unkept):
                 self._unkept.clear()
         except StatsUnavailable as exc:
             log.debug("beat: cannot record again %d sent tick(s) yet: %s", len(self._unkept), exc)

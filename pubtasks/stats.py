@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
@@ -26,8 +26,9 @@ from pubtasks.keys import (
     SKIPS_KEPT,
     Keys,
 )
-from pubtasks.records import Counts, Latency, ResumePoint, SentTick, Skip, Snapshot
+from pubtasks.records import Counts, Latency, ResumePoint, Skip, Snapshot
 from pubtasks.schedule import Run
+from pubtasks.sent import SentLedger
 from pubtasks.settings import Settings
 from pubtasks.store import Store, connect, redis_errors
 
@@ -42,13 +43,13 @@ class Stats(Store):
     ) -> None:
         super().__init__(client, url, wait_replicas)
         self.keys = Keys(prefix)
+        self.ledger = SentLedger(self, self.keys)
         self._begin = client.register_script(lua.BEGIN)
         self._settle = client.register_script(lua.SETTLE)
         self._fail = client.register_script(lua.FAIL)
         self._reap = client.register_script(lua.REAP)
         self._number = client.register_script(lua.NUMBER)
         self._done = client.register_script(lua.DONE)
-        self._claim = client.register_script(lua.CLAIM)
         self._skip = client.register_script(lua.SKIP)
 
     @classmethod
@@ -220,75 +221,6 @@ class Stats(Store):
         """Which messages of tick ``tick_id`` are done: counted acked, returned or failed."""
         with redis_errors(self._url):
             return {int(i) for i in self._done(keys=[self.keys.done(tick_id)], args=[batch])}
-
-    # -- ticks beat has sent, until they are done (``beat``, ``supervision``) -------------
-
-    def sent(
-        self,
-        entry: str,
-        scheduled_at: float,
-        number: int,
-        batch: int,
-        now: float,
-        *,
-        trigger: str | None = None,
-    ) -> bool:
-        """Beat sent this tick: where the next beat goes on from, and one to see done.
-        ``trigger`` is the request (``beat:triggers``) of a tick fired by hand, now done.
-        Whether the replicas acknowledged the record (else ``keep_sent`` it later: a
-        failover could lose it, and the tick's task message with it)."""
-        k = self.keys
-        manual = trigger is not None
-        member = SentTick.member_of(entry, scheduled_at, number, batch, manual)
-
-        def queue(pipe: Any) -> None:
-            if trigger is None:
-                pipe.set(k.beat_last(entry), scheduled_at)
-            else:
-                pipe.lrem(k.beat_triggers, 0, trigger)
-            pipe.zadd(k.beat_sent, {member: now})
-
-        with redis_errors(self._url):
-            return self._replicated(queue)[1]
-
-    def keep_sent(self, records: Mapping[str, float]) -> bool:
-        """Record again sent ticks (members, with the time each was sent) that may have
-        been lost in a failover, where they are not; True once the replicas acknowledge
-        them. A tick whose record was lost is then seen by ``overdue`` and, if its task
-        message was lost too, sent again by a worker's supervisor. Unlike the numbering,
-        this does not give up after the grace: a master that took writes alone can still
-        lose its role to a restarted old one, later than the grace."""
-        with redis_errors(self._url):
-            acked = self._replicated(
-                lambda pipe: pipe.zadd(self.keys.beat_sent, dict(records), nx=True), True
-            )[1]
-        return acked
-
-    def overdue(self, cutoff: float, limit: int = 2000) -> list[SentTick]:
-        """Sent ticks not yet seen done, sent (or sent again) at or before ``cutoff``;
-        those done meanwhile are forgotten here."""
-        k = self.keys
-        with redis_errors(self._url):
-            members = self.client.zrangebyscore(k.beat_sent, "-inf", cutoff, 0, limit)
-            ticks = [SentTick.parse(str(m)) for m in members]
-            with self.client.pipeline(transaction=False) as pipe:
-                for t in ticks:
-                    pipe.bitcount(k.done(t.tick_id))
-                counts = pipe.execute()
-            finished = [t.member for t, n in zip(ticks, counts, strict=True) if n >= t.batch]
-            if finished:
-                self.client.zrem(k.beat_sent, *finished)
-        return [t for t, n in zip(ticks, counts, strict=True) if n < t.batch]
-
-    def forget_sent(self, tick: SentTick) -> None:
-        with redis_errors(self._url):
-            self.client.zrem(self.keys.beat_sent, tick.member)
-
-    def claim(self, tick: SentTick, cutoff: float, now: float) -> bool:
-        """Take an overdue tick for sending again; False if another worker just did."""
-        with redis_errors(self._url):
-            args: list[Any] = [cutoff, now, tick.member]
-            return bool(self._write(self._claim, [self.keys.beat_sent], args))
 
     # -- workers' heartbeats (``supervision``) ---------------------------------------------
 

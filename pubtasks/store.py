@@ -244,6 +244,14 @@ class Store:
         with redis_errors(self._url):
             return self._write(script, keys, args)
 
+    def replicated(
+        self, queue: Callable[[Any], object], durable: bool = False
+    ) -> tuple[list[Any], bool]:
+        """``_replicated`` for another module's writes (``sent``): Redis errors as
+        ``StatsUnavailable``."""
+        with redis_errors(self._url):
+            return self._replicated(queue, durable)
+
     def converted(self) -> AbstractContextManager[None]:
         """Redis errors inside become ``StatsUnavailable``, the URL masked (``control``)."""
         return redis_errors(self._url)

@@ -284,7 +284,7 @@ class Supervisor:
         done nor in Celery's queue nor reserved: its task message was lost in Redis."""
         now = time.time()
         cutoff = now - RESEND_AFTER
-        overdue = self.stats.overdue(cutoff)
+        overdue = self.stats.ledger.overdue(cutoff)
         if not overdue:
             return
         channel = self._channel()
@@ -294,7 +294,7 @@ class Supervisor:
         present = queued_ticks(channel, tick_queues(conf.task_default_queue, conf.beat_schedule))
         present |= self.lanes.parked_ids()
         for tick in overdue:
-            if tick.tick_id not in present and self.stats.claim(tick, cutoff, now):
+            if tick.tick_id not in present and self.stats.ledger.claim(tick, cutoff, now):
                 self._resend(tick)
 
     def _resend(self, tick: SentTick) -> None:
@@ -306,7 +306,7 @@ class Supervisor:
                 tick.tick_id,
                 tick.entry,
             )
-            self.stats.forget_sent(tick)
+            self.stats.ledger.forget(tick)
             return
         kwargs = tick_kwargs(
             entry.get("kwargs"),

@@ -159,9 +159,9 @@ def test_beats_taking_the_lock_from_the_same_state_count_each_skipped_tick_once(
     grid = every(settings.publish_interval)
     last = grid.latest(0, time.time() - 10)
     assert last is not None
-    stats.sent("none", last, 1, 1, now=last)
+    stats.ledger.record("none", last, 1, 1, now=last)
     recent = grid.following(time.time() - 2)
-    stats.sent("all", recent, 2, 1, now=recent)
+    stats.ledger.record("all", recent, 2, 1, now=recent)
     stats.tick_number("all", grid.following(recent))
     # When two beats take the lock one after the other from that state
     beats = [Scheduler(app=app, schedule_filename=str(tmp_path / f"beat-{i}")) for i in (1, 2)]

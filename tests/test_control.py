@@ -67,7 +67,7 @@ def test_triggers_wait_in_order_each_with_a_time_of_its_own(stats: Stats) -> Non
     assert control.state([]).waiting == 3
     assert control.state([]).triggered == {"fast": 5.002}
     # A request beat sent is removed in the same round trip that records it sent
-    stats.sent("fast", asked[0].at, 7, 1, now=6.0, trigger=asked[0].member)
+    stats.ledger.record("fast", asked[0].at, 7, 1, now=6.0, trigger=asked[0].member)
     assert control.triggers() == asked[1:]
     assert stats.client.get(stats.keys.beat_last("fast")) is None  # not a grid tick
     control.drop(asked[1].member)

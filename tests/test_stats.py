@@ -171,14 +171,14 @@ def test_numbers_no_replica_acknowledged_are_held_then_given_the_same(
             waiting.tick_number("e", 1.0)
         assert stats.snapshot().last_message_number == 1
         # A sent record not acknowledged says so, and is kept again (not doubled)
-        assert waiting.sent("e", 1.0, 1, 1, 5.0) is False
+        assert waiting.ledger.record("e", 1.0, 1, 1, 5.0) is False
         member = SentTick.member_of("e", 1.0, 1, 1, False)
-        assert waiting.keep_sent({member: 5.0}) is False
+        assert waiting.ledger.keep({member: 5.0}) is False
         # Past the grace the same number is given; the record is still to be written
         # again (no replica acknowledged it), and is there once, as sent
         now[0] += 20.0
         assert waiting.tick_number("e", 1.0) == 1
-        assert waiting.keep_sent({member: 5.0}) is False
+        assert waiting.ledger.keep({member: 5.0}) is False
         assert stats.client.zrange(stats.keys.beat_sent, 0, -1, withscores=True) == [(member, 5.0)]
     finally:
         waiting.close()
@@ -295,7 +295,7 @@ def test_ticks_passed_over_for_the_window_are_counted_with_the_next_tick_once(
 
 def test_a_skip_is_a_compare_and_set_of_the_last_tick_counted_once(stats: Stats) -> None:
     # Given entry e's last tick sent at 100 s, as a beat taking the lock reads it
-    stats.sent("e", 100.0, 1, 1, now=100.1)
+    stats.ledger.record("e", 100.0, 1, 1, now=100.1)
     [seen] = stats.resume_points(["e"]).values()
     assert seen == ResumePoint(last="100.0")
     runs = [Run("window", 101.0, 115.0, 15), Run("catch_up", 116.0, 119.0, 4)]
@@ -323,7 +323,7 @@ def test_a_skip_is_a_compare_and_set_of_the_last_tick_counted_once(stats: Stats)
 def test_resume_points_read_the_last_tick_the_numbered_one_and_the_pause(stats: Stats) -> None:
     assert stats.resume_points(["e"]) == {"e": ResumePoint()}
     stats.tick_number("e", 1.5)
-    stats.sent("e", 1.0, 1, 1, now=1.1)
+    stats.ledger.record("e", 1.0, 1, 1, now=1.1)
     Control(stats).pause("e", now=2.0)
     Control(stats).pause("f", now=2.0)
     Control(stats).resume("f", now=3.0)
