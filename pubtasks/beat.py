@@ -65,7 +65,6 @@ from pubtasks.stopping import signals_held
 
 log = logging.getLogger(__name__)
 
-LOCK_TTL = timing.LOCK_TTL
 #: Sent ticks kept to record again until a replica acknowledges them (an hour at 0.04 s).
 UNKEPT_MAX = 100_000
 
@@ -143,10 +142,12 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
     def leading(self) -> bool:
         """Hold (or take) the beat lock; only its holder fires ticks."""
         now = time.monotonic()
-        if self._leading and now - self._renewed < LOCK_TTL / 5:
+        if self._leading and now - self._renewed < timing.LOCK_TTL / 5:
             return True
         if self._lock is None:
-            self._lock = BeatLock(self.stats, self.stats.keys.beat_lock, LOCK_TTL, owner_id())
+            self._lock = BeatLock(
+                self.stats, self.stats.keys.beat_lock, timing.LOCK_TTL, owner_id()
+            )
         try:
             if self._leading:
                 self._leading = self._lock.renew()
@@ -162,7 +163,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                     return False
                 self._leading = True
         except StatsUnavailable as exc:
-            if self._leading and now - self._renewed > LOCK_TTL:
+            if self._leading and now - self._renewed > timing.LOCK_TTL:
                 log.warning("beat: cannot renew the beat lock (%s); standing by", exc)
                 self._leading = False
             return self._leading
@@ -232,7 +233,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
     def _take_triggers(self) -> None:
         """Queue one extra tick for each request made by ``pubtasks schedule trigger``."""
         now = time.monotonic()
-        if now - self._polled < POLL or now - self._renewed > LOCK_TTL / 5 + POLL:
+        if now - self._polled < POLL or now - self._renewed > timing.LOCK_TTL / 5 + POLL:
             return  # read lately, or Redis is failing (the lock's renewal is overdue)
         self._polled = now
         try:

@@ -8,7 +8,7 @@ exporter read the rest). Each entry is judged by its own schedule:
   after its last renewal; a beat stopped cleanly releases it), nothing is published:
   every entry is unhealthy, whatever its schedule, about 10 s after the last one died.
 - **Then each entry.** It is healthy until a tick that fell due after its last
-  confirm has gone unconfirmed for ``GRACE`` seconds. Ticks before the start are not
+  confirm has gone unconfirmed for ``timing.HEALTH_GRACE`` seconds. Ticks before the start are not
   asked for: the start is when the beat now firing took the beat lock (``beat:since``:
   a worker's start, or a takeover, after which the entry's ``catch_up`` decides what
   is fired of the past), or the entry's resume, if later. So a fresh start is healthy
@@ -38,17 +38,7 @@ from pubtasks.entries import publish_entries
 from pubtasks.records import Counts
 from pubtasks.schedule import every
 from pubtasks.stats import Stats
-from pubtasks.supervision import WORKER_TTL
 from pubtasks.times import stamp
-
-#: Seconds a tick may take from its time on the schedule to its confirm before its
-#: entry is unhealthy (``timing.HEALTH_GRACE``). A tick later than that is worth a look.
-GRACE = timing.HEALTH_GRACE
-#: Seconds a confirm may seem to precede its tick by (the confirm is stamped by the
-#: worker's clock, the tick by beat's): a confirm counts for the ticks up to this long
-#: after it. So an entry faster than this is asked for its first tick more than SKEW
-#: after its last confirm: a miss is seen at most SKEW later.
-SKEW = timing.HEALTH_SKEW
 
 #: The first tick of a schedule strictly after a moment (seconds since the epoch).
 Following = Callable[[float], float]
@@ -121,7 +111,7 @@ class Fleet:
     @property
     def problem(self) -> str | None:
         if not self.workers:
-            return f"no worker is alive (no worker heartbeat in the last {WORKER_TTL:g} s)"
+            return f"no worker is alive (no worker heartbeat in the last {timing.WORKER_TTL:g} s)"
         if self.beat is None:
             return "no beat holds the beat lock: no tick is fired"
         return None
@@ -143,7 +133,7 @@ def judge(
     *,
     paused: float | None = None,
     resumed: float | None = None,
-    grace: float = GRACE,
+    grace: float = timing.HEALTH_GRACE,
 ) -> Verdict:
     """One entry's verdict at ``now``: see the module's docstring."""
     if fleet.problem is not None:  # paused or not: nothing publishes, nothing resumes
@@ -153,7 +143,11 @@ def judge(
     confirmed = counts.last_confirmed_at if counts else None
     starts = [t for t in (fleet.since, resumed) if t is not None]
     start = max(starts) if starts else None
-    since = [t for t in (start, None if confirmed is None else confirmed + SKEW) if t is not None]
+    since = [
+        t
+        for t in (start, None if confirmed is None else confirmed + timing.HEALTH_SKEW)
+        if t is not None
+    ]
     if not since:  # a beat that records no start (an older pubtasks) and no confirm yet
         return Verdict(name, False, f"{name}: no confirmed publish yet")
     if following is None:
@@ -188,7 +182,7 @@ def verdicts(
     *,
     paused: Mapping[str, float] | None = None,
     resumed: Mapping[str, float] | None = None,
-    grace: float = GRACE,
+    grace: float = timing.HEALTH_GRACE,
 ) -> list[Verdict]:
     """Judge each expected entry (``schedules``) at ``now``; ``paused`` and ``resumed``
     say since when an entry is paused, or when it was last resumed."""

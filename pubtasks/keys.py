@@ -70,7 +70,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pubtasks import timing
 from pubtasks.schedule import REASONS
 
 COUNTERS = ("published", "acked", "nacked", "returned", "unconfirmed", "failed")
@@ -86,8 +85,6 @@ LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
 )  # fmt: skip
 #: How long marks and records are kept (``timing``).
-FAILED_TTL, DONE_TTL = timing.FAILED_TTL, timing.DONE_TTL
-NUMBERS_KEPT_FOR = timing.NUMBERS_KEPT_FOR
 
 
 @dataclass(frozen=True)

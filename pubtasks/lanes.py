@@ -12,7 +12,7 @@ process, not all of them.
 When the lane's holder ends (confirmed, failed or given up), it releases the lane
 and wakes parked ticks, which are sent to Celery again: all of them when it was
 confirmed after a retry (the entry is well again), the oldest one otherwise (it
-holds the lane next). The lane expires (``LANE_TTL`` after its holder's countdown),
+holds the lane next). The lane expires (``timing.LANE_TTL`` after its holder's countdown),
 and every worker's supervisor wakes the oldest parked tick of a lane that nobody
 holds (``wake_orphans``), so a holder that died does not strand the others. Each
 woken tick is checked against its deadline as any other: one that waited past
@@ -35,7 +35,6 @@ from pubtasks.stats import Stats
 
 log = logging.getLogger(__name__)
 
-LANE_TTL = timing.LANE_TTL
 
 # KEYS: lane, parked, lanes.  ARGV: tick id, ttl ms, member, scheduled time, entry.
 # The holder (or a tick that finds the lane free) holds it for ttl; anyone else parks.
@@ -102,10 +101,10 @@ class Lanes:
         self._release = stats.client.register_script(_RELEASE)
 
     def hold(self, entry: str, tick: Parked, scheduled_at: float, countdown: float) -> bool:
-        """Take (or keep) ``entry``'s lane for ``tick`` until its countdown and LANE_TTL
+        """Take (or keep) ``entry``'s lane for ``tick`` until its countdown and timing.LANE_TTL
         have passed: True. False: another tick holds it, and ``tick`` is parked."""
         k = self.stats.keys
-        ttl = int((countdown + LANE_TTL) * 1000)
+        ttl = int((countdown + timing.LANE_TTL) * 1000)
         keys = [k.lane(entry), k.parked(entry), k.lanes]
         args: list[Any] = [tick.tick_id, ttl, tick.member, scheduled_at, entry]
         return bool(self.stats.run(self._hold, keys, args))
@@ -123,7 +122,7 @@ class Lanes:
     def _wake(self, entry: str, tick_id: str, count: int) -> list[Parked]:
         k = self.stats.keys
         keys = [k.lane(entry), k.parked(entry), k.lanes]
-        args: list[Any] = [tick_id, count, int(LANE_TTL * 1000), entry]
+        args: list[Any] = [tick_id, count, int(timing.LANE_TTL * 1000), entry]
         woken = self.stats.run(self._release, keys, args)
         return [Parked.parse(str(m)) for m in woken]
 

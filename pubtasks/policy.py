@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn, Protocol
 
-from pubtasks import message
+from pubtasks import message, timing
 from pubtasks.confirms import Delivery, Outcome, Settled
 from pubtasks.errors import (
     AccessRefused,
@@ -49,14 +49,7 @@ from pubtasks.errors import (
     Unreachable,
 )
 from pubtasks.settings import Settings
-from pubtasks.tries import (
-    CONNECT_BUDGET,
-    UNREACHABLE_DELAY,
-    Later,
-    Tries,
-    nack_backoff,
-    return_backoff,
-)
+from pubtasks.tries import Later, Tries, nack_backoff, return_backoff
 
 log = logging.getLogger(__name__)
 
@@ -290,20 +283,20 @@ class TickPolicy:
     def _connect(
         self, tick: message.Tick, todo: list[message.Outgoing], tries: Tries, deadline: float
     ) -> str | None:
-        """Make sure the stream can publish, spending at most CONNECT_BUDGET on it; the
+        """Make sure the stream can publish, spending at most timing.CONNECT_BUDGET on it; the
         reason when the connection went as the channel opened (an attempt lost).
 
         Unreachable: the tick is given back to wait (``Later``), or fails once waiting
         would take it past TICK_DEADLINE. A refused login or declaration fails it.
         """
         try:
-            self.stream.ensure(timeout=min(deadline - self.clock(), CONNECT_BUDGET))
+            self.stream.ensure(timeout=min(deadline - self.clock(), timing.CONNECT_BUDGET))
         except Unreachable as exc:
-            if self.clock() + UNREACHABLE_DELAY > deadline:
+            if self.clock() + timing.UNREACHABLE_DELAY > deadline:
                 late = f"TICK_DEADLINE={self.limits.tick_deadline:g} s passed"
                 self._fail(tick, todo, f"{late}: {exc}", exc)
             raise Later(
-                UNREACHABLE_DELAY, tries.at(tries.attempt, tries.bounces, str(exc))
+                timing.UNREACHABLE_DELAY, tries.at(tries.attempt, tries.bounces, str(exc))
             ) from None
         except (AccessRefused, TopologyError) as exc:
             self._fail(tick, todo, str(exc), exc, type(exc))

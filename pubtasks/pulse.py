@@ -37,7 +37,6 @@ from pubtasks import timing
 #: calls in a row do not add up. Short enough that with the supervisor's look every
 #: second, a hang is handled within 30 s: seen 20 to 22 s after the last stamp, the
 #: beat killed at once, and the worker's warm stop begun.
-HUNG_AFTER = timing.HUNG_AFTER
 
 
 class Pulse:
@@ -74,6 +73,6 @@ def stamp() -> None:
         p.stamp()
 
 
-def hung(silence: float, after: float = HUNG_AFTER) -> bool:
+def hung(silence: float, after: float = timing.HUNG_AFTER) -> bool:
     """Is a beat silent for ``silence`` seconds hung? Pure: the supervisor's decision."""
     return silence > after

@@ -15,17 +15,11 @@ from typing import Any
 
 import redis
 
-from pubtasks import defaults, lua
+from pubtasks import defaults, lua, timing
 from pubtasks.confirms import Delivery, Settled
 from pubtasks.counters import outcome_of
 from pubtasks.ids import entry_of, message_id
-from pubtasks.keys import (
-    DONE_TTL,
-    FAILED_TTL,
-    NUMBERS_KEPT_FOR,
-    SKIPS_KEPT,
-    Keys,
-)
+from pubtasks.keys import SKIPS_KEPT, Keys
 from pubtasks.records import Counts, Latency, ResumePoint, Skip, Snapshot
 from pubtasks.schedule import Run
 from pubtasks.sent import SentLedger
@@ -114,7 +108,7 @@ class Stats(Store):
         keys += [k.entry(entry), k.entries, k.skips(entry), k.beat_numbered(entry)]
         paused = Skip("paused", scheduled_at, scheduled_at, 1, now)
         args: list[Any] = [tick_id, count, entry, scheduled_at, 0 if manual else 1, int(late)]
-        args += [SKIPS_KEPT, paused.record(), floor, min(keep, NUMBERS_KEPT_FOR)]
+        args += [SKIPS_KEPT, paused.record(), floor, min(keep, timing.NUMBERS_KEPT_FOR)]
         if window is not None and window.count > 0 and not manual:
             args += [window.count, window.first, window.last, Skip.of(window, now).record()]
         with redis_errors(self._url):
@@ -197,7 +191,7 @@ class Stats(Store):
             pairs += (x.delivery.key, outcome)
         if not pairs:
             return 0
-        args = [now, k.entry(""), number, k.done(""), DONE_TTL, k.latency(""), *pairs]
+        args = [now, k.entry(""), number, k.done(""), timing.DONE_TTL, k.latency(""), *pairs]
         with redis_errors(self._url):
             return int(self._write(self._settle, [k.totals, k.pending], args))
 
@@ -211,7 +205,15 @@ class Stats(Store):
             return 0
         k = self.keys
         keys = [k.failed(m) for m, _ in messages] + [k.totals, k.last_error, k.entries]
-        args: list[Any] = [FAILED_TTL, now, entry, k.entry(""), reason, k.done(""), DONE_TTL]
+        args: list[Any] = [
+            timing.FAILED_TTL,
+            now,
+            entry,
+            k.entry(""),
+            reason,
+            k.done(""),
+            timing.DONE_TTL,
+        ]
         for failed_id, number in messages:
             args += (failed_id, number)
         with redis_errors(self._url):

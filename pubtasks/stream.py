@@ -17,7 +17,7 @@ Everything else talks to RabbitMQ through ``ConfirmStream``, whose API is small:
   unconfirmed when the channel or connection went away first.
 - ``in_flight``, ``oldest()``, ``blocked``: the window, and RabbitMQ's flow control.
 - ``renew()``: after a nack, the next publish goes on a new channel (at most one new
-  channel every ``RENEW_EVERY`` seconds).
+  channel every ``timing.RENEW_EVERY`` seconds).
 - ``abandon()``, ``close()``.
 
 ``publish`` and ``wait`` raise ``ChannelLost`` when the channel or the
@@ -59,8 +59,6 @@ from pubtasks.topology import Topology
 from pubtasks.urls import mask_url
 
 log = logging.getLogger(__name__)
-
-RENEW_EVERY = timing.RENEW_EVERY  # a channel's least life before a nack renews it
 
 
 def describe(exc: BaseException) -> str:
@@ -251,7 +249,7 @@ class ConfirmStream:
 
     def renew(self) -> None:
         """RabbitMQ nacked publishes on this channel: publish the next ones on a new one,
-        unless the channel is less than ``RENEW_EVERY`` seconds old.
+        unless the channel is less than ``timing.RENEW_EVERY`` seconds old.
 
         A quorum queue's state is kept per channel (the queue's leader among others): a
         channel opened while the queue elected a new leader was seen nacked on every
@@ -262,7 +260,7 @@ class ConfirmStream:
         publishes on the old channel are unconfirmed.
         """
         now = time.monotonic()
-        if now - self._opened < RENEW_EVERY:
+        if now - self._opened < timing.RENEW_EVERY:
             return
         self._drop_channel()
 

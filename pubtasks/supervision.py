@@ -16,30 +16,32 @@ for beat alone (no Redis call can delay it) and one for the rest. Every second t
   is down, another ``-B`` worker's beat takes the beat lock within 10 s.
   A beat that stays alive but stops ticking (SIGSTOP, a stuck call) is handled the
   same way once its heartbeat (``pulse``, in memory shared with the beat process)
-  has been silent for ``pulse.HUNG_AFTER`` seconds: the worker kills it (SIGKILL),
+  has been silent for ``timing.HUNG_AFTER`` seconds: the worker kills it (SIGKILL),
   logs one line and stops with exit status 3.
 - **says what it holds** (a heartbeat): the delivery tags of the tasks this worker
-  has reserved, in ``worker:<id>``, which expires ``WORKER_TTL`` seconds after the
-  last heartbeat (the key layout is in ``keys``).
-- **counts abandoned publishes**, every ``SWEEP`` seconds: a publish left pending by
-  a process that died mid-publish is counted unconfirmed (``Stats.reap``) even when
-  no tick follows to do it, so that a quiet system's counters add up.
-- **gives back orphans**, every ``SWEEP`` seconds, when Celery's transport is Redis:
-  a delivery in the transport's ``unacked`` hash that no live worker has held for
-  ``GRACE`` seconds belonged to a worker that died whole (SIGKILL, a lost host), or
-  whose ack was lost with its connection. Kombu would give it back only after the
-  visibility timeout (an hour); this gives it back within about ``WORKER_TTL +
-  GRACE + SWEEP`` seconds of the death. A tick given back that had been confirmed
-  is recognised (``stats`` marks each counted message done) and acked without
-  publishing or counting anything.
+  has reserved, in ``worker:<id>``, which expires ``timing.WORKER_TTL`` seconds
+  after the last heartbeat (the key layout is in ``keys``).
+- **counts abandoned publishes**, every ``timing.SWEEP`` seconds: a publish left
+  pending by a process that died mid-publish is counted unconfirmed
+  (``Stats.reap``) even when no tick follows to do it, so that a quiet system's
+  counters add up.
+- **gives back orphans**, every ``timing.SWEEP`` seconds, when Celery's transport
+  is Redis: a delivery in the transport's ``unacked`` hash that no live worker has
+  held for ``timing.GIVE_BACK_GRACE`` seconds belonged to a worker that died whole
+  (SIGKILL, a lost host), or whose ack was lost with its connection. Kombu would
+  give it back only after the visibility timeout (an hour); this gives it back
+  within about ``timing.WORKER_TTL + timing.GIVE_BACK_GRACE + timing.SWEEP``
+  seconds of the death. A tick given back that had been confirmed is recognised
+  (``stats`` marks each counted message done) and acked without publishing or
+  counting anything.
 
-- **wakes parked ticks whose lane nobody holds**, every ``SWEEP`` seconds: a tick
+- **wakes parked ticks whose lane nobody holds**, every ``timing.SWEEP`` seconds: a tick
   that waits for its entry's lane (``lanes``) is parked in Redis, and the lane's
   holder wakes it when it ends; if the holder died, or its lane expired, the
   oldest parked tick is sent again here, and holds the lane.
 
-- **sends lost ticks again**, every ``RECONCILE`` seconds. Beat records each tick it
-  sends (``beat:sent``); a tick that, ``RESEND_AFTER`` seconds later, is neither
+- **sends lost ticks again**, every ``timing.RECONCILE`` seconds. Beat records each tick it
+  sends (``beat:sent``); a tick that, ``timing.RESEND_AFTER`` seconds later, is neither
   done (``stats`` marks each counted message) nor in Celery's queue nor reserved
   was lost in Redis, and is sent again, with its number (a parked tick is not lost).
   The Redis transport pops a task (BRPOP) before it records it as reserved: a worker
@@ -92,8 +94,6 @@ log = logging.getLogger("pubtasks")
 #: The worker's exit status when its embedded beat has died.
 EXIT_BEAT_DIED = 3
 # The supervisor's durations (``timing``, where their invariants are).
-HEARTBEAT, WORKER_TTL, SWEEP = timing.HEARTBEAT, timing.WORKER_TTL, timing.SWEEP
-GRACE, RESEND_AFTER, RECONCILE = timing.GIVE_BACK_GRACE, timing.RESEND_AFTER, timing.RECONCILE
 
 
 def tick_queues(default: str, beat_schedule: Any) -> set[str]:
@@ -117,7 +117,7 @@ class Supervisor:
         self.stats = Stats.of(settings, retries=0)
         self.abandoned_after = abandoned_after(settings.confirm_timeout)
         self.id = owner_id()
-        self.orphans = Orphans(GRACE)
+        self.orphans = Orphans(timing.GIVE_BACK_GRACE)
         self.lanes = Lanes(self.stats)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pubtasks-supervisor", daemon=True)
@@ -150,10 +150,10 @@ class Supervisor:
 
     def _run(self) -> None:
         while True:
-            time.sleep(HEARTBEAT)
+            time.sleep(timing.HEARTBEAT)
             try:
-                self.stats.heartbeat(self.id, held_tags(), WORKER_TTL)
-                if time.monotonic() - self._last_sweep >= SWEEP:
+                self.stats.heartbeat(self.id, held_tags(), timing.WORKER_TTL)
+                if time.monotonic() - self._last_sweep >= timing.SWEEP:
                     self._last_sweep = time.monotonic()
                     if reaped := self.stats.reap(self.abandoned_after, time.time()):
                         log.warning(
@@ -163,7 +163,7 @@ class Supervisor:
                         )
                     self.sweep()
                     self.wake_parked()
-                if time.monotonic() - self._last_reconcile >= RECONCILE:
+                if time.monotonic() - self._last_reconcile >= timing.RECONCILE:
                     self._last_reconcile = time.monotonic()
                     self.reconcile()
             except Exception as exc:  # Redis down, say: try again at the next look
@@ -181,7 +181,7 @@ class Supervisor:
 
     def _watch_beat(self) -> None:
         while not self._beat_gone:
-            time.sleep(HEARTBEAT)
+            time.sleep(timing.HEARTBEAT)
             self.check_beat()
 
     def check_beat(self) -> None:
@@ -224,7 +224,7 @@ class Supervisor:
             "exit status %d so that its supervisor starts it again",
             pid or "-",
             silence,
-            pulse.HUNG_AFTER,
+            timing.HUNG_AFTER,
             EXIT_BEAT_DIED,
         )
         if isinstance(pid, int) and pid != os.getpid():  # not the threaded beat (no process)
@@ -280,10 +280,10 @@ class Supervisor:
     # -- ticks lost in Redis ------------------------------------------------------------------
 
     def reconcile(self) -> None:
-        """Send again each tick beat sent that is, ``RESEND_AFTER`` seconds later, neither
+        """Send again each tick beat sent that is, ``timing.RESEND_AFTER`` seconds later, neither
         done nor in Celery's queue nor reserved: its task message was lost in Redis."""
         now = time.time()
-        cutoff = now - RESEND_AFTER
+        cutoff = now - timing.RESEND_AFTER
         overdue = self.stats.ledger.overdue(cutoff)
         if not overdue:
             return
@@ -322,7 +322,7 @@ class Supervisor:
             "neither done, queued nor reserved (its task message was lost in Redis)",
             tick.tick_id,
             tick.number,
-            RESEND_AFTER,
+            timing.RESEND_AFTER,
         )
 
     def _channel(self) -> Any:

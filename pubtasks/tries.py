@@ -68,9 +68,6 @@ class Later(Exception):
         self.tries = tries
 
 
-CONNECT_BUDGET, UNREACHABLE_DELAY = timing.CONNECT_BUDGET, timing.UNREACHABLE_DELAY
-
-
 def nack_backoff(attempt: int) -> float:
     """Seconds to wait before attempt ``attempt + 1`` after a nack: 0.5, 1, 2, then 4.
 

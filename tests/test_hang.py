@@ -13,8 +13,8 @@ import time
 
 import pytest
 
+from pubtasks import timing
 from pubtasks.bench.waiting import wait_for
-from pubtasks.pulse import HUNG_AFTER
 from pubtasks.stats import Stats
 from pubtasks.supervision import EXIT_BEAT_DIED
 from tests.helpers import Worker, beat_pid, caught_up, check, clock_of, finish, tally
@@ -40,7 +40,9 @@ def test_a_stopped_beat_is_killed_its_worker_exits_3_and_a_restart_goes_on(
         # the time it took is recorded)
         assert worker.proc is not None
         proc = worker.proc
-        wait_for(lambda: proc.poll() is not None, HUNG_AFTER + 40, "the worker to exit", 0.05)
+        wait_for(
+            lambda: proc.poll() is not None, timing.HUNG_AFTER + 40, "the worker to exit", 0.05
+        )
         exited = time.time() - stopped_at
     finally:
         with contextlib.suppress(ProcessLookupError):  # whatever happened, no stopped beat
@@ -60,7 +62,7 @@ def test_a_stopped_beat_is_killed_its_worker_exits_3_and_a_restart_goes_on(
         "beat process stopped (SIGSTOP), one worker: it is killed, the worker exits 3 "
         "and is restarted",
         amqp_url, stats, clock_of(worker), recovery,
-        f"the worker exited 3 {exited:.1f} s after the stop (hung after {HUNG_AFTER:g} s "
+        f"the worker exited 3 {exited:.1f} s after the stop (hung after {timing.HUNG_AFTER:g} s "
         "of silence)", queued, interval=INTERVAL,
     )  # fmt: skip
     check(row)

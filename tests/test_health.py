@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from celery.schedules import crontab
 
-from pubtasks.health import GRACE, Fleet, check, intervals, schedules, verdicts
+from pubtasks import timing
+from pubtasks.health import Fleet, check, intervals, schedules, verdicts
 from pubtasks.records import Counts
 from pubtasks.schedule import every
 
@@ -114,7 +115,7 @@ def test_an_hourly_entry_just_started_is_healthy_until_its_first_tick_is_due() -
     assert healthy and reason == "e: started 3510.0 s ago; next tick due in 60.0 s"
     healthy, reason = judged(hourly, t("2026-12-02T13:00:05"), fleet=fleet)
     assert healthy and reason.endswith("next tick due 5.0 s ago, within the grace")
-    assert not judged(hourly, t("2026-12-02T13:00:00") + GRACE, fleet=fleet)[0]
+    assert not judged(hourly, t("2026-12-02T13:00:00") + timing.HEALTH_GRACE, fleet=fleet)[0]
     # An old confirm from before the start does not change that
     old = t("2026-12-01T09:00:00")
     assert judged(hourly, t("2026-12-02T12:59:00"), old, fleet=fleet)[0]
@@ -138,9 +139,13 @@ def test_a_missed_tick_is_unhealthy_once_past_the_grace(
 
 def test_an_interval_schedule_of_celery_needs_a_confirm_every_interval_plus_the_grace() -> None:
     fleet = Fleet(1, "b", since=0.0)
-    assert judged(timedelta(seconds=30), 100.0 + 1 + 30 + GRACE - 0.1, 100.0, fleet=fleet)[0]
-    assert not judged(timedelta(seconds=30), 100.0 + 1 + 30 + GRACE, 100.0, fleet=fleet)[0]
-    assert not judged(7, 100.0 + 1 + 7 + GRACE, 100.0, fleet=fleet)[0]
+    assert judged(
+        timedelta(seconds=30), 100.0 + 1 + 30 + timing.HEALTH_GRACE - 0.1, 100.0, fleet=fleet
+    )[0]
+    assert not judged(
+        timedelta(seconds=30), 100.0 + 1 + 30 + timing.HEALTH_GRACE, 100.0, fleet=fleet
+    )[0]
+    assert not judged(7, 100.0 + 1 + 7 + timing.HEALTH_GRACE, 100.0, fleet=fleet)[0]
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pubtasks.lanes import LANE_TTL, Lanes, Parked
+from pubtasks import timing
+from pubtasks.lanes import Lanes, Parked
 from pubtasks.stats import Stats
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,7 @@ def test_one_tick_holds_the_lane_and_the_others_park_in_order(stats: Stats) -> N
     assert lanes.parked("e") == 2 and lanes.entries() == {"e"}
     assert lanes.parked_ids() == {"e@2000", "e@3000"}
     ttl = stats.client.pttl(stats.keys.lane("e"))
-    assert (LANE_TTL + 0.5) * 1000 < ttl <= (LANE_TTL + 1.0) * 1000
+    assert (timing.LANE_TTL + 0.5) * 1000 < ttl <= (timing.LANE_TTL + 1.0) * 1000
 
 
 def test_a_holder_that_fails_hands_the_lane_to_the_oldest_parked_tick(stats: Stats) -> None:

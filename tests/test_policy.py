@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pubtasks import message
+from pubtasks import message, timing
 from pubtasks.confirms import Delivery, Outcome, Settled, Tracker
 from pubtasks.errors import (
     AccessRefused,
@@ -20,7 +20,7 @@ from pubtasks.errors import (
 )
 from pubtasks.message import Outgoing, Tick
 from pubtasks.policy import Limits, Result, TickPolicy
-from pubtasks.tries import UNREACHABLE_DELAY, Later, Tries, nack_backoff, return_backoff
+from pubtasks.tries import Later, Tries, nack_backoff, return_backoff
 
 T0 = 1_795_000_000.0
 LIMITS = Limits(attempts=3, confirm_timeout=5.0, confirm_window=4, tick_deadline=600.0)
@@ -310,7 +310,7 @@ def test_an_unreachable_rabbitmq_gives_the_tick_back_to_wait_without_using_an_at
     stream.ensure_errors = [Unreachable("RabbitMQ is unreachable")] * 3
     result = p.publish(tick())
     assert (result.outcome, result.attempts, p.given_back) == ("acked", 1, 3)
-    assert stream.clock.slept == [UNREACHABLE_DELAY] * 3
+    assert stream.clock.slept == [timing.UNREACHABLE_DELAY] * 3
     assert listener.failures == []
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pubtasks import pulse
+from pubtasks import pulse, timing
 from pubtasks.celery import App
-from pubtasks.pulse import HUNG_AFTER, Pulse, hung
+from pubtasks.pulse import Pulse, hung
 from pubtasks.schedule import every
 from pubtasks.settings import Settings
 from tests.test_beat import Recording
@@ -15,8 +15,8 @@ from tests.test_beat import Recording
 
 def test_a_beat_is_hung_only_once_silent_for_longer_than_the_threshold() -> None:
     assert not hung(0.0)
-    assert not hung(HUNG_AFTER)
-    assert hung(HUNG_AFTER + 0.1)
+    assert not hung(timing.HUNG_AFTER)
+    assert hung(timing.HUNG_AFTER + 0.1)
     assert hung(5.1, after=5.0) and not hung(4.9, after=5.0)
 
 
