@@ -16,7 +16,7 @@ overrides ``connect_check_health()`` and reads ``_sock`` (connected or not), as
 redis-py's own ``SentinelManagedConnection`` does; the public alternative, a retry
 loop of our own around every Redis call, would duplicate redis-py's retry.
 
-And ``close_client`` and ``agreed_master`` read the pool's ``sentinel_manager`` and
+And ``close_client`` and ``agreement`` read the pool's ``sentinel_manager`` and
 ``service_name``: the first to close the Sentinels' own connections, which the master
 client's ``close()`` leaves open, the second to ask them about the master (redis-py
 has no public way to reach the Sentinels from the client; without it, each closed
@@ -30,6 +30,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
 
@@ -72,7 +74,13 @@ def master_client(url: str, master_name: str, options: dict[str, Any]) -> redis.
     where = sentinels(url)
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         where.hosts,
-        sentinel_kwargs={"socket_connect_timeout": 1, "socket_timeout": 1},
+        # One try each: a Sentinel that does not answer is skipped for the next (the
+        # master's address, ``agreement``), not retried for seconds.
+        sentinel_kwargs={
+            "socket_connect_timeout": 1,
+            "socket_timeout": 1,
+            "retry": Retry(NoBackoff(), 0),
+        },
     )
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         master_name,
@@ -85,28 +93,52 @@ def master_client(url: str, master_name: str, options: dict[str, Any]) -> redis.
     return client
 
 
-def agreed_master(client: redis.Redis) -> str | None:
-    """The run id of the master that most of ``client``'s Sentinels name, each seeing it
-    up, reporting itself master and no failover underway; None when they do not agree
-    (or ``client`` is not named by Sentinels). A Sentinel that does not answer counts
-    against: most means more than half of all of them, as a failover needs."""
+@dataclass(frozen=True)
+class Agreement:
+    """What most of the Sentinels say of the master (``agreement``)."""
+
+    run_id: str | None  # the master most of them name (None: no majority answers alike)
+    settled: bool  # ...up, calling itself master, no failover underway, no replica up
+
+
+def _flags(found: Any) -> set[str]:
+    flags = found.get("flags", "")
+    return set(flags.split(",")) if isinstance(flags, str) else {str(f) for f in flags}
+
+
+def agreement(client: redis.Redis) -> Agreement:
+    """Ask ``client``'s Sentinels about its master: the run id most of them name, and
+    whether it is settled: every Sentinel that answers names it, seen up and calling
+    itself master, with no failover underway and every replica they list for it down
+    (none that a failover could promote without the latest writes). Most means more
+    than half of all the Sentinels (those of the URL, or as many as they know of, if
+    more); one that does not answer counts against. Each Sentinel gets one try, within
+    its 1 s timeouts (``master_client``)."""
     manager = getattr(client.connection_pool, "sentinel_manager", None)
     name = getattr(client.connection_pool, "service_name", None)
     if manager is None or name is None:
-        return None
-    named: list[str] = []
+        return Agreement(None, False)
+    named: list[tuple[str, bool]] = []
+    total = len(manager.sentinels)
     for sentinel in manager.sentinels:
         try:
             master: Any = sentinel.sentinel_master(name)
+            run_id = str(master.get("runid") or "")
+            plain = _flags(master) == {"master"} and master.get("role-reported") == "master"
+            if plain:
+                replicas: Any = sentinel.sentinel_slaves(name)
+                plain = all(_flags(r) & {"s_down", "o_down"} for r in replicas)
         except redis.RedisError:
             continue
-        flags = set(str(master.get("flags", "")).split(","))
-        if flags == {"master"} and master.get("role-reported") == "master" and master.get("runid"):
-            named.append(str(master["runid"]))
-    for run_id in set(named):
-        if named.count(run_id) > len(manager.sentinels) // 2:
-            return run_id
-    return None
+        total = max(total, int(master.get("num-other-sentinels", 0)) + 1)
+        if run_id:
+            named.append((run_id, plain))
+    for run_id in {r for r, _ in named}:
+        if sum(r == run_id for r, _ in named) > total // 2:
+            # settled only if no Sentinel that answered says otherwise (a failover's
+            # leader is the one to see it underway, or a replica up, before the others)
+            return Agreement(run_id, all(r == run_id and plain for r, plain in named))
+    return Agreement(None, False)
 
 
 def close_client(client: redis.Redis) -> None:

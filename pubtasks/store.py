@@ -17,7 +17,7 @@ from redis.sentinel import MasterNotFoundError
 
 from pubtasks import defaults, timing
 from pubtasks.errors import NotReplicated, StatsUnavailable
-from pubtasks.sentinel import agreed_master, close_client, master_client
+from pubtasks.sentinel import Agreement, agreement, close_client, master_client
 from pubtasks.urls import is_sentinel, mask_url
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,18 @@ class Replication:
     A write that must not be lost (beat numbering a tick it is about to send) is
     refused (``holding``) while replicas are short, until one of these:
 
-    - the Sentinels settle (``agreed``): most of them name, as the master, the Redis
-      the write landed on (its run id), with no failover underway. A write then is lost
-      only if that master dies too before a replica has synced (a second failure);
-      writes on a Redis that a failover underway is about to demote, or on an old
-      master that came back and still calls itself master, are held;
+    - the Sentinels (``ask``) settle on the Redis the write landed on (its run id,
+      learned in the same round trip): most of them name it the master, up and
+      calling itself master, with no failover underway and every replica they list
+      for it down. No replica is then there to be promoted without the write; it is
+      lost only if that master dies and a replica that was down comes back and is
+      promoted before it syncs (a second failure). Writes on a Redis that a failover
+      underway is about to demote, on an old master that came back and still calls
+      itself master, or beside a replica that is up but not acknowledging, are held;
     - ``grace`` (``REPLICA_GRACE``) passes since replicas were first short: without
-      Sentinels to ask (replicas of a plain Redis), a replica gone for good.
+      Sentinels to ask (replicas of a plain Redis), a replica gone for good. Not when
+      the Sentinels name another Redis the master: that write is always held, and the
+      store connects again (``elsewhere``).
     """
 
     RECHECK = timing.REPLICA_RECHECK
@@ -95,16 +100,16 @@ class Replication:
         wanted: int,
         clock: Callable[[], float] = time.monotonic,
         grace: float = timing.REPLICA_GRACE,
-        agreed: Callable[[], str | None] | None = None,
+        ask: Callable[[], Agreement] | None = None,
     ) -> None:
         self.wanted = wanted
         self.clock = clock
         self.grace = grace
-        self.agreed = agreed
+        self.ask = ask
         self.short_until = 0.0
         self.short_since: float | None = None  # when replicas were first short (None: they answer)
         self.landed_on: str | None = None  # the run id the last durable write landed on
-        self._asked: tuple[float, str | None] | None = None
+        self._asked: tuple[float, Agreement] | None = None
         self._settled_said = False
 
     def replicas(self, durable: bool = False) -> int:
@@ -117,34 +122,41 @@ class Replication:
         return self.wanted
 
     def asks_run_id(self, durable: bool) -> bool:
-        """Whether a ``durable`` write should learn the run id of the Redis it lands on:
-        while replicas are short, with Sentinels to compare it against."""
-        return durable and self.agreed is not None and self.short_since is not None
+        """Whether a ``durable`` write learns the run id of the Redis it lands on (to
+        compare with the Sentinels', should no replica acknowledge it)."""
+        return durable and self.ask is not None and self.wanted > 0
 
     def holding(self) -> bool:
         """Whether a durable write that replicas did not acknowledge, landed where the
         last one did (``landed_on``), is refused now."""
         if self.short_since is None:
             return True
-        if self.clock() - self.short_since >= self.grace:
-            return False
-        if self.landed_on is None or self.landed_on != self._agreed_master():
+        view = self._agreement()
+        if self.elsewhere():
             return True
-        if not self._settled_said:
-            self._settled_said = True
-            log.warning(
-                "Redis: the Sentinels agree on the master (run id %s) with no failover "
-                "underway; numbering goes on though no replica acknowledges it yet",
-                self.landed_on,
-            )
-        return False
+        if view is not None and view.settled and view.run_id == self.landed_on:
+            if not self._settled_said:
+                self._settled_said = True
+                log.warning(
+                    "Redis: the Sentinels agree that the master (run id %s) has no replica "
+                    "up and no failover underway; numbering goes on without a replica",
+                    self.landed_on,
+                )
+            return False
+        return self.clock() - self.short_since < self.grace
 
-    def _agreed_master(self) -> str | None:
-        if self.agreed is None:
+    def elsewhere(self) -> bool:
+        """Whether most Sentinels name as the master a Redis other than the one the last
+        durable write landed on (a connection kept to a demoted or cut-off master)."""
+        view = self._agreement()
+        return bool(view and view.run_id and self.landed_on and view.run_id != self.landed_on)
+
+    def _agreement(self) -> Agreement | None:
+        if self.ask is None:
             return None
-        now = self.clock()
-        if self._asked is None or now - self._asked[0] >= self.ASK_EVERY:
-            self._asked = (now, self.agreed())
+        if self._asked is None or self.clock() - self._asked[0] >= self.ASK_EVERY:
+            view = self.ask()
+            self._asked = (self.clock(), view)  # stamped once answered: asking takes time
         return self._asked[1]
 
     def acknowledged(self, count: int) -> None:
@@ -152,6 +164,7 @@ class Replication:
             if self.short_since is not None:
                 log.warning("Redis replication is back: %d replica(s) acknowledge writes", count)
             self.short_since = None
+            self._asked = None
             self._settled_said = False
             return
         self.short_until = self.clock() + self.RECHECK
@@ -173,8 +186,9 @@ class Store:
     def __init__(self, client: redis.Redis, url: str = "", wait_replicas: int = 0) -> None:
         self.client = client
         self._url = url
-        agreed = (lambda: agreed_master(client)) if is_sentinel(url) else None
-        self.replication = Replication(wait_replicas, agreed=agreed)
+        ask = (lambda: agreement(client)) if is_sentinel(url) else None
+        self.replication = Replication(wait_replicas, ask=ask)
+        self._info_refused = False
 
     def close(self) -> None:
         """Close the connections: to Redis, and to the Sentinels that named the master."""
@@ -190,10 +204,16 @@ class Store:
         queue = lambda pipe: script(keys=keys, args=args, client=pipe)  # noqa: E731
         replies, acked = self._replicated(queue, durable)
         if durable and not acked and r.holding():
+            if r.elsewhere():  # ask the Sentinels where the master is on the next try
+                self.client.connection_pool.disconnect()
+                raise NotReplicated(
+                    f"Redis at {mask_url(self._url)}: the write landed on a Redis the "
+                    "Sentinels no longer name the master; held, and connecting again"
+                )
             raise NotReplicated(
                 f"Redis at {mask_url(self._url)}: no replica acknowledged the write within "
                 f"{timing.REDIS_WAIT_TIMEOUT:g} s (a failover underway?); held until one "
-                "does or the Sentinels agree on the master, for up to "
+                "does or the Sentinels settle, for up to "
                 f"REPLICA_GRACE={r.grace:g} s"
             )
         return replies[0]
@@ -212,11 +232,27 @@ class Store:
         replies = self._pipelined(queue, wait, ask)
         count = int(replies.pop()) if wait else None
         if durable:  # unknown unless asked now: a Redis this write may not have reached
-            r.landed_on = (str(replies.pop().get("run_id") or "") or None) if ask else None
+            r.landed_on = self._run_id(replies.pop()) if ask else None
         if count is None:  # acknowledged only if no replica is wanted at all
             return replies, not r.wanted
         r.acknowledged(count)
         return replies, count >= wait
+
+    def _run_id(self, info: Any) -> str | None:
+        """The run id in an ``INFO server`` reply; None (said once) if it was refused,
+        as an ACL without ``@dangerous`` refuses it: the hold then waits for replicas or
+        the grace, as without Sentinels."""
+        if isinstance(info, Exception):
+            if not self._info_refused:
+                self._info_refused = True
+                log.warning(
+                    "Redis refused INFO (%s): a numbering no replica acknowledges is held "
+                    "for REPLICA_GRACE, without asking the Sentinels; allow INFO to end "
+                    "the hold once they agree",
+                    info,
+                )
+            return None
+        return str(info.get("run_id") or "") or None
 
     def _pipelined(self, queue: Callable[[Any], object], wait: int, ask: bool) -> list[Any]:
         for attempt in (1, 2):
@@ -227,7 +263,11 @@ class Store:
                         pipe.info("server")
                     if wait:
                         pipe.wait(wait, int(timing.REDIS_WAIT_TIMEOUT * 1000))
-                    replies = list(pipe.execute())
+                    replies = list(pipe.execute(raise_on_error=False))
+                info_at = len(replies) - (2 if wait else 1) if ask else None
+                for i, reply in enumerate(replies):
+                    if isinstance(reply, Exception) and i != info_at:
+                        raise reply  # as execute() would have: the first error
                 break
             except NoScriptError:
                 # redis-py loads a pipeline's scripts before it runs, not again when it

@@ -5,13 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import redis
 from kombu import Queue
 
 from pubtasks.entries import recipe
 from pubtasks.errors import ConfigError
-from pubtasks.sentinel import sentinels
+from pubtasks.sentinel import Agreement, agreement, sentinels
 from pubtasks.settings import Settings
 from pubtasks.store import Replication
 from pubtasks.urls import mask_url
@@ -140,36 +142,110 @@ def test_a_durable_write_waits_and_is_held_while_replicas_are_short_within_the_g
     assert Replication(0, clock).replicas(durable=True) == 0  # one Redis: nothing to wait for
 
 
-def test_a_durable_write_goes_on_once_the_sentinels_agree_on_the_redis_it_landed_on(
+def test_a_durable_write_goes_on_once_the_sentinels_settle_on_the_redis_it_landed_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = Clock()
-    said: list[str | None] = [None]  # what the Sentinels agree on (None: a failover underway)
+    said = [Agreement(None, False)]  # what most Sentinels say (no majority yet)
     asked: list[float] = []
 
-    def agreed() -> str | None:
+    def ask() -> Agreement:
         asked.append(clock.now)
         return said[0]
 
-    r = Replication(1, clock, grace=30.0, agreed=agreed)
-    assert not r.asks_run_id(durable=True)  # replicas answer: nothing to ask
-    r.acknowledged(0)  # a failover: the new master has no replica yet
+    r = Replication(1, clock, grace=30.0, ask=ask)
     assert r.asks_run_id(durable=True) and not r.asks_run_id(durable=False)
+    r.acknowledged(0)  # a failover: the new master has no replica yet
     r.landed_on = "new"
-    assert r.holding()  # the Sentinels do not agree yet: held
-    said[0] = "new"
+    assert r.holding()  # no majority yet: held
+    said[0] = Agreement("new", settled=False)
+    clock.now += Replication.ASK_EVERY
+    assert r.holding()  # named, but a replica is up (or a failover underway): held
+    said[0] = Agreement("new", settled=True)
     assert r.holding()  # what they said is taken as true for ASK_EVERY...
     clock.now += Replication.ASK_EVERY
     assert not r.holding()  # ...then asked again: settled on the Redis written to
     assert r.replicas(durable=True) == 0  # and numbering stops waiting, as counts do
-    assert "Sentinels agree on the master (run id new)" in caplog.text
-    r.landed_on = "old"  # a write that reached another Redis (one about to be demoted)
+    assert "no replica up and no failover underway" in caplog.text
+    r.landed_on = None  # a write that did not learn where it landed (INFO refused)
     assert r.holding()
-    r.landed_on = None  # or one that did not learn where it landed
-    assert r.holding()
-    assert len(asked) == 2
+    assert len(asked) == 3
     r.acknowledged(1)
-    assert r.holding() and not r.asks_run_id(durable=True)  # replicas back: as before
+    assert r.holding()  # replicas back: the next shortness asks afresh
+    r.acknowledged(0)
+    r.landed_on = "new"
+    assert not r.holding() and len(asked) == 4
+
+
+def test_a_write_on_a_redis_the_sentinels_do_not_name_is_held_past_the_grace() -> None:
+    clock = Clock()
+    said = [Agreement("new", settled=True)]
+    r = Replication(1, clock, grace=30.0, ask=lambda: said[0])
+    r.acknowledged(0)
+    r.landed_on = "old"  # a connection kept to the old master, still calling itself one
+    assert r.holding() and r.elsewhere()
+    clock.now += 31.0
+    assert r.holding() and r.elsewhere()  # the grace does not release it
+    said[0] = Agreement(None, False)  # the Sentinels give no answer: the grace does
+    clock.now += Replication.ASK_EVERY
+    assert not r.holding() and not r.elsewhere()
+    plain = Replication(1, clock, grace=30.0)  # no Sentinels: the grace alone
+    plain.acknowledged(0)
+    plain.landed_on = "old"
+    assert plain.holding() and not plain.asks_run_id(durable=True)
+    clock.now += 30.0
+    assert not plain.holding()
+
+
+class FakeSentinel:
+    def __init__(self, master: dict[str, object] | None, replicas: tuple[str, ...] = ()) -> None:
+        self.master = master
+        self.replicas = [{"flags": f} for f in replicas]
+
+    def sentinel_master(self, name: str) -> dict[str, object]:
+        if self.master is None:
+            raise redis.ConnectionError("no answer")
+        return self.master
+
+    def sentinel_slaves(self, name: str) -> list[dict[str, object]]:
+        return self.replicas
+
+
+def named(run_id: str, flags: str = "master", others: int = 2) -> dict[str, object]:
+    return {
+        "runid": run_id,
+        "flags": flags,
+        "role-reported": "master",
+        "num-other-sentinels": others,
+    }
+
+
+def agreement_of(*sentinels: FakeSentinel) -> Agreement:
+    pool = SimpleNamespace(
+        sentinel_manager=SimpleNamespace(sentinels=list(sentinels)), service_name="m"
+    )
+    return agreement(SimpleNamespace(connection_pool=pool))  # type: ignore[arg-type]
+
+
+def test_the_sentinels_agreement_takes_most_of_them_and_every_replica_down() -> None:
+    down, up = "slave,s_down,disconnected", "slave"
+    assert agreement_of(*[FakeSentinel(named("a"), (down,))] * 3) == Agreement("a", True)
+    # a replica up: named, not settled (a failover could promote it without the write)
+    assert agreement_of(*[FakeSentinel(named("a"), (up,))] * 3) == Agreement("a", False)
+    # a failover underway that only its leader sees yet: named, not settled
+    busy = FakeSentinel(named("a", "master,failover_in_progress"), (down,))
+    assert agreement_of(busy, *[FakeSentinel(named("a"), (down,))] * 2) == Agreement("a", False)
+    # one Sentinel that does not answer leaves the other two to settle it
+    quiet = FakeSentinel(None)
+    assert agreement_of(quiet, *[FakeSentinel(named("a"), (down,))] * 2) == Agreement("a", True)
+    # two of three do not answer: no majority; nor two of five that the URL names
+    assert agreement_of(FakeSentinel(named("a")), quiet, quiet) == Agreement(None, False)
+    five = named("a", others=4)
+    assert agreement_of(FakeSentinel(five), FakeSentinel(five)) == Agreement(None, False)
+    # split between two masters, or one calling itself master no more
+    assert agreement_of(FakeSentinel(named("a")), FakeSentinel(named("b")), quiet).run_id is None
+    assert agreement_of(*[FakeSentinel(named("a", "master,s_down"))] * 3) == Agreement("a", False)
+    assert agreement_of(*[FakeSentinel({**named("a"), "flags": {"master"}})] * 3).settled
 
 
 def test_sentinel_urls_give_celerys_transport_the_master_name(tmp_path: Path) -> None:

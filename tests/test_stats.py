@@ -14,7 +14,7 @@ from pubtasks.errors import NotReplicated
 from pubtasks.ids import message_id
 from pubtasks.records import Counts, ResumePoint, SentTick, Skip
 from pubtasks.schedule import Run
-from pubtasks.sentinel import FollowingConnection
+from pubtasks.sentinel import Agreement, FollowingConnection
 from pubtasks.stats import Stats
 from pubtasks.store import Replication
 
@@ -182,6 +182,64 @@ def test_numbers_no_replica_acknowledged_are_held_then_given_the_same(
         assert stats.client.zrange(stats.keys.beat_sent, 0, -1, withscores=True) == [(member, 5.0)]
     finally:
         waiting.close()
+
+
+def test_numbers_go_on_once_the_sentinels_settle_on_the_redis_written_to(
+    redis_url: str, prefix: str, stats: Stats
+) -> None:
+    # Given counters that want one replica, on a Redis that has none, and Sentinels
+    # (here, what they say) that name another Redis the master
+    now = [100.0]
+    said = [Agreement("another-run-id", True)]
+    run_id = str(stats.client.info("server")["run_id"])
+    waiting = Stats.from_url(redis_url, prefix, wait_replicas=1)
+    waiting.replication = Replication(1, lambda: now[0], grace=30.0, ask=lambda: said[0])
+    try:
+        # Then a number given here is held, past the grace too (a demoted master's)
+        with pytest.raises(NotReplicated, match="no longer name the master"):
+            waiting.tick_number("e", 1.0)
+        assert waiting.replication.landed_on == run_id  # learned in the same round trip
+        now[0] += 31.0
+        with pytest.raises(NotReplicated, match="no longer name the master"):
+            waiting.tick_number("e", 1.0)
+        # When they settle on this Redis (no replica up, no failover), it is given at
+        # once: the same number
+        said[0] = Agreement(run_id, True)
+        now[0] += Replication.ASK_EVERY
+        assert waiting.tick_number("e", 1.0) == 1
+    finally:
+        waiting.close()
+
+
+def test_a_redis_user_refused_info_is_held_for_the_grace_not_failed(
+    redis_url: str, prefix: str, stats: Stats, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a Redis user that may not run INFO (an ACL of +@all -@dangerous)
+    user = f"pubtasks-test-{prefix.split(':')[1]}"
+    stats.client.acl_setuser(
+        user, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+        categories=["+@all", "-@dangerous"], commands=["+wait"],
+    )  # fmt: skip
+    try:
+        url = redis_url.replace("redis://", f"redis://{user}:pw@")
+        now = [100.0]
+        waiting = Stats.from_url(url, prefix, wait_replicas=1)
+        run_id = str(stats.client.info("server")["run_id"])
+        settled = Agreement(run_id, True)
+        waiting.replication = Replication(1, lambda: now[0], grace=30.0, ask=lambda: settled)
+        try:
+            # Then a number no replica acknowledged is held (not failed), as without
+            # Sentinels, with one line saying why
+            with pytest.raises(NotReplicated, match="no replica acknowledged"):
+                waiting.tick_number("e", 1.0)
+            assert "Redis refused INFO" in caplog.text
+            # and given past the grace
+            now[0] += 30.0
+            assert waiting.tick_number("e", 1.0) == 1
+        finally:
+            waiting.close()
+    finally:
+        stats.client.acl_deluser(user)
 
 
 def test_a_paused_entrys_tick_gets_no_number_but_a_tick_by_hand_does(stats: Stats) -> None:
