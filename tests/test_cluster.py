@@ -461,9 +461,13 @@ def test_no_number_is_given_twice_nor_a_tick_lost_when_a_failover_loses_writes(
     """issue 22: the cluster chaos hour gave 252 numbers to two ticks after master kills,
     and master kills alone lost ticks: what the master took alone went with it.
 
-    The master goes on without its replica for 2 s of ticks, then dies; Sentinel
-    promotes the replica. Beat must not have sent a tick whose number only the dead
-    master held: the ledger finds every due tick delivered, no number under two
+    The replica stops (the Sentinels soon see it down), the master goes on without it
+    for 2 s of ticks, then dies, and the replica, back, is promoted: a second failure,
+    which loses what the master took alone. With no replica up, the Sentinels settle
+    on the master, so beat numbers ticks there (``store.Replication``); what must
+    hold then is the rest of the defence: the numbers beat gave lift the next ones
+    (the floor), a tick fired again keeps its numbers, and the sent ticks' records
+    are written again. The ledger finds every due tick delivered, no number under two
     message ids and none lost."""
 
     def fault() -> Callable[[], None]:
