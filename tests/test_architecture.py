@@ -54,6 +54,7 @@ WORKER_INTERNALS = [
 #: redis-py connection internals that only the Redis seam may touch (pubtasks/sentinel.py).
 REDIS_INTERNALS = [
     r"\bsentinel_manager\b",
+    r"\bservice_name\b",
     r"\bSentinelManagedConnection\b",
     r"\bconnect_check_health\b",
     r"\bget_master_address\b",
