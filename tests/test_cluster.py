@@ -79,7 +79,13 @@ def cluster() -> Iterator[Cluster]:
     """``scripts/cluster up`` under a directory of the tests' own; down afterwards, always."""
     script = str(ROOT / "scripts" / "cluster")
     try:
-        subprocess.run([script, "up", "--dir", str(CLUSTER_DIR)], check=True, timeout=300)
+        for attempt in (1, 2):  # once more if a node did not boot (its log is printed)
+            try:
+                subprocess.run([script, "up", "--dir", str(CLUSTER_DIR)], check=True, timeout=400)
+                break
+            except subprocess.CalledProcessError:
+                if attempt == 2:
+                    raise
         yield Cluster.load(CLUSTER_DIR)
     finally:
         subprocess.run([script, "down", "--dir", str(CLUSTER_DIR)], check=False, timeout=300)

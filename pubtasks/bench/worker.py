@@ -24,8 +24,9 @@ CELERY = str(Path(sys.executable).with_name("celery"))
 
 #: A warm shutdown that begins as a pool process finishes a task can take 30 s: billiard
 #: (4.3) then has that process wait up to 30 s for the main process, which has stopped
-#: reading, to read its result.
-STOP_TIMEOUT = 45.0
+#: reading, to read its result; on a loaded machine (a parallel suite) 45 s was seen
+#: not to be enough.
+STOP_TIMEOUT = 75.0
 
 
 def celery_isolation(prefix: str) -> dict[str, object]:

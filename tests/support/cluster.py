@@ -219,7 +219,9 @@ def up(directory: Path = DEFAULT_DIR) -> Cluster:
     cluster.save()  # before anything starts: a failed start is still cleaned up by down
     try:
         with ThreadPoolExecutor(NODES) as pool:
-            for _ in pool.map(lambda r: r.start(), rabbits):
+            # booting three Erlang VMs at once on a loaded machine (a parallel suite) can
+            # take minutes
+            for _ in pool.map(lambda r: r.start(timeout=180), rabbits):
                 pass
         for joining in rabbits[1:]:
             joining.ctl("stop_app")

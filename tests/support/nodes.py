@@ -86,8 +86,19 @@ class RabbitNode:
         subprocess.run(
             ["rabbitmq-server", "-detached"], env=self.env, check=True, capture_output=True
         )
-        wait_for(lambda: accepting(self.port), timeout, f"RabbitMQ node {self.node}", 0.2)
+        try:
+            wait_for(lambda: accepting(self.port), timeout, f"RabbitMQ node {self.node}", 0.2)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; the end of its log:\n{self.log_tail()}") from None
         self.ctl("await_startup")
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` of the node's logs (what a failed start said)."""
+        text = []
+        for path in sorted((self.directory / "log").glob("*.log")):
+            with contextlib.suppress(OSError):
+                text += [f"{path.name}: {line}" for line in path.read_text().splitlines()]
+        return "\n".join(text[-lines:]) or "(no log)"
 
     def pid(self) -> int | None:
         """The node's OS process (the Erlang VM), from its pid file."""
