@@ -74,6 +74,10 @@ class RabbitNode:
         return out.stdout
 
     def start(self, timeout: float = 90) -> None:
+        left = vm_of(self.node)  # one of the same name left running would stop this one
+        if left is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(left, signal.SIGKILL)
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "enabled_plugins").write_text("[].\n")
         (self.directory / "rabbitmq.conf").write_text(
@@ -101,10 +105,11 @@ class RabbitNode:
         return "\n".join(text[-lines:]) or "(no log)"
 
     def pid(self) -> int | None:
-        """The node's OS process (the Erlang VM), from its pid file."""
+        """The node's OS process (the Erlang VM): from its pid file, or, before the node
+        has written one (still booting), the VM whose command line names the node."""
         with contextlib.suppress(OSError, ValueError):
             return int((self.directory / "rabbitmq.pid").read_text().strip())
-        return None
+        return vm_of(self.node)
 
     def kill(self) -> None:
         """SIGKILL the node's VM: a crash, as far as the other nodes and the clients see."""
@@ -122,6 +127,21 @@ class RabbitNode:
             pid_file = self.directory / "rabbitmq.pid"
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+
+
+def vm_of(node: str) -> int | None:
+    """The pid of the Erlang VM running RabbitMQ node ``node`` (``name@host``), if any:
+    the ``beam`` process started with ``RABBITMQ_NODENAME`` set to it."""
+    wanted = f"RABBITMQ_NODENAME={node}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if b"beam" not in (entry / "cmdline").read_bytes().split(b"\0")[0]:
+                continue
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                return int(entry.name)
+    return None
 
 
 class RedisNode:
