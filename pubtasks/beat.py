@@ -49,18 +49,20 @@ from typing import Any
 from celery.beat import PersistentScheduler, ScheduleEntry, SchedulingError
 
 from pubtasks import defaults, pulse, timing
+from pubtasks.bounds import OVERLAPS, entry_grid, limits_of
+from pubtasks.catalog import Catalog, Loaded, Stored
 from pubtasks.control import POLL, Control, Trigger
-from pubtasks.cron import grid_of
-from pubtasks.entries import catch_up_of, task_options
-from pubtasks.errors import StatsUnavailable
+from pubtasks.entries import catch_up_of, check_schedule, task_options
+from pubtasks.errors import ConfigError, StatsUnavailable
 from pubtasks.ids import owner_id
 from pubtasks.lock import BeatLock
 from pubtasks.message import tick_kwargs
-from pubtasks.records import SentTick
+from pubtasks.records import ResumePoint, SentTick
 from pubtasks.resuming import going_on, summary
 from pubtasks.schedule import Grid, Run, jumped
 from pubtasks.settings import Settings
-from pubtasks.stats import Stats
+from pubtasks.specs import entry_of
+from pubtasks.stats import NotFired, Stats
 from pubtasks.stopping import signals_held
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,12 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         self._highest = 0  # the highest message number given to this beat (the floor)
         self._unkept: dict[str, float] = {}  # sent records no replica acknowledged yet
         self._kept_at = 0.0
+        self._catalog: Catalog | None = None
+        self._version: int | None = None  # of the run-time entries read (``catalog``)
+        self._watched = 0.0
+        self._runtime: dict[str, Stored] = {}  # run-time entries read, taken or refused
+        self._finished: set[str] = set()  # entries that had their max_runs
+        self._overlapping: set[str] = set()  # entries seen skipping a tick (logged once)
         super().__init__(*args, **kwargs)
 
     @property
@@ -156,6 +164,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             elif self._lock.acquire():
                 log.warning("beat: took the beat lock (%s); firing ticks", self._lock.owner)
                 try:
+                    self._watch(force=True)
                     self._resume()
                 except StatsUnavailable as exc:  # try again at once, or a standby takes over
                     log.warning("beat: cannot read where to go on from (%s); standing by", exc)
@@ -195,6 +204,9 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             queued = [
                 u.scheduled_at for u in self._unsent if u.entry.name == name and not u.trigger
             ]
+            stored = self._runtime.get(name)
+            if stored is not None and points[name] == ResumePoint():
+                queued.append(stored.added_at)  # never fired: its ticks since it was added
             for _ in range(3):
                 point = points[name]
                 again, r = going_on(entry.schedule, policy, point, max(queued, default=None), now)
@@ -229,6 +241,119 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                 )
         # Celery compares entries without their last_run_at: have it read them again.
         self.populate_heap()
+
+    # -- run-time entries (``catalog``) -----------------------------------------------------
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog(self.stats)
+        return self._catalog
+
+    def _watch(self, force: bool = False) -> None:
+        """Read the run-time entries again if their version moved (every ``POLL`` s, or
+        at once when ``force``d: taking the lock, or a tick found its entry changed)."""
+        now = time.monotonic()
+        if not force and now - self._watched < POLL:
+            return
+        self._watched = now
+        try:
+            if not force and self.catalog.version() == self._version:
+                return
+            loaded = self.catalog.load()
+        except StatsUnavailable as exc:
+            if force:
+                raise
+            log.debug("beat: cannot read the run-time entries: %s", exc)
+            return
+        self._take_catalog(loaded)
+
+    def _take_catalog(self, loaded: Loaded) -> None:
+        """Make this beat's schedule hold the run-time entries ``loaded``: add, change and
+        remove. A change applies from the next tick numbered: ticks waiting unnumbered
+        take the new recipe, or are dropped if the entry's times changed or it is gone."""
+        changed_any = False
+        for name in [n for n in self._runtime if n not in loaded.entries]:
+            del self._runtime[name]
+            self._finished.discard(name)
+            if self.schedule.pop(name, None) is not None:
+                log.warning("beat: run-time entry %s was removed; it fires nothing more", name)
+            self._rebind(name, None, times_changed=True)
+            changed_any = True
+        for name, stored in loaded.entries.items():
+            old = self._runtime.get(name)
+            if old is not None and old.rev == stored.rev:
+                continue
+            self._runtime[name] = stored
+            self._finished.discard(name)
+            changed_any = True
+            current = self.schedule.get(name)
+            try:
+                entry = self._runtime_entry(name, stored, current)
+            except ConfigError as exc:
+                log.warning(
+                    "beat: run-time entry %s not taken (version %s): %s", name, stored.rev, exc
+                )
+                self.schedule.pop(name, None)
+                self._rebind(name, None, times_changed=True)
+                continue
+            times_changed = current is None or current.schedule != entry.schedule
+            self.schedule[name] = entry
+            self._rebind(name, entry, times_changed)
+            what = "added" if old is None else "changed"
+            log.warning(
+                "beat: run-time entry %s %s (version %s): %s",
+                name,
+                what,
+                stored.rev,
+                entry.schedule,
+            )
+        self._version = loaded.version
+        if changed_any:
+            self.populate_heap()
+
+    def _runtime_entry(
+        self, name: str, stored: Stored, current: ScheduleEntry | None
+    ) -> ScheduleEntry:
+        """The schedule entry of a run-time entry, checked as a config entry is; it goes on
+        from the current one's last tick, or from when it was added or its times changed."""
+        spec = entry_of(name, stored.spec, self.app.timezone)
+        if name in (self.app.conf.beat_schedule or {}):
+            raise ConfigError(f"{name!r} is an entry of beat_schedule in celeryconfig.py")
+        serializer = str(self.app.conf.task_serializer or "json")
+        check_schedule({name: spec}, self.settings.context, list(self.app.tasks), serializer)
+        within = catch_up_of(spec["options"]).within
+        grid = entry_grid(name, spec, self.settings.publish_interval, self.app.timezone, within)
+        since = stored.added_at
+        if current is not None:
+            since = current.last_run_at.timestamp()
+            if current.schedule != grid:
+                since = max(since, stored.changed_at)
+        entry: ScheduleEntry = self.Entry(
+            name=name,
+            task=defaults.TASK_NAME,
+            schedule=grid,
+            kwargs=spec["kwargs"],
+            options=spec["options"],
+            last_run_at=at(since),
+            app=self.app,
+        )
+        return entry
+
+    def _rebind(self, name: str, entry: ScheduleEntry | None, times_changed: bool) -> None:
+        """The ticks of ``name`` waiting unnumbered take ``entry``; dropped if it is gone,
+        or (not those asked for by hand) if its times changed."""
+        kept: deque[Unsent] = deque()
+        for u in self._unsent:
+            if u.entry.name != name or u.number is not None:
+                kept.append(u)
+            elif entry is not None and (u.trigger is not None or not times_changed):
+                u.entry = entry
+                kept.append(u)
+            elif u.trigger is not None:
+                self.control.drop(u.trigger.member)
+                self._asked.discard(u.trigger.member)
+        self._unsent = kept
 
     def _take_triggers(self) -> None:
         """Queue one extra tick for each request made by ``pubtasks schedule trigger``."""
@@ -282,7 +407,8 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             # every() is PUBLISH_INTERVAL; a crontab is in its zone. The first tick is the
             # next one on the schedule (a beat that takes the lock resumes: _resume).
             within = catch_up_of(entry.options).within
-            grid = grid_of(entry.schedule, interval, self.app.timezone, within)
+            spec = {"schedule": entry.schedule, "options": entry.options}
+            grid = entry_grid(name, spec, interval, self.app.timezone, within)
             if grid is not None:
                 self.schedule[name] = changed(entry, schedule=grid, last_run_at=started)
 
@@ -300,6 +426,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         pulse.stamp()  # again after each call that may wait on Redis, so waits do not add up
         if not leading:
             return 1.0
+        self._watch()
         self._take_triggers()
         if self._unsent:
             self._send_unsent(self.producer)
@@ -327,7 +454,9 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             window = jumped(entry.schedule, entry.last_run_at.timestamp(), tick_at)
         if advance:
             self.reserve(entry)
-        self._unsent.append(Unsent(entry, tick_at, self.settings.publish_batch, window=window))
+        if entry.name not in self._finished:
+            unsent = Unsent(entry, tick_at, self.settings.publish_batch, window=window)
+            self._unsent.append(unsent)
         return None
 
     def _send_unsent(self, producer: Any) -> None:
@@ -348,7 +477,9 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                         and isinstance(grid, Grid)
                         and grid.late(tick.scheduled_at, time.time())
                     )
-                    tick.number = self.stats.tick_number(
+                    limits = limits_of(tick.entry.options, tick.entry.schedule)
+                    stored = self._runtime.get(name)
+                    numbered = self.stats.tick_number(
                         name,
                         tick.scheduled_at,
                         tick.batch,
@@ -357,7 +488,16 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                         window=tick.window,
                         floor=self._highest,
                         keep=catch_up_of(tick.entry.options).within,
+                        rev=stored.rev if stored is not None else "",
+                        max_runs=limits.max_runs,
+                        overlap=limits.overlap != OVERLAPS[0],
+                        deadline=self.settings.tick_deadline,
                     )
+                    if isinstance(numbered, NotFired):
+                        if not self._not_fired(tick, numbered):
+                            return
+                        continue
+                    tick.number = numbered
                     if tick.number is not None:
                         self._highest = max(self._highest, tick.number + tick.batch - 1)
                     if tick.number is None:  # paused: skipped, as if it had not fallen due
@@ -404,6 +544,27 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                 self._unkept[sent] = now
             if member is not None:
                 self._asked.discard(member)
+
+    def _not_fired(self, tick: Unsent, why: NotFired) -> bool:
+        """A tick that got no number: drop it (True: go on with the next one), or, for a
+        run-time entry that changed, read the entries again and try it then (False)."""
+        name = tick.entry.name
+        if why is NotFired.STALE:
+            self._watch(force=True)  # rebinds or drops this tick
+            return False
+        self._unsent.popleft()
+        if why is NotFired.FINISHED:
+            if name not in self._finished:
+                log.warning("beat: %s had its max_runs; it is finished and fires no more", name)
+            self._finished.add(name)
+        elif name not in self._overlapping:
+            log.warning(
+                "beat: %s: skipping a tick while its previous one is unsettled (overlap "
+                "'skip'; counted skipped_overlap)",
+                name,
+            )
+            self._overlapping.add(name)
+        return True
 
     def _keep_sent(self) -> None:
         """Record again the ticks sent whose record no replica has acknowledged, until one

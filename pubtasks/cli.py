@@ -1,5 +1,6 @@
 """The ``pubtasks`` command: ``stats [--json | --watch]``, ``schedule list | pause | resume |
-trigger``, ``metrics``, ``health``, ``bench``."""
+trigger | add | edit | remove | show | export | apply | backfill``, ``metrics``, ``health``,
+``bench``."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import json
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
-from pubtasks import listing
+from pubtasks import editing, listing
+from pubtasks.catalog import Catalog, Loaded
 from pubtasks.celery import app
 from pubtasks.control import Control
 from pubtasks.entries import publish_entries
@@ -22,6 +24,8 @@ from pubtasks.health import check, read_fleet, schedules
 from pubtasks.keys import COUNTERS
 from pubtasks.metrics import Schedule, StatsCollector
 from pubtasks.records import Counts, Snapshot
+from pubtasks.runtime import Schedules
+from pubtasks.specs import entry_of
 from pubtasks.stats import Stats
 from pubtasks.times import moment
 from pubtasks.urls import mask_url
@@ -110,24 +114,42 @@ def stats_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def publish_entry(beat_schedule: Mapping[str, object], name: str) -> str:
-    """``name``, if it is a publish entry of ``beat_schedule``; else ``ConfigError``."""
-    ours = list(publish_entries(beat_schedule))
+def publish_entry(
+    beat_schedule: Mapping[str, object], name: str, runtime: Collection[str] = ()
+) -> str:
+    """``name``, if it is a publish entry of ``beat_schedule`` or a run-time entry; else
+    ``ConfigError``."""
+    ours = [*publish_entries(beat_schedule), *runtime]
     if name not in ours:
         raise ConfigError(
-            f"beat_schedule has no publish entry {name!r} (entries: {', '.join(ours) or 'none'}); "
-            "name one of them, as celeryconfig.py spells it"
+            f"there is no publish entry {name!r} (entries: {', '.join(ours) or 'none'}); "
+            "name one of them, as 'pubtasks schedule list' spells it"
         )
     return name
 
 
+def runtime_entries(loaded: Loaded) -> dict[str, dict[str, object]]:
+    """The run-time entries as ``beat_schedule`` entries; one that no longer passes the
+    checks (celeryconfig.py changed) is shown as it is stored, unchecked."""
+    out = {}
+    for name, stored in loaded.entries.items():
+        try:
+            out[name] = entry_of(name, stored.spec, app.timezone)
+        except ConfigError:
+            continue
+    return out
+
+
 def schedule_command(args: argparse.Namespace) -> int:
     stats, where, prefix = _stats(args)
+    if args.action in editing.ACTIONS:
+        return editing.run(Schedules(app, stats), args)
     control = Control(stats)
     beat_schedule = app.conf.beat_schedule or {}
     now = time.time()
+    runtime = runtime_entries(Catalog(stats).load())
     if args.action == "list":
-        names = [str(n) for n in beat_schedule]
+        names = [str(n) for n in beat_schedule] + list(runtime)
         state = control.state(names)
         rows = listing.rows(
             beat_schedule,
@@ -136,13 +158,15 @@ def schedule_command(args: argparse.Namespace) -> int:
             state=state,
             entries=stats.snapshot().entries,
             now=now,
+            runtime=runtime,
+            runs=Catalog(stats).runs(names),
         )
         if args.json:
             print(json.dumps(listing.as_json(rows, state), sort_keys=True))
         else:
             print(listing.render(rows, state, where, prefix, now))
         return 0
-    name = publish_entry(beat_schedule, args.entry)
+    name = publish_entry(beat_schedule, args.entry, runtime)
     holder = control.state([]).holder
     nobody = "" if holder else " (no beat holds the beat lock now: it applies when one starts)"
     if args.action == "pause":
@@ -237,6 +261,7 @@ def parser() -> argparse.ArgumentParser:
     ):
         one = actions.add_parser(action, help=text)
         one.add_argument("entry", help="the entry's name in beat_schedule")
+    editing.parsers(actions)
     for each in actions.choices.values():
         each.add_argument("--prefix", help="key prefix (default: STATS_PREFIX)")
     schedule.set_defaults(run=schedule_command)

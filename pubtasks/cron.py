@@ -29,7 +29,7 @@ from typing import Any
 from celery.schedules import crontab
 
 from pubtasks.defaults import CATCH_UP_WITHIN
-from pubtasks.schedule import US, Grid, every, to_us
+from pubtasks.schedule import US, Grid, every, once, to_us
 
 #: How far ahead to look for a matching date (29 February on a Monday can be 28 years off).
 YEARS = 30
@@ -163,12 +163,14 @@ def grid_of(
     schedule: Any, publish_interval: float, tz: tzinfo, within: float = CATCH_UP_WITHIN
 ) -> Grid | None:
     """The ``Grid`` that pubtasks' beat makes of an entry's schedule: ``every`` with
-    PUBLISH_INTERVAL for ``every()``, a crontab in its zone; None for Celery's other
+    PUBLISH_INTERVAL for ``every()``, a crontab in its zone, ``once``; None for Celery's other
     schedules (a ``timedelta``, a number, ``solar``), which beat leaves to Celery."""
     if isinstance(schedule, every):
         return schedule.with_default(publish_interval, within)
     if isinstance(schedule, crontab):
         return Cron(schedule, zone_of(schedule, tz), within)
-    if isinstance(schedule, Cron):  # kept in beat's schedule file from a run before
+    if isinstance(schedule, Cron):  # a run-time entry's, or from beat's schedule file
         return Cron(schedule.spec, schedule.tz, within)
+    if isinstance(schedule, once):
+        return once(schedule.at, within)
     return None

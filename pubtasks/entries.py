@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,10 +33,11 @@ from celery.utils.imports import import_from_cwd
 from kombu import serialization
 
 from pubtasks import defaults
-from pubtasks.cron import Cron
+from pubtasks.bounds import check_limits
+from pubtasks.cron import Cron, grid_of
 from pubtasks.errors import BodyError, ConfigError, kind_of
 from pubtasks.message import NUMBER_HEADER, SCHEDULED_HEADER, Body, Payload, Recipe, encode
-from pubtasks.schedule import POLICIES, every
+from pubtasks.schedule import POLICIES, Grid, every
 
 #: What an entry's kwargs may say.
 KWARGS = (
@@ -51,8 +53,10 @@ KWARGS = (
 #: What beat adds to each tick's kwargs.
 SET_BY_BEAT = ("entry", "scheduled_at", "number", "batch", "manual")
 #: What an entry's options may say for pubtasks' beat (the rest go to Celery's
-#: ``apply_async``): the missed-tick policy and its window, in seconds.
-OPTIONS = ("catch_up", "catch_up_within")
+#: ``apply_async``): the missed-tick policy and its window, in seconds; and its limits
+#: (``bounds``): a window of time, a number of runs, jitter, and what an overlap does.
+CATCH_UP_OPTIONS = ("catch_up", "catch_up_within")
+OPTIONS = (*CATCH_UP_OPTIONS, "start", "end", "max_runs", "jitter", "overlap")
 #: The AMQP properties an entry may set: string ones, and the three checked apart.
 STRING_PROPERTIES = ("type", "correlation_id", "reply_to", "content_type", "content_encoding")
 PROPERTIES = (*STRING_PROPERTIES, "priority", "expiration", "delivery_mode")
@@ -80,6 +84,7 @@ class Context:
     exchange: str = defaults.EXCHANGE
     routing_key: str = defaults.ROUTING_KEY
     on_return: str = defaults.ON_RETURN
+    publish_interval: float = defaults.PUBLISH_INTERVAL
 
     def declared(self, exchange: str) -> bool:
         return exchange in self.exchanges or exchange == "" or exchange.startswith("amq.")
@@ -286,9 +291,9 @@ def check_schedule_value(entry: str, value: Any) -> None:
         return
     if isinstance(value, interval_schedule):
         seconds = value.run_every.total_seconds()
-    elif isinstance(value, crontab):
+    elif isinstance(value, crontab | Cron):
         try:
-            Cron(value, UTC).next_after(datetime.now(UTC))
+            (value if isinstance(value, Cron) else Cron(value, UTC)).next_after(datetime.now(UTC))
         except ValueError as exc:
             raise ConfigError(f"{name}{exc}; check its day, month and day of week") from None
         return
@@ -343,9 +348,9 @@ def options_of(beat_schedule: Mapping[str, Any] | None, entry: str) -> dict[str,
 
 def _check_catch_up(entry: str, options: Mapping[str, Any], schedule: Any) -> None:
     name = f"beat_schedule entry {entry!r}: options: "
-    if not (options.keys() & set(OPTIONS)):
+    if not (options.keys() & set(CATCH_UP_OPTIONS)):
         return
-    if not isinstance(schedule, every | crontab):
+    if not isinstance(schedule, every | crontab | Grid):
         raise ConfigError(
             f"{name}'catch_up' applies to every() and crontab() entries; give the entry "
             "'schedule': every(seconds) (a timedelta or a number keeps Celery's own catching up)"
@@ -433,6 +438,8 @@ def check_schedule(
                 "(TICK_DEADLINE bounds how late a tick may publish, and counts it failed)"
             )
         _check_catch_up(entry, options, spec["schedule"])
+        grid = grid_of(spec["schedule"], context.publish_interval, UTC)
+        check_limits(entry, options, grid, time.time())
         recipes[entry] = resolve(entry, kwargs, context)
         _transportable(entry, kwargs, task_serializer)
     return recipes

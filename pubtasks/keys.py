@@ -51,6 +51,18 @@ key                       type    holds
 ``parked:<entry>``        zset    the entry's ticks waiting for its lane ("<tick id>
                                   <task kwargs as JSON>" -> scheduled time)
 ``lanes``                 set     the entries that have parked ticks
+``schedule:entries``      hash    run-time entry -> its recipe and when it was added
+                                  and changed (JSON, ``catalog``)
+``schedule:revs``         hash    run-time entry -> the version of its last change
+``schedule:version``      string  bumped by every change of the run-time entries: the
+                                  beat holder reads it every 0.5 s
+``schedule:removed``      hash    removed run-time entry -> its last recipe
+``schedule:removed_at``   hash    removed run-time entry -> when
+``schedule:runs``         hash    entry -> ticks numbered, for ``max_runs`` (a run-time
+                                  entry's starts again when it is added)
+``history:<entry>``       list    the entry's latest ticks ended ({"message_id",
+                                  "outcome", "lateness", "attempts", "at"}), newest
+                                  first, ``HISTORY_KEPT`` kept
 ========================  ======  ==================================================
 
 At any quiet moment ``published == acked + nacked + unconfirmed + pending``,
@@ -84,6 +96,8 @@ SKIPS_KEPT = 10_000
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
 )  # fmt: skip
+#: Records kept in each entry's ``history:<entry>`` list (the newest).
+HISTORY_KEPT = 100
 #: How long marks and records are kept (``timing``).
 
 
@@ -177,3 +191,30 @@ class Keys:
     @property
     def lanes(self) -> str:
         return f"{self.prefix}lanes"
+
+    @property
+    def schedule_entries(self) -> str:
+        return f"{self.prefix}schedule:entries"
+
+    @property
+    def schedule_revs(self) -> str:
+        return f"{self.prefix}schedule:revs"
+
+    @property
+    def schedule_version(self) -> str:
+        return f"{self.prefix}schedule:version"
+
+    @property
+    def schedule_removed(self) -> str:
+        return f"{self.prefix}schedule:removed"
+
+    @property
+    def schedule_removed_at(self) -> str:
+        return f"{self.prefix}schedule:removed_at"
+
+    @property
+    def schedule_runs(self) -> str:
+        return f"{self.prefix}schedule:runs"
+
+    def history(self, entry: str) -> str:
+        return f"{self.prefix}history:{entry}"

@@ -11,20 +11,27 @@ from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
 
+from pubtasks.bounds import entry_grid, limits_of
 from pubtasks.control import State
-from pubtasks.cron import grid_of
 from pubtasks.entries import CatchUp, catch_up_of, publish_entries
 from pubtasks.keys import COUNTERS
 from pubtasks.records import Counts
-from pubtasks.schedule import every
+from pubtasks.schedule import Grid, every, has_next, to_us
 from pubtasks.times import moment
 
 COLUMNS = (*COUNTERS, "pending", "skipped")
 
 
+#: What an entry is doing: firing its ticks, paused, or done with them (its max_runs
+#: had, its one-off fired, its end passed).
+STATES = ("active", "paused", "finished")
+
+
 @dataclass(frozen=True)
 class Row:
     name: str
+    source: str  # "config" (celeryconfig.py) or "runtime" (``schedule add``)
+    state: str  # STATES
     schedule: str
     catch_up: CatchUp | None  # None: a schedule that Celery catches up itself
     paused_since: float | None
@@ -42,20 +49,32 @@ def rows(
     state: State,
     entries: Mapping[str, Counts],
     now: float,
+    runtime: Mapping[str, Mapping[str, Any]] | None = None,
+    runs: Mapping[str, int] | None = None,
 ) -> list[Row]:
-    """One row per publish entry of ``beat_schedule``, in its order."""
+    """One row per publish entry of ``beat_schedule``, in its order, then one per
+    ``runtime`` entry (``specs.entry_of``); ``runs``: ticks numbered (``max_runs``)."""
     out = []
-    for name, spec in publish_entries(beat_schedule).items():
+    config = publish_entries(beat_schedule)
+    both = [(n, "config", spec) for n, spec in config.items()]
+    both += [(n, "runtime", spec) for n, spec in (runtime or {}).items() if n not in config]
+    for name, source, spec in both:
         policy = catch_up_of(spec.get("options"))
-        grid = grid_of(spec.get("schedule"), publish_interval, tz, policy.within)
+        grid = entry_grid(name, spec, publish_interval, tz, policy.within)
         if grid is None:
             described, next_tick = repr(spec.get("schedule")), None
         else:
             described = grid.describe() if isinstance(grid, every) else repr(grid)[1:-1]
-            next_tick = grid.following(now)
+            following = grid.following_us(to_us(now))
+            next_tick = following / 1e6 if has_next(following) else None
+        limit = limits_of(spec.get("options"), spec.get("schedule")).max_runs
+        ran = (runs or {}).get(name, 0)
+        paused = name in state.paused
         out.append(
             Row(
                 name=name,
+                source=source,
+                state=state_of(grid, limit, ran, paused, state.last.get(name)),
                 schedule=described,
                 catch_up=None if grid is None else policy,
                 paused_since=state.paused.get(name),
@@ -66,6 +85,18 @@ def rows(
             )
         )
     return out
+
+
+def state_of(
+    grid: Grid | None, max_runs: int | None, runs: int, paused: bool, last: float | None
+) -> str:
+    """``finished`` once the entry had its ``max_runs``, or its last tick (``once``, or
+    the last before its ``end``) was handled (``last``: beat:last); else paused or active."""
+    if max_runs is not None and runs >= max_runs:
+        return "finished"
+    if grid is not None and last is not None and not has_next(grid.following_us(to_us(last))):
+        return "finished"
+    return "paused" if paused else "active"
 
 
 def holder_line(state: State) -> str:
@@ -87,15 +118,17 @@ def render(listing: list[Row], state: State, where: str, prefix: str, now: float
             if r.catch_up is None
             else f"{r.catch_up.policy} within {r.catch_up.within:g} s"
         )
-        status, last = "running", moment(r.last_tick, now)
-        if r.paused_since is not None:
+        status, last = r.state, moment(r.last_tick, now)
+        if r.state == "paused":
             status = f"PAUSED since {moment(r.paused_since, now)}"
             last += " (ticks since the pause are skipped)" if r.last_tick else ""
-        nxt = "paused" if r.paused_since is not None else moment(r.next_tick, now)
+        nxt = {"paused": "paused", "finished": "none (finished)"}.get(
+            r.state, moment(r.next_tick, now)
+        )
         counters = "  ".join(f"{c} {getattr(r.counts, c)}" for c in COLUMNS)
         lines += [
             "",
-            r.name,
+            f"{r.name}  ({'celeryconfig.py' if r.source == 'config' else 'run time'})",
             f"  schedule   {r.schedule}; catch_up {catch_up}",
             f"  state      {status}",
             f"  last tick  {last}",
@@ -112,13 +145,15 @@ def as_json(listing: list[Row], state: State) -> dict[str, Any]:
         "triggers_waiting": state.waiting,
         "entries": {
             r.name: {
+                "source": r.source,
+                "state": r.state,
                 "schedule": r.schedule,
                 "catch_up": None if r.catch_up is None else r.catch_up.policy,
                 "catch_up_within": None if r.catch_up is None else r.catch_up.within,
                 "paused": r.paused_since is not None,
                 "paused_since": r.paused_since,
                 "last_tick": r.last_tick,
-                "next_tick": None if r.paused_since is not None else r.next_tick,
+                "next_tick": r.next_tick if r.state == "active" else None,
                 "last_manual": r.last_manual,
                 **{c: getattr(r.counts, c) for c in COLUMNS},
                 "last_confirmed_at": r.counts.last_confirmed_at,

@@ -152,13 +152,22 @@ end
 """
 
 # KEYS: totals, beat:number:<entry> (or beat:manual:<entry>), paused, beat:last:<entry>,
-#       entry:<entry>, entries, skips:<entry>, beat:numbered:<entry>.
+#       entry:<entry>, entries, skips:<entry>, beat:numbered:<entry>, schedule:revs,
+#       schedule:runs.
 # ARGV: the tick's id, how many numbers, the entry, its scheduled time, 1 to obey a pause
 #       (0: a tick fired by hand), 1 if it fires late, records kept, the record of this
-#       tick skipped while paused, the floor, how long numbers are kept, then (or
-#       nothing) the run of ticks before it skipped for being later than the window:
-#       its count, first, last and record.
-# Returns {first number (-1: skipped while paused), numbers lifted to the floor}.
+#       tick skipped while paused, the floor, how long numbers are kept, the version of
+#       the run-time entry beat fired it from ('' for a config entry), max_runs (0:
+#       none), 1 to skip an overlap, the key prefix, the record of this tick skipped for
+#       an overlap, TICK_DEADLINE, then (or nothing) the run of ticks before it skipped
+#       for being later than the window: its count, first, last and record.
+# Returns {first number, numbers lifted to the floor}; a first number of -1: skipped
+# while paused; -2: the entry has had its max_runs; -3: skipped, its previous tick is
+# not settled (overlap); -4: the run-time entry changed or was removed since beat read
+# it (nothing counted: beat reads it again).
+# max_runs counts the ticks numbered (schedule:runs), in this call: exactly that many,
+# whoever numbers them. An overlap is the entry's latest tick numbered not yet done (its
+# done:<tick> bits) while younger than TICK_DEADLINE (by then it is done or failed).
 # The numbers of the entry's latest tick are kept with its id, and those of its ticks
 # of the last ARGV[10] seconds by scheduled time (beat:numbered, the entry's catch-up
 # window), so asking again for the same tick (a retried write, a beat that died
@@ -199,12 +208,28 @@ local function skip(reason, n, first, last, record)
   local current = tonumber(redis.call('GET', KEYS[4]) or '')
   if not current or tonumber(last) > current then redis.call('SET', KEYS[4], last) end
 end
-if ARGV[5] == '1' and #ARGV >= 14 then
-  skip('window', ARGV[11], ARGV[12], ARGV[13], ARGV[14])
+if ARGV[11] ~= '' and redis.call('HGET', KEYS[9], ARGV[3]) ~= ARGV[11] then
+  return {-4, 0}
+end
+if ARGV[5] == '1' and #ARGV >= 20 then
+  skip('window', ARGV[17], ARGV[18], ARGV[19], ARGV[20])
 end
 if ARGV[5] == '1' and redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then
   skip('paused', 1, ARGV[4], ARGV[4], ARGV[8])
   return {-1, 0}
+end
+local most = tonumber(ARGV[12])
+if ARGV[5] == '1' and most > 0 then
+  if tonumber(redis.call('HGET', KEYS[10], ARGV[3]) or '0') >= most then return {-2, 0} end
+end
+if ARGV[5] == '1' and ARGV[13] == '1' and held then
+  local id = string.match(held, '^(.*) %d+$')
+  local ms = tonumber(string.match(held, '@(%d+) %d+$'))
+  local young = ms and at - ms < tonumber(ARGV[16]) * 1000
+  if young and redis.call('BITCOUNT', ARGV[14] .. 'done:' .. id) < tonumber(ARGV[2]) then
+    skip('overlap', 1, ARGV[4], ARGV[4], ARGV[15])
+    return {-3, 0}
+  end
 end
 local floor = tonumber(ARGV[9])
 local stored = tonumber(redis.call('HGET', KEYS[1], 'last_message_number') or '0')
@@ -220,6 +245,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. (at - tonumber(ARGV[10]) 
 redis.call('SADD', KEYS[6], ARGV[3])
 redis.call('HINCRBY', KEYS[5], ARGV[5] == '1' and 'ticks' or 'ticks_manual', 1)
 if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[5], 'ticks_late', 1) end
+if ARGV[5] == '1' and most > 0 then redis.call('HINCRBY', KEYS[10], ARGV[3], 1) end
 return {first, lifted}
 """
 )
@@ -284,3 +310,26 @@ end
 return #keys
 """
 )
+
+# KEYS: totals, beat:number:<entry>, beat:numbered:<entry>, entry:<entry>, entries.
+# ARGV: the tick's id, how many numbers, its scheduled time, the entry.
+# The first number of a tick fired again by ``schedule backfill``: the numbers it was
+# given before, if beat:number or beat:numbered still know them; else new ones, kept
+# there, and counted a tick fired by hand.
+BACKFILL = """
+local held = redis.call('GET', KEYS[2])
+if held then
+  local id, first = string.match(held, '^(.*) (%d+)$')
+  if id == ARGV[1] then return tonumber(first) end
+end
+local at = math.floor(tonumber(ARGV[3]) * 1000 + 0.5)
+for _, kept in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], at, at)) do
+  local id, first = string.match(kept, '^(.*) (%d+)$')
+  if id == ARGV[1] then return tonumber(first) end
+end
+local first = redis.call('HINCRBY', KEYS[1], 'last_message_number', ARGV[2]) - ARGV[2] + 1
+redis.call('ZADD', KEYS[3], at, ARGV[1] .. ' ' .. first)
+redis.call('SADD', KEYS[5], ARGV[4])
+redis.call('HINCRBY', KEYS[4], 'ticks_manual', 1)
+return first
+"""

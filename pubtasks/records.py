@@ -118,6 +118,7 @@ class Counts:
     skipped_paused: int = 0
     skipped_catch_up: int = 0
     skipped_window: int = 0
+    skipped_overlap: int = 0
     last_confirmed_number: int | None = None
     last_confirmed_at: float | None = None
 

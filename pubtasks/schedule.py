@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery.schedules import BaseSchedule, schedstate
@@ -33,15 +33,23 @@ EARLY_US = 200
 POLICIES = ("all", "latest", "none")
 #: Why ticks of the schedule were skipped, not fired (``Run.reason``): the entry was
 #: paused; its ``catch_up`` policy did not fire them; they were more than
-#: ``catch_up_within`` late.
-REASONS = ("paused", "catch_up", "window")
+#: ``catch_up_within`` late; its previous tick was still unsettled (``overlap: skip``).
+REASONS = ("paused", "catch_up", "window", "overlap")
 #: A crontab's skipped ticks are counted one by one up to this many (about a second);
 #: an ``every`` grid's are counted exactly, by arithmetic.
 COUNT_LIMIT = 100_000
+#: The "tick" after a schedule's last one (``once``, an entry's ``end``): no tick, ever
+#: (about 146,000 years on; a datetime cannot hold it: ``has_next`` says).
+NEVER_US = 2**62
 
 
 def to_us(seconds: float) -> int:
     return round(seconds * US)
+
+
+def has_next(t_us: int) -> bool:
+    """Is ``t_us``, a schedule's following tick, a tick at all (not ``NEVER_US``)?"""
+    return t_us < NEVER_US
 
 
 @dataclass(frozen=True)
@@ -322,3 +330,57 @@ class every(Grid):  # noqa: N801 - named like celery's own ``crontab`` and ``sch
 
     def __hash__(self) -> int:
         return hash((every, self._seconds, self.within))
+
+
+class once(Grid):  # noqa: N801 - named like ``every`` and celery's ``crontab``
+    """Fire once, at ``at`` (seconds since the epoch, an aware datetime, or ISO-8601 with
+    an offset); a one-off entry, finished after its tick (``max_runs`` 1)."""
+
+    def __init__(self, at: float | datetime | str, within: float = CATCH_UP_WITHIN) -> None:
+        super().__init__()
+        self.at = instant_of(at)
+        self.within = within
+
+    def following_us(self, t_us: int) -> int:
+        at = to_us(self.at)
+        return at if t_us < at else NEVER_US
+
+    def describe(self) -> str:
+        return f"once at {datetime.fromtimestamp(self.at, UTC).isoformat()}"
+
+    def __repr__(self) -> str:
+        return f"<{self.describe()}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.__class__, (self.at, self.within)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, once):
+            return (self.at, self.within) == (other.at, other.within)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((once, self.at, self.within))
+
+
+def instant_of(value: float | datetime | str) -> float:
+    """Seconds since the epoch of an instant given as a number, an aware datetime or an
+    ISO-8601 string with an offset (``Z`` too). ``ValueError`` says what is wrong."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a time")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an ISO-8601 time; write e.g. 2026-12-24T18:00:00+01:00"
+            ) from None
+    if not isinstance(value, datetime):
+        raise ValueError(f"{value!r} is not a time; give an ISO-8601 string or a datetime")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{value.isoformat()} has no time zone; add its offset, e.g. {value.isoformat()}+00:00"
+        )
+    return value.timestamp()

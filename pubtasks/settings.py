@@ -156,7 +156,11 @@ class Settings:
     def context(self) -> Context:
         """What a schedule entry is checked against (``entries.recipe``)."""
         return Context(
-            frozenset(declared_exchanges(self)), self.exchange, self.routing_key, self.on_return
+            frozenset(declared_exchanges(self)),
+            self.exchange,
+            self.routing_key,
+            self.on_return,
+            self.publish_interval,
         )
 
     def __str__(self) -> str:

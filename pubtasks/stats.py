@@ -7,10 +7,12 @@ At any quiet moment ``published == acked + nacked + unconfirmed + pending``
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -19,7 +21,7 @@ from pubtasks import defaults, lua, timing
 from pubtasks.confirms import Delivery, Settled
 from pubtasks.counters import outcome_of
 from pubtasks.ids import entry_of, message_id
-from pubtasks.keys import SKIPS_KEPT, Keys
+from pubtasks.keys import HISTORY_KEPT, SKIPS_KEPT, Keys
 from pubtasks.records import Counts, Latency, ResumePoint, Skip, Snapshot
 from pubtasks.schedule import Run
 from pubtasks.sent import SentLedger
@@ -27,6 +29,17 @@ from pubtasks.settings import Settings
 from pubtasks.store import Store, connect, redis_errors
 
 log = logging.getLogger(__name__)
+
+
+class NotFired(StrEnum):
+    """Why beat's tick got no number, besides a pause (``Stats.tick_number``)."""
+
+    FINISHED = "finished"  # the entry had its max_runs
+    OVERLAP = "overlap"  # skipped: its previous tick is not settled
+    STALE = "stale"  # the run-time entry changed or was removed: read it again
+
+
+NOT_FIRED = {-2: NotFired.FINISHED, -3: NotFired.OVERLAP, -4: NotFired.STALE}
 
 
 class Stats(Store):
@@ -45,6 +58,7 @@ class Stats(Store):
         self._number = client.register_script(lua.NUMBER)
         self._done = client.register_script(lua.DONE)
         self._skip = client.register_script(lua.SKIP)
+        self._backfill = client.register_script(lua.BACKFILL)
 
     @classmethod
     def from_url(
@@ -86,7 +100,11 @@ class Stats(Store):
         now: float | None = None,
         floor: int = 0,
         keep: float = defaults.CATCH_UP_WITHIN,
-    ) -> int | None:
+        rev: str = "",
+        max_runs: int | None = None,
+        overlap: bool = False,
+        deadline: float = defaults.TICK_DEADLINE,
+    ) -> int | NotFired | None:
         """The first of the ``count`` numbers of a tick: allocated once (beat), when the
         tick is counted fired (and ``late``). None when the entry is paused: the tick is
         skipped, counted ``paused`` (a tick fired by hand is not skipped).
@@ -98,6 +116,12 @@ class Stats(Store):
         ``keep``: how long (s, by scheduled time) a tick's numbers are kept for asking
         again, the entry's catch-up window.
 
+        ``rev``: the version of the run-time entry the tick was fired from (``catalog``);
+        ``NotFired.STALE`` if the entry has changed or gone since. ``max_runs``: after
+        that many ticks numbered, ``NotFired.FINISHED``. ``overlap``: skip the tick,
+        counted ``overlap``, while the entry's previous one is unsettled and younger than
+        ``deadline`` (``NotFired.OVERLAP``).
+
         The numbers must survive a failover before the tick is sent: ``NotReplicated``
         while no replica acknowledges them (``Replication``); asked again, the tick
         gets the same numbers."""
@@ -106,9 +130,12 @@ class Stats(Store):
         tick_id = message_id(entry, scheduled_at, manual)
         keys = [k.totals, k.beat_number(entry, manual), k.paused, k.beat_last(entry)]
         keys += [k.entry(entry), k.entries, k.skips(entry), k.beat_numbered(entry)]
+        keys += [k.schedule_revs, k.schedule_runs]
         paused = Skip("paused", scheduled_at, scheduled_at, 1, now)
+        overlapped = Skip("overlap", scheduled_at, scheduled_at, 1, now)
         args: list[Any] = [tick_id, count, entry, scheduled_at, 0 if manual else 1, int(late)]
         args += [SKIPS_KEPT, paused.record(), floor, min(keep, timing.NUMBERS_KEPT_FOR)]
+        args += [rev, max_runs or 0, int(overlap), k.prefix, overlapped.record(), deadline]
         if window is not None and window.count > 0 and not manual:
             args += [window.count, window.first, window.last, Skip.of(window, now).record()]
         with redis_errors(self._url):
@@ -120,7 +147,9 @@ class Stats(Store):
                 lifted,
                 floor,
             )
-        return None if first < 0 else first
+        if first == -1:
+            return None
+        return NOT_FIRED[first] if first < 0 else first
 
     # -- ticks skipped (``beat``) -------------------------------------------------------
 
@@ -296,6 +325,32 @@ class Stats(Store):
                 name: Counts.from_hash(raw, pending=by_entry[name]) for name, raw in entries.items()
             },
         )
+
+    def backfill_number(self, entry: str, scheduled_at: float, count: int = 1) -> int:
+        """The first number of a tick fired by ``schedule backfill``: those it had, if it
+        was numbered within the entry's catch-up window, else new ones (``lua.BACKFILL``)."""
+        k = self.keys
+        keys = [k.totals, k.beat_number(entry), k.beat_numbered(entry), k.entry(entry)]
+        keys.append(k.entries)
+        args = [message_id(entry, scheduled_at), count, scheduled_at, entry]
+        with redis_errors(self._url):
+            return int(self._write(self._backfill, keys, args, True))
+
+    # -- each entry's latest ticks (``schedule show``) ----------------------------------
+
+    def ran(self, entry: str, record: dict[str, Any]) -> None:
+        """Add a tick that ended to the entry's history (the newest ``HISTORY_KEPT``)."""
+        key = self.keys.history(entry)
+        with redis_errors(self._url), self.client.pipeline(transaction=False) as pipe:
+            pipe.lpush(key, json.dumps(record, sort_keys=True))
+            pipe.ltrim(key, 0, HISTORY_KEPT - 1)
+            pipe.execute()
+
+    def history(self, entry: str, count: int = 10) -> list[dict[str, Any]]:
+        """The entry's latest ``count`` ticks that ended, newest first."""
+        with redis_errors(self._url):
+            raw = self.client.lrange(self.keys.history(entry), 0, count - 1)
+        return [json.loads(r) for r in raw]
 
     def clear(self) -> int:
         """Delete every key under the prefix (the tests and the bench clear their own)."""

@@ -172,10 +172,15 @@ class Tickwork:
             return self._parked_result()
         except (Retry, StatsUnavailable):
             raise  # (still in the lane, if it held it: its retry holds it again)
+        except PublishError as exc:
+            self._release(wake_all=False)  # failed: the next one holds it
+            self._ran("failed", self.tries.attempt, time.time(), str(exc))
+            raise
         except BaseException:
-            self._release(wake_all=False)  # failed, or broken off: the next one holds it
+            self._release(wake_all=False)  # broken off: the next one holds it
             raise
         self._release(wake_all=not self.payload)
+        self._ran(result.outcome, result.attempts, result.confirmed_at)
         return {
             "message_id": result.message_id,
             "message_number": result.message_number,
@@ -183,6 +188,22 @@ class Tickwork:
             "attempts": result.attempts,
             "confirmed_at": result.confirmed_at,
         }
+
+    def _ran(self, outcome: str, attempts: int, at: float, reason: str = "") -> None:
+        """Add how the tick ended to its entry's history (``schedule show``); best effort."""
+        tick = self.tick
+        record = {
+            "message_id": tick.message_id,
+            "outcome": outcome,
+            "lateness": round(at - tick.scheduled_at, 6),
+            "attempts": attempts,
+            "at": at,
+            **({"reason": reason} if reason else {}),
+        }
+        try:
+            self.publisher.stats.ran(tick.entry, record)
+        except StatsUnavailable as exc:
+            log.debug("tick %s: its history is not kept: %s", tick.message_id, exc)
 
     def _parked(self, tries: Tries) -> Parked:
         kwargs = {**self.kwargs, "lane": True}

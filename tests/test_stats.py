@@ -290,7 +290,7 @@ def test_a_tick_skipped_while_paused_is_counted_once_with_its_record(stats: Stat
     # died before recording it sent): it keeps its number, and is not skipped
     assert stats.tick_number("e", 1.0) == 1
     # Then two ticks are counted skipped, paused, in the entry and the totals
-    assert skipped_of(stats, "e") == (2, {"paused": 2, "catch_up": 0, "window": 0})
+    assert skipped_of(stats, "e") == (2, {"paused": 2, "catch_up": 0, "window": 0, "overlap": 0})
     totals = stats.snapshot().totals
     assert (totals.skipped, totals.skipped_paused) == (2, 2)
     # each with its record, newest first
@@ -363,7 +363,7 @@ def test_a_skip_is_a_compare_and_set_of_the_last_tick_counted_once(stats: Stats)
     # and a second beat that read the same state decides otherwise
     assert stats.skip("e", [Run("catch_up", 101.0, 120.0, 20)], seen, now=120.6) is None
     # Then the runs are counted once, by reason, and the last tick moved past them
-    assert skipped_of(stats, "e") == (19, {"paused": 0, "catch_up": 4, "window": 15})
+    assert skipped_of(stats, "e") == (19, {"paused": 0, "catch_up": 4, "window": 15, "overlap": 0})
     assert stats.snapshot().totals.skipped == 19
     assert stats.skips("e") == [
         Skip("catch_up", 116.0, 119.0, 4, 120.5),

@@ -62,6 +62,7 @@ class Raw:
 
     body: bytes
     properties: dict[str, Any]
+    routing_key: str = ""
 
 
 def take(amqp_url: str, queue: str, missing_ok: bool = False) -> list[Raw]:
@@ -83,7 +84,8 @@ def take(amqp_url: str, queue: str, missing_ok: bool = False) -> list[Raw]:
             body = msg.body  # py-amqp decodes a body that names its content_encoding
             if isinstance(body, str):
                 body = body.encode(msg.properties["content_encoding"])
-            got.append(Raw(bytes(body), dict(msg.properties)))
+            key = str(msg.delivery_info.get("routing_key", ""))
+            got.append(Raw(bytes(body), dict(msg.properties), key))
 
 
 def number_of(m: Raw) -> int:
