@@ -104,8 +104,8 @@ def entry_of(name: str, spec: Mapping[str, Any], tz: tzinfo) -> dict[str, Any]:
             schedule = once(instant_in(str(value), entry_tz))
     except ValueError as exc:
         raise _fail(name, f"'schedule': {exc}") from None
-    kwargs = spec.get("kwargs") or {}
-    options = spec.get("options") or {}
+    kwargs = {} if spec.get("kwargs") is None else spec["kwargs"]
+    options = {} if spec.get("options") is None else spec["options"]
     for field, found in (("kwargs", kwargs), ("options", options)):
         if not isinstance(found, Mapping):
             raise _fail(name, f"{field!r} must be a dict, not {kind_of(found)}")

@@ -72,12 +72,15 @@ from kombu.connection import Connection
 
 from pubtasks import defaults, pulse, timing
 from pubtasks.accounting import abandoned_after
+from pubtasks.catalog import Catalog
 from pubtasks.entries import options_of, task_options
+from pubtasks.errors import ConfigError
 from pubtasks.ids import owner_id
 from pubtasks.lanes import Lanes
 from pubtasks.message import tick_kwargs
 from pubtasks.orphans import Orphans
 from pubtasks.records import SentTick
+from pubtasks.specs import entry_of
 from pubtasks.stats import Stats
 from pubtasks.transport import (
     embedded_beat,
@@ -297,12 +300,26 @@ class Supervisor:
             if tick.tick_id not in present and self.stats.ledger.claim(tick, cutoff, now):
                 self._resend(tick)
 
+    def _entry(self, name: str) -> Any:
+        """Entry ``name`` of beat_schedule, or the run-time entry of that name (its recipe
+        now: an edit since the tick was sent applies); None if neither has it."""
+        entry = (self.app.conf.beat_schedule or {}).get(name)
+        if entry is not None:
+            return entry
+        stored = Catalog(self.stats).get(name)
+        if stored is None:
+            return None
+        try:
+            return entry_of(name, stored.spec, self.app.timezone)
+        except ConfigError:
+            return None
+
     def _resend(self, tick: SentTick) -> None:
-        entry = (self.app.conf.beat_schedule or {}).get(tick.entry)
+        entry = self._entry(tick.entry)
         if entry is None:
             log.warning(
-                "pubtasks: tick %s was lost in Redis, and %s is no longer in beat_schedule: "
-                "not sent again",
+                "pubtasks: tick %s was lost in Redis, and %s is no longer in beat_schedule "
+                "nor a run-time entry: not sent again",
                 tick.tick_id,
                 tick.entry,
             )

@@ -35,6 +35,9 @@ class Recording(Scheduler):
     def _take_triggers(self) -> None:
         pass  # no Redis here: these tests are about when beat wakes
 
+    def _watch(self, force: bool = False) -> None:
+        pass  # nor run-time entries
+
     def _send_each(self, producer: Any) -> None:
         while self._unsent:
             tick = self._unsent.popleft()

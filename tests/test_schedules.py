@@ -8,13 +8,19 @@ import json
 import os
 import signal
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from pubtasks.bench.waiting import wait_for
+from pubtasks.catalog import Catalog
+from pubtasks.celery import App
 from pubtasks.ids import scheduled_at_of
+from pubtasks.runtime import Schedules, recipe
+from pubtasks.schedule import every
+from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 from tests.helpers import Raw, Worker, beat_pid, finish, holder_group, take, write_config
 from tests.test_runtime import gaps, pubtasks
@@ -107,15 +113,20 @@ def test_an_entry_added_edited_and_removed_while_two_beats_run_and_a_takeover(
     # every tick of the grid from the first to the last was delivered, none twice
     assert gaps(ids) == [STEP] * (len(ids) - 1), gaps(ids)
     # the ticks before the edit carry the old key, those a tick after it the new one
-    assert all(key_of[i] == "example.before" for i, t in zip(ids, times) if t < editing)
-    assert all(key_of[i] == "example.after" for i, t in zip(ids, times) if t > edited + STEP)
+    assert all(
+        key_of[i] == "example.before" for i, t in zip(ids, times, strict=True) if t < editing
+    )
+    assert all(
+        key_of[i] == "example.after" for i, t in zip(ids, times, strict=True) if t > edited + STEP
+    )
     assert any(key_of[i] == "example.after" for i in ids)
-    assert all(m.properties["application_headers"]["x-tenant"] == 7 for m in messages if m.properties["message_id"] in ids)  # fmt: skip
+    mine = [m for m in messages if m.properties["message_id"] in set(ids)]
+    assert all(m.properties["application_headers"]["x-tenant"] == 7 for m in mine)
     # and nothing was due more than 1 s after the remove
     assert times[-1] <= removed + 1.0, (times[-1], removing, removed)
     # its counters and history stay readable; the counters equal what RabbitMQ holds
     assert shown["state"] == "removed"
-    assert shown["counters"]["acked"] == len([m for m in messages if m.properties["message_id"] in set(ids)])  # fmt: skip
+    assert shown["counters"]["acked"] == len(mine)
     assert shown["last_runs"] and shown["last_runs"][0]["outcome"] == "acked"
     assert stats.snapshot().totals.invariant_holds
 
@@ -166,7 +177,7 @@ def test_a_one_off_and_a_max_runs_entry_fire_exactly_so_across_a_sigkill(
     cwd = two_workers[0].cwd
     leader = holder(two_workers, stats)
     at = datetime.fromtimestamp(time.time() + 4, UTC).isoformat()
-    ok(pubtasks(cwd, worker_env, "schedule", "add", "once", "--at", at, "--routing-key", "example.once"))  # fmt: skip
+    ok(pubtasks(cwd, worker_env, "schedule", "add", "once", "--at", at))
     ok(
         pubtasks(
             cwd, worker_env, "schedule", "add", "capped", "--every", str(STEP),
@@ -175,8 +186,10 @@ def test_a_one_off_and_a_max_runs_entry_fire_exactly_so_across_a_sigkill(
     )  # fmt: skip
     # When the beat holding the lock is SIGKILLed after two runs, around the one-off's time
     wait_for(lambda: acked(stats, "capped") >= 2, 30, "two runs")
-    wait_for(lambda: time.time() > datetime.fromisoformat(at).timestamp() - 0.2, 10, "the one-off's time", 0.05)  # fmt: skip
+    due = datetime.fromisoformat(at).timestamp()
+    wait_for(lambda: time.time() > due - 0.2, 10, "the one-off's time", 0.05)
     os.kill(beat_pid(leader), signal.SIGKILL)
+
     # ... the other takes over, and both go on until the entries are finished
     def finished() -> bool:
         listed = json.loads(ok(pubtasks(cwd, worker_env, "schedule", "list", "--json")))
@@ -191,7 +204,123 @@ def test_a_one_off_and_a_max_runs_entry_fire_exactly_so_across_a_sigkill(
     # Then RabbitMQ received the one-off once and the capped entry's 6 ticks (duplicates
     # only as at-least-once ones, under the same message_id)
     messages = take(amqp_url, "text")
-    assert ids_of(messages, "once") == [f"once@{round(datetime.fromisoformat(at).timestamp() * 1000)}"]
+    assert ids_of(messages, "once") == [
+        f"once@{round(datetime.fromisoformat(at).timestamp() * 1000)}"
+    ]
     assert len(ids_of(messages, "capped")) == 6
     assert gaps(ids_of(messages, "capped")) == [STEP] * 5
     assert stats.snapshot().totals.invariant_holds
+
+
+def test_apply_the_python_api_a_zoned_cron_jitter_and_backfill_on_the_real_worker(  # noqa: PLR0915
+    worker: Worker,
+    worker_dir: Path,
+    worker_env: dict[str, str],
+    stats: Stats,
+    settings: Settings,
+    amqp_url: str,
+) -> None:
+    # Given the real worker, and a file of two entries: one every 0.5 s, and a crontab
+    # every minute of the hour of Kathmandu's day (UTC+05:45) the next minute falls in
+    write_config(worker_dir, stats.keys.prefix, CONFIG)
+    zone = ZoneInfo("Asia/Kathmandu")
+    next_minute = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    hour = next_minute.astimezone(zone).hour
+    document = {
+        "format": 1,
+        "entries": {
+            "ev": {"schedule": {"every": STEP}, "kwargs": {"routing_key": "example.ev"}},
+            "kt": {
+                "schedule": {"cron": f"* {hour} * * *"},
+                "timezone": "Asia/Kathmandu",
+                "kwargs": {"routing_key": "example.kt"},
+            },
+        },
+    }
+    (worker_dir / "entries.json").write_text(json.dumps(document))
+    worker.start()
+    applying = time.time()
+    first = ok(pubtasks(worker_dir, worker_env, "schedule", "apply", "entries.json"))
+    ev_added = Catalog(stats).get("ev").added_at  # type: ignore[union-attr]
+    # ... and an entry made in code, with the Python API, jittered by up to 0.4 s
+    app = App("test_schedules", set_as_current=False, broker="memory://")
+    app.use_settings(settings)
+    api = Schedules(app, stats)
+    api.add("api", recipe(every=1.0, jitter=0.4, routing_key="example.api"))
+    wait_for(lambda: acked(stats, "ev") >= 4 and acked(stats, "api") >= 3, 30, "ev and api")
+    wait_for(lambda: acked(stats, "kt") >= 1, 100, "the crontab's first tick")
+    # When a second file changes ev's routing key and leaves api out (removed)
+    document["entries"]["ev"]["kwargs"] = {"routing_key": "example.ev2"}  # type: ignore[index]
+    (worker_dir / "entries.json").write_text(json.dumps(document))
+    dry = ok(pubtasks(worker_dir, worker_env, "schedule", "apply", "entries.json", "--dry-run"))
+    changing = time.time()
+    second = ok(pubtasks(worker_dir, worker_env, "schedule", "apply", "entries.json"))
+    changed = time.time()
+    then = acked(stats, "ev")
+    wait_for(lambda: acked(stats, "ev") >= then + 4, 30, "ev ticking on")
+    # ... and ev is backfilled from 5 s before it existed to its second tick: the points
+    # before it existed are fired now, the two it had confirmed publish nothing again
+    grid = every(STEP)
+    firsts = sorted(scheduled_at_of(m) for m in _acked_ids(stats, "ev"))[:2]
+    start = grid.following(applying - 5.0 - STEP)
+    backfill = pubtasks(
+        worker_dir, worker_env, "schedule", "backfill", "ev",
+        "--from", datetime.fromtimestamp(start, UTC).isoformat(),
+        "--to", datetime.fromtimestamp(firsts[1], UTC).isoformat(),
+    )  # fmt: skip
+    too_many = pubtasks(
+        worker_dir, worker_env, "schedule", "backfill", "ev", "--max", "3",
+        "--from", datetime.fromtimestamp(start, UTC).isoformat(),
+        "--to", datetime.fromtimestamp(firsts[1], UTC).isoformat(),
+    )  # fmt: skip
+    wait_for(lambda: not stats.ledger.overdue(time.time()), 30, "the backfill published")
+    assert worker.stop() == 0, worker.log[-3000:]
+    finish(worker_dir, worker_env, stats)
+
+    messages = take(amqp_url, "text")
+    key_of = {m.properties["message_id"]: m.routing_key for m in messages}
+    # Then the first apply added both, the second changed one and removed one
+    assert "+ ev  added" in first and "+ kt  added" in first
+    assert "~ ev  changed" in dry and "- api  removed" in dry and "dry run" in dry
+    assert "~ ev  changed" in second and "- api  removed" in second
+    # ev's routing key changed from the tick after the apply (the ticks backfilled from
+    # before ev existed were fired after it, with the recipe of then)
+    ev = ids_of(messages, "ev")
+    assert all(key_of[i] == "example.ev" for i in ev if ev_added < scheduled_at_of(i) < changing)
+    assert all(key_of[i] == "example.ev2" for i in ev if scheduled_at_of(i) < ev_added)
+    assert all(key_of[i] == "example.ev2" for i in ev if scheduled_at_of(i) > changed + STEP)
+    # the backfill fired each point before ev existed once, and nothing of those confirmed:
+    # ev's ticks are its whole grid from `start`, each once
+    assert backfill.returncode == 0, backfill.stderr
+    assert [m.properties["message_id"] for m in messages].count(ev[0]) == 1
+    assert ev[0] == f"ev@{round(start * 1000)}"
+    assert gaps(ev) == [STEP] * (len(ev) - 1)
+    assert len([m for m in messages if m.properties["message_id"] in set(ev)]) == len(ev)
+    assert too_many.returncode == 2 and "more than 3 ticks" in too_many.stderr
+    # the crontab fired on a whole minute of that hour of Kathmandu's day
+    [kt] = ids_of(messages, "kt")
+    at = datetime.fromtimestamp(scheduled_at_of(kt), UTC)
+    assert (at.second, at.microsecond) == (0, 0) and at.astimezone(zone).hour == hour
+    # the API's entry: jittered ticks, each within 0.4 s after its whole second, stamped
+    # with its jittered time (the default body's scheduled_at, as x-scheduled-at is for an
+    # entry's own body), and none after it was removed
+    api_ids = ids_of(messages, "api")
+    assert len(api_ids) >= 3
+    for i in api_ids:
+        t = scheduled_at_of(i)
+        assert 0 <= t - int(t) < 0.4
+    for m in messages:
+        mid = m.properties["message_id"]
+        if mid in api_ids:
+            stamped = float(json.loads(m.body)["scheduled_at"])  # the default body's
+            assert abs(stamped - scheduled_at_of(mid)) < 1e-3, mid
+    assert scheduled_at_of(api_ids[-1]) <= changed + 1.0
+    snap = stats.snapshot()
+    assert snap.totals.invariant_holds
+    assert snap.totals.acked == len({m.properties["message_id"] for m in messages})
+
+
+def _acked_ids(stats: Stats, entry: str) -> list[str]:
+    """The message ids of the entry's ticks in its history (acked), oldest first."""
+    runs = stats.history(entry, 100)
+    return [r["message_id"] for r in reversed(runs) if r["outcome"] == "acked"]
