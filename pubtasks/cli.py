@@ -14,8 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
-from pubtasks import editing, listing
-from pubtasks.catalog import Catalog, Loaded
+from pubtasks import editing, inventory, listing
 from pubtasks.celery import app
 from pubtasks.control import Control
 from pubtasks.entries import publish_entries
@@ -25,7 +24,6 @@ from pubtasks.keys import COUNTERS
 from pubtasks.metrics import Schedule, StatsCollector
 from pubtasks.records import Counts, Snapshot
 from pubtasks.runtime import Schedules
-from pubtasks.specs import entry_of
 from pubtasks.stats import Stats
 from pubtasks.times import moment
 from pubtasks.urls import mask_url
@@ -128,18 +126,6 @@ def publish_entry(
     return name
 
 
-def runtime_entries(loaded: Loaded) -> dict[str, dict[str, object]]:
-    """The run-time entries as ``beat_schedule`` entries; one that no longer passes the
-    checks (celeryconfig.py changed) is shown as it is stored, unchecked."""
-    out = {}
-    for name, stored in loaded.entries.items():
-        try:
-            out[name] = entry_of(name, stored.spec, app.timezone)
-        except ConfigError:
-            continue
-    return out
-
-
 def schedule_command(args: argparse.Namespace) -> int:
     stats, where, prefix = _stats(args)
     if args.action in editing.ACTIONS:
@@ -147,10 +133,10 @@ def schedule_command(args: argparse.Namespace) -> int:
     control = Control(stats)
     beat_schedule = app.conf.beat_schedule or {}
     now = time.time()
-    runtime = runtime_entries(Catalog(stats).load())
+    found = inventory.take(stats, beat_schedule, app.timezone)
+    runtime = found.runtime
     if args.action == "list":
-        names = [str(n) for n in beat_schedule] + list(runtime)
-        state = control.state(names)
+        state = control.state(list(found.entries))
         rows = listing.rows(
             beat_schedule,
             app.settings.publish_interval,
@@ -159,7 +145,7 @@ def schedule_command(args: argparse.Namespace) -> int:
             entries=stats.snapshot().entries,
             now=now,
             runtime=runtime,
-            runs=Catalog(stats).runs(names),
+            runs=found.runs,
         )
         if args.json:
             print(json.dumps(listing.as_json(rows, state), sort_keys=True))
@@ -219,9 +205,14 @@ def metrics_command(args: argparse.Namespace) -> int:
 def health_command(args: argparse.Namespace) -> int:
     stats, _, _ = _stats(args)
     snap = stats.snapshot()
-    state = Control(stats).state([])
+    found = inventory.take(stats, app.conf.beat_schedule or {}, app.timezone)
+    state = Control(stats).state(list(found.entries))
     fleet = read_fleet(stats, state.holder)
-    expected = schedules(app.conf.beat_schedule or {}, app.settings.publish_interval, app.timezone)
+    interval = app.settings.publish_interval
+    finished = {
+        n for n, s in found.states(interval, app.timezone, state).items() if s == "finished"
+    }
+    expected = schedules(found.entries, interval, app.timezone, finished)
     healthy, lines = check(
         expected, snap.entries, time.time(), fleet, paused=state.paused, resumed=state.resumed
     )

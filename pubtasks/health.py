@@ -24,7 +24,7 @@ exporter read the rest). Each entry is judged by its own schedule:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -33,10 +33,11 @@ from celery.schedules import BaseSchedule
 from celery.schedules import schedule as interval_schedule
 
 from pubtasks import timing
+from pubtasks.bounds import entry_grid
 from pubtasks.cron import grid_of
 from pubtasks.entries import publish_entries
 from pubtasks.records import Counts
-from pubtasks.schedule import every
+from pubtasks.schedule import NEVER_US, US, every
 from pubtasks.stats import Stats
 from pubtasks.times import stamp
 
@@ -90,13 +91,28 @@ def following_of(spec: Any, publish_interval: float, tz: tzinfo) -> Following | 
 
 
 def schedules(
-    beat_schedule: Mapping[str, Any], publish_interval: float, tz: tzinfo
+    beat_schedule: Mapping[str, Any],
+    publish_interval: float,
+    tz: tzinfo,
+    finished: Collection[str] = (),
 ) -> dict[str, Following | None]:
-    """Each publish entry of ``beat_schedule``, with how its ticks fall due."""
-    return {
-        name: following_of(entry.get("schedule"), publish_interval, tz)
-        for name, entry in publish_entries(beat_schedule).items()
-    }
+    """Each publish entry of ``beat_schedule``, with how its ticks fall due (within its
+    window, jittered: ``bounds``); a ``finished`` one has none due (``never``)."""
+    out: dict[str, Following | None] = {}
+    for name, entry in publish_entries(beat_schedule).items():
+        grid = entry_grid(name, entry, publish_interval, tz)
+        if name in finished:
+            out[name] = never
+        elif grid is not None:
+            out[name] = grid.following
+        else:
+            out[name] = following_of(entry.get("schedule"), publish_interval, tz)
+    return out
+
+
+def never(t: float) -> float:
+    """The ``Following`` of a finished entry: no tick is ever due."""
+    return NEVER_US / US
 
 
 @dataclass(frozen=True)
@@ -157,6 +173,8 @@ def judge(
         due = following(base)
     except ValueError:  # a crontab that matches no date any more: nothing is due
         return Verdict(name, True, f"{name}: no tick due any more")
+    if due >= NEVER_US / US:  # finished: its max_runs had, its one-off or its end past
+        return Verdict(name, True, f"{name}: finished, no tick due any more")
     confirm = "none yet" if confirmed is None else f"{now - confirmed:.1f} s ago"
     if due + grace <= now:
         return Verdict(

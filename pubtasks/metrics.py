@@ -25,12 +25,16 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from pubtasks import defaults
+from pubtasks import defaults, inventory
 from pubtasks.control import Control, State
+from pubtasks.entries import publish_entries
 from pubtasks.errors import StatsUnavailable
 from pubtasks.health import Fleet, Following, intervals, read_fleet, schedules, verdicts
+from pubtasks.inventory import Inventory
 from pubtasks.keys import COUNTERS, TICKS
+from pubtasks.listing import STATES
 from pubtasks.records import Latency, Snapshot
+from pubtasks.specs import SOURCES
 from pubtasks.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -74,13 +78,16 @@ class Reading:
     state: State
     latencies: dict[str, Latency]
     fleet: Fleet
+    inventory: Inventory = field(default_factory=Inventory)
 
 
-def read(stats: Stats) -> Reading:
+def read(stats: Stats, schedule: Schedule | None = None) -> Reading:
+    schedule = schedule or Schedule()
     snapshot = stats.snapshot()
-    state = Control(stats).state([])
+    found = inventory.take(stats, schedule.beat_schedule, schedule.timezone)
+    state = Control(stats).state(list(found.entries))
     latencies = stats.latencies(snapshot.entries)
-    return Reading(snapshot, state, latencies, read_fleet(stats, state.holder))
+    return Reading(snapshot, state, latencies, read_fleet(stats, state.holder), found)
 
 
 def holder_parts(holder: str) -> tuple[str, str]:
@@ -116,7 +123,7 @@ def families(r: Reading, schedule: Schedule, now: float) -> Iterator[Metric]:
     skipped = CounterMetricFamily(
         "pubtasks_skipped",
         "ticks of the schedule not fired, by reason: paused, catch_up (the entry's policy), "
-        "window (more than catch_up_within late)",
+        "window (more than catch_up_within late), overlap (the previous tick unsettled)",
         labels=["entry", "reason"],
     )
     for entry, c in sorted(entries.items()):
@@ -151,9 +158,29 @@ def families(r: Reading, schedule: Schedule, now: float) -> Iterator[Metric]:
     yield from _beat(r.state)
     expected = schedule.intervals
     state = r.state
-    judged = verdicts(
-        schedule.schedules, entries, now, r.fleet, paused=state.paused, resumed=state.resumed
+    found = (
+        r.inventory
+        if r.inventory.entries
+        else Inventory(
+            dict(publish_entries(schedule.beat_schedule)),
+            dict.fromkeys(publish_entries(schedule.beat_schedule), SOURCES[0]),
+        )
     )
+    states = found.states(schedule.publish_interval, schedule.timezone, state)
+    finished = {n for n, s in states.items() if s == "finished"}
+    expecting = schedules(found.entries, schedule.publish_interval, schedule.timezone, finished)
+    judged = verdicts(expecting, entries, now, r.fleet, paused=state.paused, resumed=state.resumed)
+    counted = GaugeMetricFamily(
+        "pubtasks_entries",
+        "publish entries by source (config: celeryconfig.py; runtime: pubtasks schedule add) "
+        "and state (active, paused, finished)",
+        labels=["source", "state"],
+    )
+    by = found.counted(states)
+    for source in SOURCES:
+        for each in STATES:
+            counted.add_metric([source, each], by.get((source, each), 0))
+    yield counted
     known = set(entries) | {v.entry for v in judged} | set(r.state.paused)
     yield _per_entry(
         "pubtasks_paused",
@@ -217,7 +244,7 @@ class StatsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            reading = read(self.stats)
+            reading = read(self.stats, self.schedule)
         except StatsUnavailable as exc:
             log.warning("pubtasks metrics: %s", exc)
             yield GaugeMetricFamily(
