@@ -290,6 +290,13 @@ def run_scenario(
         for w in workers:
             w.stop()
     queued = finish(tmp_path, env, stats)
+    for w in workers:  # shown if the test fails: what each beat did, and when
+        print(f"-- {w.cwd.name}'s WARNING and ERROR lines:")
+        print(
+            "\n".join(
+                line for line in w.log.splitlines() if "WARNING/" in line or "ERROR/" in line
+            )[-6000:]
+        )
     notes = f"longest time without a confirm: {longest:.2f} s"
     if timing.sentinel_s is not None:
         notes += f"; Sentinel's own failover: {timing.sentinel_s:.2f} s"

@@ -192,6 +192,22 @@ def test_a_missed_tick_policy_is_taken_and_kept_from_celery(options: dict[str, A
             {"e": {"task": PUBLISH, "schedule": 5, "options": {"catch_up": "none"}}},
             "'catch_up' applies to every() and crontab() entries",
         ),
+        (
+            {"e": {"task": PUBLISH, "schedule": every(), "options": {"jitter": 1.0}}},
+            "'jitter' 1 s is not shorter than the 1 s between two of its ticks",
+        ),
+        (
+            {"e": {"task": PUBLISH, "schedule": every(), "options": {"max_runs": "3"}}},
+            "'max_runs' '3' is not a positive integer",
+        ),
+        (
+            {"e": {"task": PUBLISH, "schedule": every(), "options": {"end": "2026-01-01"}}},
+            "'end': 2026-01-01T00:00:00 has no time zone; add its offset",
+        ),
+        (
+            {"e": {"task": PUBLISH, "schedule": every(), "options": {"overlap": "wait"}}},
+            "'overlap' is 'wait'; give 'allow'",
+        ),
     ],
 )
 def test_a_bad_entry_is_one_line_naming_the_entry_and_the_field(

@@ -131,7 +131,7 @@ def test_an_entry_added_edited_and_removed_while_two_beats_run_and_a_takeover(
     assert stats.snapshot().totals.invariant_holds
 
 
-def test_entries_persist_across_a_restart_and_a_bad_add_stores_nothing(
+def test_entries_persist_across_a_restart_a_window_holds_and_a_bad_add_stores_nothing(
     worker: Worker, worker_dir: Path, worker_env: dict[str, str], stats: Stats, amqp_url: str
 ) -> None:
     # Given a real worker, and an entry added at run time
@@ -139,7 +139,29 @@ def test_entries_persist_across_a_restart_and_a_bad_add_stores_nothing(
     worker.start()
     args = ("schedule", "add", "kept", "--every", str(STEP), "--routing-key", "example.kept")
     ok(pubtasks(worker_dir, worker_env, *args))
+    # ... and one bounded to a window of 2 s that opens 2 s from now
+    start = time.time() + 2
+    end = start + 2
+    window = [
+        (f"--{k}", datetime.fromtimestamp(t, UTC).isoformat())
+        for k, t in (("start", start), ("end", end))
+    ]
+    ok(
+        pubtasks(
+            worker_dir,
+            worker_env,
+            "schedule",
+            "add",
+            "window",
+            "--every",
+            str(STEP),
+            *window[0],
+            *window[1],
+        )
+    )
     wait_for(lambda: acked(stats, "kept") >= 3, 30, "the entry ticking")
+    wait_for(lambda: time.time() > end + 1, 10, "the window to close", 0.1)
+    window_listed = json.loads(ok(pubtasks(worker_dir, worker_env, "schedule", "list", "--json")))
     # When a bad add is refused: an exchange that is not declared
     bad = pubtasks(
         worker_dir, worker_env, "schedule", "add", "bad", "--every", "1", "--exchange", "nope"
@@ -158,13 +180,19 @@ def test_entries_persist_across_a_restart_and_a_bad_add_stores_nothing(
     assert bad.returncode == 2
     [line] = bad.stderr.strip().splitlines()[-1:]
     assert "entry 'bad'" in line and "exchange 'nope' is not declared" in line, bad.stderr
-    assert stats.client.hkeys(stats.keys.schedule_entries) == ["kept"]
+    assert sorted(stats.client.hkeys(stats.keys.schedule_entries)) == ["kept", "window"]
     # the entry went on after the restart, from Redis
-    ids = ids_of(take(amqp_url, "text"), "kept")
+    messages = take(amqp_url, "text")
+    ids = ids_of(messages, "kept")
     assert len(ids) >= before + 3
     assert listed["entries"]["kept"]["source"] == "runtime"
     assert listed["entries"]["kept"]["state"] == "active"
     assert listed["entries"]["publish-text"]["source"] == "config"
+    # the window's ticks are its grid points from start to end, no other; then it is finished
+    points = [k * STEP for k in range(int(start / STEP), int(end / STEP) + 2)]
+    expected = [f"window@{round(p * 1000)}" for p in points if start <= p <= end]
+    assert ids_of(messages, "window") == expected
+    assert window_listed["entries"]["window"]["state"] == "finished"
 
 
 def test_a_one_off_and_a_max_runs_entry_fire_exactly_so_across_a_sigkill(

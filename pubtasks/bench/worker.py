@@ -126,6 +126,17 @@ class Worker:
     ) -> None:
         self.stop()
 
+    def _hung(self, timeout: float) -> None:
+        """A stop that did not end: have Celery log every thread's stack (its SIGUSR1
+        handler) and show the log's tail, where a failing test's output has it."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGUSR1)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(3)
+        print(f"worker in {self.cwd}: still running {timeout:g} s after SIGTERM; its log ends:")
+        print(self.log[-8000:])
+
     @property
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -164,6 +175,7 @@ class Worker:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self._hung(timeout)
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         with contextlib.suppress(ProcessLookupError):  # pool children and beat left behind
