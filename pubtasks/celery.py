@@ -30,7 +30,7 @@ from pubtasks.schedule import every
 from pubtasks.settings import Settings, unknown_names
 from pubtasks.supervision import Supervision
 from pubtasks.transport import BrokerAMQP
-from pubtasks.urls import REDIS_SCHEMES, check_url, is_sentinel, master_name
+from pubtasks.urls import REDIS_SCHEMES, check_url, is_sentinel, master_name, url_of
 
 log = logging.getLogger("pubtasks")
 
@@ -49,7 +49,7 @@ def celery_defaults() -> dict[str, Any]:
     """Celery settings that celeryconfig may override."""
     try:
         redis_url = check_url(
-            "REDIS_URL", os.environ.get("REDIS_URL") or defaults.REDIS_URL, REDIS_SCHEMES
+            "REDIS_URL", url_of(os.environ, "REDIS_URL", defaults.REDIS_URL), REDIS_SCHEMES
         )
         name = master_name(os.environ)
     except ConfigError as exc:  # Celery would parse it first and print a traceback

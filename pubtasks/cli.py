@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import time
 from collections import deque
@@ -188,9 +189,25 @@ def metrics_command(args: argparse.Namespace) -> int:
         app.timezone,
     )
     registry.register(StatsCollector(stats, schedule))
-    start_http_server(args.port, addr=args.address, registry=registry)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("metrics: give --tls-cert and --tls-key together (TLS), or neither")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        raise ConfigError("metrics: --tls-client-ca needs --tls-cert and --tls-key (TLS)")
+    tls = {}
+    if args.tls_cert is not None:  # prometheus-client's own TLS; a client CA: mutual TLS
+        tls = {"certfile": args.tls_cert, "keyfile": args.tls_key}
+        if args.tls_client_ca is not None:
+            tls.update(client_cafile=args.tls_client_ca, client_auth_required=True)
+    try:
+        start_http_server(args.port, addr=args.address, registry=registry, **tls)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"metrics: cannot serve on {args.address}:{args.port}: {exc}; check --address, "
+            "--port and the TLS files"
+        ) from None
+    scheme = "https" if tls else "http"
     print(
-        f"pubtasks: serving http://{args.address}:{args.port}/metrics from {where} "
+        f"pubtasks: serving {scheme}://{args.address}:{args.port}/metrics from {where} "
         f"(prefix {prefix!r})",
         file=sys.stderr,
         flush=True,
@@ -262,7 +279,20 @@ def parser() -> argparse.ArgumentParser:
         "celeryconfig.py)",
     )
     metrics.add_argument("--port", type=int, default=9808, help="port (default 9808)")
-    metrics.add_argument("--address", default="0.0.0.0", help="address (default 0.0.0.0)")
+    metrics.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0: all)",
+    )
+    metrics.add_argument(
+        "--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)"
+    )
+    metrics.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    metrics.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require a client certificate signed by this CA (mutual TLS)",
+    )
     metrics.add_argument("--prefix", help="key prefix (default: STATS_PREFIX)")
     metrics.set_defaults(run=metrics_command)
     health = sub.add_parser(

@@ -22,6 +22,10 @@ QUEUE_TYPES: Final = ("classic", "quorum")
 #: returned and moves on. An entry's ``on_return`` overrides this.
 ON_RETURN: Final = "retry"
 ON_RETURN_CHOICES: Final = ("retry", "count")
+#: DECLARE: "all" declares the topology; "passive" checks that its exchanges and queues
+#: exist (a user without configure permission); "none" declares nothing.
+DECLARE: Final = "all"
+DECLARE_CHOICES: Final = ("all", "passive", "none")
 
 STATS_PREFIX: Final = "pubtasks:"
 #: Seconds to wait for any answer from RabbitMQ: a confirm (basic.ack/basic.nack), or the

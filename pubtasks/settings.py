@@ -40,6 +40,7 @@ from pubtasks.urls import (
     is_sentinel,
     mask_url,
     master_name,
+    url_of,
 )
 
 EXCHANGE_TYPES = frozenset({"direct", "topic", "fanout", "headers"})
@@ -48,10 +49,13 @@ CONFIG_NAMES = frozenset({
     "EXCHANGE", "EXCHANGE_TYPE", "QUEUE", "ROUTING_KEY", "BINDING_KEY", "QUEUE_TYPE",
     "QUEUES", "EXCHANGES", "STATS_PREFIX", "CONFIRM_TIMEOUT", "PUBLISH_ATTEMPTS",
     "PUBLISH_BATCH", "CONFIRM_WINDOW", "BATCH_WRITES", "TICK_DEADLINE", "ON_RETURN",
-    "REDIS_WAIT_REPLICAS", "STARTUP_RETRIES",
+    "REDIS_WAIT_REPLICAS", "STARTUP_RETRIES", "DECLARE",
 })  # fmt: skip
 #: The names pubtasks reads from the environment only.
-ENV_NAMES = frozenset({"AMQP_URL", "REDIS_URL", "REDIS_MASTER_NAME", "PUBLISH_INTERVAL"})
+ENV_NAMES = frozenset({
+    "AMQP_URL", "REDIS_URL", "AMQP_URL_FILE", "REDIS_URL_FILE", "REDIS_MASTER_NAME",
+    "PUBLISH_INTERVAL",
+})  # fmt: skip
 #: The shorthand for one exchange and one queue, which QUEUES replaces.
 SHORTHAND = ("EXCHANGE_TYPE", "QUEUE", "BINDING_KEY", "QUEUE_TYPE")
 
@@ -136,6 +140,7 @@ class Settings:
     tick_deadline: float = defaults.TICK_DEADLINE
     on_return: str = defaults.ON_RETURN  # an entry's, unless it says otherwise
     startup_retries: int = defaults.STARTUP_RETRIES
+    declare: str = defaults.DECLARE  # all, passive (check they exist) or none
 
     @property
     def amqp_url_masked(self) -> str:
@@ -194,9 +199,11 @@ class Settings:
         exchange = _name("EXCHANGE", opt("EXCHANGE", defaults.EXCHANGE))
         exchanges, queues = topology(cfg, exchange, routing_key)
         loaded = cls(
-            amqp_url=check_url("AMQP_URL", env.get("AMQP_URL") or defaults.AMQP_URL, AMQP_SCHEMES),
+            amqp_url=check_url(
+                "AMQP_URL", url_of(env, "AMQP_URL", defaults.AMQP_URL), AMQP_SCHEMES
+            ),
             redis_url=check_url(
-                "REDIS_URL", env.get("REDIS_URL") or defaults.REDIS_URL, REDIS_SCHEMES
+                "REDIS_URL", url_of(env, "REDIS_URL", defaults.REDIS_URL), REDIS_SCHEMES
             ),
             redis_master_name=master_name(env),
             redis_wait_replicas=(
@@ -234,6 +241,7 @@ class Settings:
             startup_retries=_positive(
                 "STARTUP_RETRIES", opt("STARTUP_RETRIES", defaults.STARTUP_RETRIES), int
             ),
+            declare=_choice("DECLARE", opt("DECLARE", defaults.DECLARE), defaults.DECLARE_CHOICES),
         )
         # Celery's own order: the environment's CELERY_BROKER_URL before the config's
         broker = env.get("CELERY_BROKER_URL") or cfg.get("broker_url")

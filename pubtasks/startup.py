@@ -88,9 +88,11 @@ def check_or_exit(s: Settings) -> None:
     finally:
         stream.close()
         stats.close()
+    made = {"all": "declarations made", "passive": "entities found (DECLARE='passive')"}
     log.info(
-        "pubtasks: %d declarations made on %s (%s)",
+        "pubtasks: %d %s on %s (%s)",
         len(stream.topology.declarations()),
+        made.get(s.declare, "declarations: none (DECLARE='none')"),
         s.amqp_url_masked,
         "; ".join(d.what for d in stream.topology.declarations()),
     )

@@ -207,7 +207,8 @@ class ConfirmStream:
             except amqp.exceptions.ChannelError as exc:
                 self._drop_channel()
                 raise TopologyError(
-                    f"cannot declare {declaration.what}: RabbitMQ replied {describe(exc)}"
+                    declaration.failure.format(what=declaration.what)
+                    + f": RabbitMQ replied {describe(exc)}"
                 ) from exc
         producer = Producer(channel, auto_declare=False, on_return=self._on_return)
         self._batched = self.options.batch_writes and producer.supports_batch_publish

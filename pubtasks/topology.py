@@ -6,6 +6,16 @@ declaration carries a plain description, so a conflict names the entity:
 "cannot declare exchange 'message' (topic, durable): RabbitMQ replied (406)...".
 Queue and exchange arguments (``queue_arguments={"x-queue-type": "quorum"}``,
 ``{"x-message-ttl": 60000}``) go to RabbitMQ as they are.
+
+``DECLARE`` says how much is declared, for users of fewer permissions:
+
+- ``"all"``: the exchanges, the queues and the bindings (configure on each, write on
+  the queues, read on the exchanges).
+- ``"passive"``: a passive declare of each exchange and queue, which checks that it
+  exists and declares nothing; a missing one is refused by name. AMQP 0-9-1 has no
+  way to check a binding without making it, so bindings are not checked: a message
+  no queue takes comes back as a return (``on_return``), counted.
+- ``"none"``: nothing; a missing exchange fails each publish, named.
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ class Declaration:
 
     what: str
     declare: Callable[[Any], object]
+    #: How a refusal begins, ``{what}`` being ``what``.
+    failure: str = "cannot declare {what}"
 
 
 def _arguments(arguments: Any) -> str:
@@ -43,12 +55,12 @@ def describe_queue(q: Queue) -> str:
     return f"queue {q.name!r} ({kind}{_arguments(getattr(q, 'queue_arguments', None))})"
 
 
-def declare_exchange(x: Exchange) -> Callable[[Any], object]:
-    return lambda channel: x(channel).declare()
+def declare_exchange(x: Exchange, passive: bool = False) -> Callable[[Any], object]:
+    return lambda channel: x(channel).declare(passive=passive)
 
 
-def declare_queue(q: Queue) -> Callable[[Any], object]:
-    return lambda channel: q(channel).queue_declare()
+def declare_queue(q: Queue, passive: bool = False) -> Callable[[Any], object]:
+    return lambda channel: q(channel).queue_declare(passive=passive)
 
 
 def bind_queue(q: Queue, b: binding | None = None) -> Callable[[Any], object]:
@@ -66,10 +78,11 @@ class Topology:
 
     exchanges: tuple[Exchange, ...]
     queues: tuple[Queue, ...]
+    mode: str = "all"  # DECLARE: all, passive or none
 
     @classmethod
     def from_settings(cls, s: Settings) -> Topology:
-        return cls(s.exchanges, s.queues)
+        return cls(s.exchanges, s.queues, s.declare)
 
     def all_exchanges(self) -> list[Exchange]:
         """Every exchange to declare, once each: the listed ones, then the queues'."""
@@ -82,7 +95,21 @@ class Topology:
         return list(found.values())
 
     def declarations(self) -> list[Declaration]:
-        """The exchanges, then the queues, then the bindings, in the order they must exist."""
+        """The exchanges, then the queues, then the bindings, in the order they must exist;
+        with ``passive``, the exchanges and the queues checked; with ``none``, nothing."""
+        if self.mode == "none":
+            return []
+        if self.mode == "passive":
+            missing = (
+                "cannot find {what} (DECLARE='passive' declares nothing: declare it, or set "
+                "DECLARE='all')"
+            )
+            return [
+                Declaration(describe_exchange(x), declare_exchange(x, True), missing)
+                for x in self.all_exchanges()
+            ] + [
+                Declaration(describe_queue(q), declare_queue(q, True), missing) for q in self.queues
+            ]
         steps = [
             Declaration(describe_exchange(x), declare_exchange(x)) for x in self.all_exchanges()
         ]

@@ -73,8 +73,13 @@ def test_the_cluster_workers_name_every_node_and_sentinel_of_the_file() -> None:
     text = CLUSTER.read_text()
     env = cluster_worker_env()
     assert set(env) == {
-        "AMQP_URL", "REDIS_URL", "REDIS_MASTER_NAME", "QUEUE_TYPE", "PUBLISH_INTERVAL",
+        "AMQP_URL_FILE", "REDIS_URL", "REDIS_MASTER_NAME", "QUEUE_TYPE", "PUBLISH_INTERVAL",
     }  # fmt: skip
+    # the URL is the secret the file names, where compose mounts it
+    secret = re.search(r"\nsecrets:\n  amqp_url:\n    file: \./(\S+)\n", text)
+    assert secret is not None and env["AMQP_URL_FILE"] == "/run/secrets/amqp_url"
+    assert "  secrets:\n    - amqp_url\n" in text.split("\nx-worker: &worker\n", 1)[1]
+    env["AMQP_URL_FILE"] = str(ROOT / secret[1])
     s = Settings.load(env, {"QUEUE_TYPE": env["QUEUE_TYPE"]})  # as celeryconfig.py reads it
     [queue] = s.queues
     assert queue.queue_arguments == {"x-queue-type": "quorum"}

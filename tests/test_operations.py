@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from tests.helpers import (
     tally,
     write_config,
 )
+from tests.support.certs import issue, make_ca
 
 pytestmark = pytest.mark.integration
 
@@ -120,6 +124,78 @@ def test_metrics_are_served_over_http(stats: Stats, redis_url: str, prefix: str)
     assert 'pubtasks_pending{entry="a"} 1.0' in text
     assert "pubtasks_oldest_pending_age_seconds " in text
     assert 'pubtasks_last_confirmed_timestamp_seconds{entry="a"}' in text
+
+
+def listening(port: int) -> list[str]:
+    """The local addresses that listen on TCP ``port`` (``ss``)."""
+    out = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout
+    return [
+        f[3].rpartition(":")[0]
+        for f in map(str.split, out.splitlines())
+        if f[3].endswith(f":{port}")
+    ]
+
+
+def test_metrics_listen_on_this_machine_only_by_default(redis_url: str, prefix: str) -> None:
+    port = free_port()
+    env = {"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(
+        pubtasks("metrics", "--port", str(port), "--prefix", prefix),
+        env=env, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: listening(port), 20, "the exporter to listen", 0.1) == ["127.0.0.1"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_metrics_over_tls_with_a_client_certificate(
+    stats: Stats, redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    # Given a CA of the test's own, a server certificate for 127.0.0.1, a client's, and
+    # the exporter serving HTTPS that requires a client certificate of that CA
+    seed(stats)
+    ca = make_ca(tmp_path)
+    server = issue(ca, tmp_path, "exporter", ("127.0.0.1",))
+    client = issue(ca, tmp_path, "prometheus")
+    port = free_port()
+    env = {"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"}
+    tls = ("--tls-cert", str(server.cert), "--tls-key", str(server.key))
+    cmd = pubtasks(
+        "metrics", "--port", str(port), "--prefix", prefix, *tls, "--tls-client-ca", str(ca.cert)
+    )
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    url = f"https://127.0.0.1:{port}/metrics"
+
+    def scrape(context: ssl.SSLContext) -> str:
+        with urllib.request.urlopen(url, timeout=5, context=context) as r:
+            return str(r.read().decode())
+
+    trusted = ssl.create_default_context(cafile=str(ca.cert))
+    with_cert = ssl.create_default_context(cafile=str(ca.cert))
+    with_cert.load_cert_chain(str(client.cert), str(client.key))
+    try:
+        wait_for(lambda: listening(port), 20, "the exporter to listen", 0.1)
+        # When Prometheus scrapes with its client certificate, it gets the metrics
+        assert 'pubtasks_acked_total{entry="a"} 2.0' in scrape(with_cert)
+        # ... and without one, or over plain HTTP, it gets nothing
+        with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
+            scrape(trusted)
+        with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    # A half-given TLS is one line
+    half = subprocess.run(
+        pubtasks("metrics", "--port", str(port), "--prefix", prefix, *tls[:2]),
+        check=False, env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert half.returncode == 2
+    assert half.stderr.strip() == (
+        "pubtasks: error: metrics: give --tls-cert and --tls-key together (TLS), or neither"
+    )
 
 
 def test_stats_watch_refreshes_with_a_rate(stats: Stats, redis_url: str, prefix: str) -> None:

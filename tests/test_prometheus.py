@@ -209,7 +209,9 @@ def test_compose_observability_profile_provisions_prometheus_and_grafana() -> No
             source = volume.split(":")[0]
             if source.startswith("./"):
                 assert (ROOT / source).exists(), f"{name} mounts {source}, which is missing"
-    assert services["metrics"]["command"] == ["pubtasks", "metrics", "--port", "9808"]
+    assert services["metrics"]["command"] == [
+        "pubtasks", "metrics", "--address", "0.0.0.0", "--port", "9808",
+    ]  # fmt: skip
     assert services["metrics"]["environment"] == {
         k: v for k, v in services["worker"]["environment"].items() if k != "AMQP_URL"
     }

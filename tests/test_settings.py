@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pubtasks.errors import ConfigError, StatsUnavailable
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
+from pubtasks.topology import Topology
 from pubtasks.urls import check_broker, mask_url
 
 
@@ -98,6 +101,7 @@ def test_a_redis_or_sentinel_celery_broker_is_taken() -> None:
         ("CONFIRM_TIMEOUT", 0),
         ("PUBLISH_ATTEMPTS", "many"),
         ("QUEUE", ""),
+        ("DECLARE", "some"),
     ],
 )
 def test_bad_celeryconfig_values_name_the_setting(key: str, value: object) -> None:
@@ -118,3 +122,50 @@ def test_unreachable_redis_is_one_clear_error_without_the_password() -> None:
         s.snapshot()
     assert "redis://:**@127.0.0.1:1/0" in str(err.value)
     assert "s3cret" not in str(err.value)
+
+
+def test_declare_all_passive_or_none_shapes_the_declarations() -> None:
+    s = Settings.load({}, {})
+    assert s.declare == "all"
+    every_step = [d.what for d in Topology.from_settings(s).declarations()]
+    assert every_step == [
+        "exchange 'message' (topic, durable)",
+        "queue 'text' (durable)",
+        "binding of queue 'text' to exchange 'message' with key 'example.text'",
+    ]
+    passive = Topology.from_settings(Settings.load({}, {"DECLARE": "passive"})).declarations()
+    assert [d.what for d in passive] == every_step[:2]  # a binding cannot be checked
+    assert all(d.failure.startswith("cannot find {what}") for d in passive)
+    assert Topology.from_settings(Settings.load({}, {"DECLARE": "none"})).declarations() == []
+
+
+def test_urls_from_files_the_docker_secrets_way(tmp_path: Path) -> None:
+    (tmp_path / "amqp").write_text("amqp://u:hunter2@h:5672/v\n")
+    (tmp_path / "redis").write_text("  redis://:pw9@h:6379/1  \n")
+    env = {"AMQP_URL_FILE": str(tmp_path / "amqp"), "REDIS_URL_FILE": str(tmp_path / "redis")}
+    s = Settings.load(env)
+    assert (s.amqp_url, s.redis_url) == ("amqp://u:hunter2@h:5672/v", "redis://:pw9@h:6379/1")
+    assert "hunter2" not in str(s) and "pw9" not in str(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"AMQP_URL": "amqp://h//", "AMQP_URL_FILE": "x"}, "AMQP_URL and AMQP_URL_FILE are both"),
+        ({"AMQP_URL_FILE": "/nowhere/secret"}, "AMQP_URL_FILE='/nowhere/secret' cannot be read"),
+        ({"REDIS_URL_FILE": "EMPTY"}, "REDIS_URL_FILE='EMPTY' must hold one URL on one line"),
+        ({"REDIS_URL_FILE": "BAD"}, "REDIS_URL=http://:**@h/ is not a URL"),
+    ],
+)
+def test_a_bad_url_file_is_one_line_naming_it(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "bad").write_text("http://:s3cret@h/\n")
+    files = {"EMPTY": str(tmp_path / "empty"), "BAD": str(tmp_path / "bad")}
+    env = {k: files.get(v, v) for k, v in env.items()}
+    with pytest.raises(ConfigError) as err:
+        Settings.load(env)
+    text = str(err.value).replace(str(tmp_path / "empty"), "EMPTY")
+    assert expected in text
+    assert "s3cret" not in text

@@ -50,7 +50,7 @@ def worker_run(
         config = CONFIG.format(interval=interval, exchange=names.exchange, queue=queue)
         write_config(directory, names.prefix, config)
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.endswith("_URL_FILE")},
             "AMQP_URL": settings.amqp_url,
             "REDIS_URL": settings.redis_url,
             "PUBLISH_INTERVAL": str(interval),
