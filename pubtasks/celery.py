@@ -27,10 +27,10 @@ from pubtasks import (
 )
 from pubtasks.errors import ConfigError
 from pubtasks.schedule import every
-from pubtasks.settings import Settings, unknown_names
+from pubtasks.settings import Settings, unknown_names, url_of
 from pubtasks.supervision import Supervision
 from pubtasks.transport import BrokerAMQP
-from pubtasks.urls import REDIS_SCHEMES, check_url, is_sentinel, master_name, url_of
+from pubtasks.urls import REDIS_SCHEMES, check_url, is_sentinel, master_name
 
 log = logging.getLogger("pubtasks")
 
@@ -149,7 +149,7 @@ def _load_celeryconfig(sender: Celery, **_: Any) -> None:
 
 @signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _check_on_worker_start(**_: Any) -> None:
-    startup.check_or_exit(startup.settings_or_exit(lambda: app.settings))
+    startup.check_or_exit(startup.settings_or_exit(lambda: app.settings), app.conf)
 
 
 @signals.beat_init.connect  # type: ignore[untyped-decorator]

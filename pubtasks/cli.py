@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping, Sequence
 from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
-from pubtasks import editing, inventory, listing
+from pubtasks import acl, editing, inventory, listing
 from pubtasks.celery import app
 from pubtasks.control import Control
 from pubtasks.entries import publish_entries
@@ -27,7 +27,7 @@ from pubtasks.records import Counts, Snapshot
 from pubtasks.runtime import Schedules
 from pubtasks.stats import Stats
 from pubtasks.times import moment
-from pubtasks.urls import mask_url
+from pubtasks.urls import mask_url, redis_db
 
 COLUMNS = (*COUNTERS[:-1], "pending", "failed", "skipped")
 
@@ -219,6 +219,18 @@ def metrics_command(args: argparse.Namespace) -> int:
         return 0
 
 
+def redis_acl_command(args: argparse.Namespace) -> int:
+    settings = app.settings
+    rules = acl.rules(settings.stats_prefix, app.conf, redis_db(settings.redis_url))
+    print(acl.setuser(args.user, rules))
+    print(
+        "# replace PASSWORD (or give #<sha256 of it> for >PASSWORD); with Sentinel, the "
+        "Sentinels need their own user",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def health_command(args: argparse.Namespace) -> int:
     stats, _, _ = _stats(args)
     snap = stats.snapshot()
@@ -302,6 +314,13 @@ def parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--prefix", help="key prefix (default: STATS_PREFIX)")
     health.set_defaults(run=health_command)
+    redis_acl = sub.add_parser(
+        "redis-acl",
+        help="print the smallest ACL SETUSER line that pubtasks and Celery's Redis transport "
+        "work with, for this celeryconfig.py and REDIS_URL",
+    )
+    redis_acl.add_argument("--user", default="pubtasks", help="the user's name (pubtasks)")
+    redis_acl.set_defaults(run=redis_acl_command)
     bench_parser = sub.add_parser(
         "bench",
         help="measure confirmed-publish throughput against the pika example's pattern, "

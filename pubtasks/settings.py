@@ -24,6 +24,7 @@ import os
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from kombu.entity import Exchange, Queue, binding
@@ -40,7 +41,6 @@ from pubtasks.urls import (
     is_sentinel,
     mask_url,
     master_name,
-    url_of,
 )
 
 EXCHANGE_TYPES = frozenset({"direct", "topic", "fanout", "headers"})
@@ -58,6 +58,31 @@ ENV_NAMES = frozenset({
 })  # fmt: skip
 #: The shorthand for one exchange and one queue, which QUEUES replaces.
 SHORTHAND = ("EXCHANGE_TYPE", "QUEUE", "BINDING_KEY", "QUEUE_TYPE")
+
+
+def url_of(environ: Mapping[str, str], name: str, default: str) -> str:
+    """The URL of environment variable ``name``, or read from the file ``name``_FILE
+    names (Docker's secrets convention: ``AMQP_URL_FILE=/run/secrets/amqp_url``), its
+    surrounding whitespace stripped; ``default`` when neither is set. Not checked."""
+    given, path = environ.get(name), environ.get(f"{name}_FILE")
+    if not path:
+        return given or default
+    if given:
+        raise ConfigError(f"{name} and {name}_FILE are both set; set one of them")
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise ConfigError(
+            f"{name}_FILE={path!r} cannot be read ({reason}); give the path of a file that "
+            f"holds the URL"
+        ) from None
+    if not text or "\n" in text:
+        raise ConfigError(
+            f"{name}_FILE={path!r} must hold one URL on one line; it holds "
+            + ("nothing" if not text else f"{len(text.splitlines())} lines")
+        )
+    return text
 
 
 def parse_interval(name: str, raw: str) -> float:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
-from pubtasks import timing
+from pubtasks import acl, timing
 from pubtasks.errors import BrokerError, ConfigError, PubtasksError, StatsUnavailable
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
@@ -62,8 +62,21 @@ def wait_for_redis(stats: Stats, attempts: int) -> None:
             time.sleep(interval)
 
 
-def check_or_exit(s: Settings) -> None:
-    """At worker start: Redis, RabbitMQ and the topology, or exit non-zero."""
+def check_access(stats: Stats, s: Settings, conf: Mapping[str, Any]) -> None:
+    """Exit with one line if the Redis user may not run a command, or use a key, that
+    pubtasks or Celery's transport needs (a Redis ACL user: ``pubtasks redis-acl``)."""
+    keys = acl.probe_keys(s.stats_prefix, conf)
+    refused = stats.refusal(acl.PROBE, keys, s.wait_replicas > 0)
+    if refused is not None:
+        exit_with(
+            f"Redis at {s.redis_url_masked} refuses what pubtasks needs: {refused}; give the "
+            "user the rules that `pubtasks redis-acl` prints"
+        )
+
+
+def check_or_exit(s: Settings, conf: Mapping[str, Any] | None = None) -> None:
+    """At worker start: Redis (and its ACL, given Celery's ``conf``), RabbitMQ and the
+    topology, or exit non-zero."""
     log.info("pubtasks: %s", s)
     # One connection attempt per ping: the attempts are counted here, not inside redis-py.
     stats = Stats.of(s, retries=0)
@@ -77,6 +90,8 @@ def check_or_exit(s: Settings) -> None:
 
     try:
         wait_for_redis(stats, s.startup_retries)
+        if conf is not None:
+            check_access(stats, s, conf)
         # kombu's max_retries counts the attempts after the first.
         stream.ensure(max_retries=s.startup_retries - 1, on_retry=on_retry)
     except BrokerError as exc:

@@ -296,6 +296,33 @@ class Store:
         """Redis errors inside become ``StatsUnavailable``, the URL masked (``control``)."""
         return redis_errors(self._url)
 
+    def refusal(self, probe: str, keys: list[str], replicas: bool) -> str | None:
+        """What this Redis user may not do of what pubtasks needs (its ACL), or None:
+        a read of each of ``keys`` (the rules give a pattern reads and writes alike),
+        ``probe`` (``acl.PROBE``) on the first, then what a script cannot send: a
+        transaction, WATCH, and with ``replicas`` INFO and WAIT."""
+        with redis_errors(self._url):
+            for key in keys:
+                try:
+                    self.client.exists(key)
+                except redis.exceptions.NoPermissionError as exc:
+                    return f"key {key!r}: NOPERM {exc}"
+            try:
+                refused = self.client.eval(probe, 1, keys[0])
+                if refused:
+                    return str(refused)
+                with self.client.pipeline(transaction=True) as pipe:
+                    pipe.watch(keys[0])  # WATCH at once, then MULTI ... EXEC
+                    pipe.multi()
+                    pipe.exists(keys[0])
+                    pipe.execute()
+                if replicas:
+                    self.client.info("server")
+                    self.client.wait(0, 0)
+            except redis.exceptions.NoPermissionError as exc:
+                return f"NOPERM {exc}"
+        return None
+
     def ping(self) -> None:
         with redis_errors(self._url):
             self.client.ping()

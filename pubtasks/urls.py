@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from pubtasks import defaults
@@ -20,31 +19,6 @@ _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 def mask_url(url: str) -> str:
     """Return ``url`` with its password replaced by ``**``, safe to log (even if malformed)."""
     return _PASSWORD.sub(r"\1**@", url)
-
-
-def url_of(environ: Mapping[str, str], name: str, default: str) -> str:
-    """The URL of environment variable ``name``, or read from the file ``name``_FILE
-    names (Docker's secrets convention: ``AMQP_URL_FILE=/run/secrets/amqp_url``), its
-    surrounding whitespace stripped; ``default`` when neither is set. Not checked."""
-    given, path = environ.get(name), environ.get(f"{name}_FILE")
-    if not path:
-        return given or default
-    if given:
-        raise ConfigError(f"{name} and {name}_FILE are both set; set one of them")
-    try:
-        text = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-        raise ConfigError(
-            f"{name}_FILE={path!r} cannot be read ({reason}); give the path of a file that "
-            f"holds the URL"
-        ) from None
-    if not text or "\n" in text:
-        raise ConfigError(
-            f"{name}_FILE={path!r} must hold one URL on one line; it holds "
-            + ("nothing" if not text else f"{len(text.splitlines())} lines")
-        )
-    return text
 
 
 def check_url(name: str, url: str, schemes: frozenset[str]) -> str:
@@ -110,3 +84,12 @@ def master_name(environ: Mapping[str, str]) -> str:
             "its 'sentinel monitor' line, e.g. mymaster"
         )
     return value
+
+
+def redis_db(url: str) -> int:
+    """The database number of a Redis URL (of the last Sentinel's, listed with ';')."""
+    last = url.rsplit(";", maxsplit=1)[-1]
+    path = urlsplit(last).path.strip("/")
+    query = dict(p.split("=", 1) for p in urlsplit(last).query.split("&") if "=" in p)
+    raw = query.get("db") or path or "0"
+    return int(raw) if raw.isdigit() else 0

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pubtasks"
 CORE = {
     "schedule", "cron", "confirms", "message", "framing", "errors", "defaults", "orphans",
     "keys", "lua", "records", "ids", "timing", "tries", "urls", "resuming", "times",
-    "properties", "counters", "bounds", "specs",
+    "properties", "counters", "bounds", "specs", "acl",
 }  # fmt: skip
 
 #: Library internals that only the AMQP seam may touch (pubtasks/rabbitmq.py).
