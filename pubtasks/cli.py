@@ -12,10 +12,9 @@ import time
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 
-from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
-from pubtasks import acl, editing, inventory, listing
+from pubtasks import acl, editing, exporter, inventory, listing
 from pubtasks.celery import app
 from pubtasks.control import Control
 from pubtasks.entries import publish_entries
@@ -193,19 +192,18 @@ def metrics_command(args: argparse.Namespace) -> int:
         raise ConfigError("metrics: give --tls-cert and --tls-key together (TLS), or neither")
     if args.tls_client_ca is not None and args.tls_cert is None:
         raise ConfigError("metrics: --tls-client-ca needs --tls-cert and --tls-key (TLS)")
-    tls = {}
-    if args.tls_cert is not None:  # prometheus-client's own TLS; a client CA: mutual TLS
-        tls = {"certfile": args.tls_cert, "keyfile": args.tls_key}
-        if args.tls_client_ca is not None:
-            tls.update(client_cafile=args.tls_client_ca, client_auth_required=True)
+    tls = None
+    if args.tls_cert is not None:
+        tls = exporter.Tls(args.tls_cert, args.tls_key, args.tls_client_ca)
+    auth = None if args.basic_auth_file is None else exporter.credentials(args.basic_auth_file)
     try:
-        start_http_server(args.port, addr=args.address, registry=registry, **tls)
+        exporter.serve(registry, args.address, args.port, tls, auth)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
             f"metrics: cannot serve on {args.address}:{args.port}: {exc}; check --address, "
             "--port and the TLS files"
         ) from None
-    scheme = "https" if tls else "http"
+    scheme = "https" if tls is not None else "http"
     print(
         f"pubtasks: serving {scheme}://{args.address}:{args.port}/metrics from {where} "
         f"(prefix {prefix!r})",
@@ -304,6 +302,11 @@ def parser() -> argparse.ArgumentParser:
         "--tls-client-ca",
         metavar="FILE",
         help="require a client certificate signed by this CA (mutual TLS)",
+    )
+    metrics.add_argument(
+        "--basic-auth-file",
+        metavar="FILE",
+        help="require HTTP basic auth with the user:password this file holds",
     )
     metrics.add_argument("--prefix", help="key prefix (default: STATS_PREFIX)")
     metrics.set_defaults(run=metrics_command)

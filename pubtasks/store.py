@@ -312,7 +312,7 @@ class Store:
                 if refused:
                     return str(refused)
                 with self.client.pipeline(transaction=True) as pipe:
-                    pipe.watch(keys[0])  # WATCH at once, then MULTI ... EXEC
+                    pipe.watch(keys[0])  # type: ignore[no-untyped-call]  # WATCH, MULTI, EXEC
                     pipe.multi()
                     pipe.exists(keys[0])
                     pipe.execute()

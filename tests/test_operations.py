@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import signal
@@ -196,6 +197,51 @@ def test_metrics_over_tls_with_a_client_certificate(
     assert half.stderr.strip() == (
         "pubtasks: error: metrics: give --tls-cert and --tls-key together (TLS), or neither"
     )
+
+
+def test_metrics_behind_basic_auth_over_tls(
+    stats: Stats, redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    # Given the exporter serving HTTPS (a CA of the test's own) behind basic auth, its
+    # credentials in a file
+    seed(stats)
+    ca = make_ca(tmp_path)
+    server = issue(ca, tmp_path, "exporter", ("127.0.0.1",))
+    secret = tmp_path / "auth"
+    secret.write_text("prometheus:s3cret-scrape\n")
+    port = free_port()
+    env = {"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"}
+    tls = ("--tls-cert", str(server.cert), "--tls-key", str(server.key))
+    cmd = pubtasks(
+        "metrics", "--port", str(port), "--prefix", prefix, *tls, "--basic-auth-file", str(secret)
+    )
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    trusted = ssl.create_default_context(cafile=str(ca.cert))
+
+    def scrape(user: str | None, password: str = "") -> tuple[int, str]:
+        request = urllib.request.Request(f"https://127.0.0.1:{port}/metrics")
+        if user is not None:
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=5, context=trusted) as r:
+                return r.status, str(r.read().decode())
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+
+    try:
+        wait_for(lambda: listening(port), 20, "the exporter to listen", 0.1)
+        # When Prometheus scrapes with the credentials, it gets the metrics
+        status, text = scrape("prometheus", "s3cret-scrape")
+        assert status == 200 and 'pubtasks_acked_total{entry="a"} 2.0' in text
+        # ... without them, or with a wrong password, a 401
+        assert scrape(None)[0] == 401
+        assert scrape("prometheus", "guess")[0] == 401
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "s3cret-scrape" not in err
+    assert f"serving https://127.0.0.1:{port}/metrics" in err
 
 
 def test_stats_watch_refreshes_with_a_rate(stats: Stats, redis_url: str, prefix: str) -> None:
