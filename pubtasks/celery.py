@@ -29,6 +29,7 @@ from pubtasks.errors import ConfigError
 from pubtasks.schedule import every
 from pubtasks.settings import Settings, unknown_names, url_of
 from pubtasks.supervision import Supervision
+from pubtasks.tls import broker_use_ssl
 from pubtasks.transport import BrokerAMQP
 from pubtasks.urls import REDIS_SCHEMES, check_url, is_sentinel, master_name
 
@@ -52,6 +53,7 @@ def celery_defaults() -> dict[str, Any]:
             "REDIS_URL", url_of(os.environ, "REDIS_URL", defaults.REDIS_URL), REDIS_SCHEMES
         )
         name = master_name(os.environ)
+        use_ssl = broker_use_ssl(redis_url)
     except ConfigError as exc:  # Celery would parse it first and print a traceback
         startup.exit_with(str(exc))
     transport: dict[str, Any] = {"visibility_timeout": timing.VISIBILITY_TIMEOUT}
@@ -59,7 +61,10 @@ def celery_defaults() -> dict[str, Any]:
         # kombu's Sentinel transport finds the master by this name, through the Sentinels
         # of the URL, and asks again after a failover.
         transport["master_name"] = name
+    tls: dict[str, Any] = {} if use_ssl is None else {"broker_use_ssl": use_ssl}
     return {
+        # A rediss:// REDIS_URL: Celery's transport takes its TLS from broker_use_ssl.
+        **tls,
         # Celery's own transport is Redis, so beat keeps firing while RabbitMQ is down
         # and those ticks are published once it is back. CELERY_BROKER_URL overrides it.
         "broker_url": redis_url,

@@ -11,6 +11,7 @@ only ever handles these.
     ├── BrokerError
     │   ├── Unreachable
     │   ├── AccessRefused
+    │   │   └── TlsRefused
     │   ├── ChannelLost
     │   └── StatsUnavailable
     └── PublishError
@@ -40,6 +41,11 @@ class Unreachable(BrokerError):
 
 class AccessRefused(BrokerError):
     """RabbitMQ refused the credentials (ACCESS_REFUSED); retrying will not help."""
+
+
+class TlsRefused(AccessRefused):
+    """TLS failed: a certificate not verified, a host name that does not match, TLS
+    spoken to a plain port; retrying will not help."""
 
 
 class ChannelLost(BrokerError):

@@ -156,6 +156,20 @@ class SSLTransport(pyamqp.SSLTransport):
 class Connection(KombuConnection):
     """A kombu Connection on pubtasks' transport, for every URL, failover alternates too."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        given = kwargs.get("ssl")
+        self._ssl_given = dict(given) if isinstance(given, dict) else None
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def switch(self, conn_str: str) -> None:
+        # kombu fills an ssl dict's ``server_hostname: None`` with the host it connects
+        # to, in place, and a switch to the next URL of a failover list keeps that dict:
+        # the next node's certificate would be checked against the first one's name.
+        # Each switch gets the dict as it was given (AMQP_SSL), naming no host.
+        super().switch(conn_str)  # type: ignore[no-untyped-call]
+        if self._ssl_given is not None:
+            self.ssl = dict(self._ssl_given)
+
     def get_transport_cls(self) -> type[pyamqp.Transport]:
         # kombu resolves the URL's scheme again on every failover (``switch``); keep its
         # choice between TLS and plain TCP, on pubtasks' subclass of it.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import ssl
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -33,6 +34,7 @@ from pubtasks import defaults
 from pubtasks.entries import Context, check_schedule
 from pubtasks.errors import ConfigError, kind_of
 from pubtasks.message import Recipe
+from pubtasks.tls import amqp_ssl
 from pubtasks.urls import (
     AMQP_SCHEMES,
     REDIS_SCHEMES,
@@ -49,7 +51,7 @@ CONFIG_NAMES = frozenset({
     "EXCHANGE", "EXCHANGE_TYPE", "QUEUE", "ROUTING_KEY", "BINDING_KEY", "QUEUE_TYPE",
     "QUEUES", "EXCHANGES", "STATS_PREFIX", "CONFIRM_TIMEOUT", "PUBLISH_ATTEMPTS",
     "PUBLISH_BATCH", "CONFIRM_WINDOW", "BATCH_WRITES", "TICK_DEADLINE", "ON_RETURN",
-    "REDIS_WAIT_REPLICAS", "STARTUP_RETRIES", "DECLARE",
+    "REDIS_WAIT_REPLICAS", "STARTUP_RETRIES", "DECLARE", "AMQP_SSL",
 })  # fmt: skip
 #: The names pubtasks reads from the environment only.
 ENV_NAMES = frozenset({
@@ -166,6 +168,19 @@ class Settings:
     on_return: str = defaults.ON_RETURN  # an entry's, unless it says otherwise
     startup_retries: int = defaults.STARTUP_RETRIES
     declare: str = defaults.DECLARE  # all, passive (check they exist) or none
+    #: AMQP_SSL checked (``tls.amqp_ssl``): kombu's ``Connection(ssl=...)``; None: plain
+    #: TCP, or with an amqps:// URL the system's CAs and the URL's host name.
+    amqp_ssl: Mapping[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def amqp_tls(self) -> dict[str, Any] | bool:
+        """What kombu's ``Connection(ssl=...)`` takes: AMQP_SSL, or for an amqps:// URL
+        without it, verification against the system's CAs and of the host name."""
+        if self.amqp_ssl is not None:
+            return dict(self.amqp_ssl)
+        if self.amqp_url.startswith("amqps://"):
+            return {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": None}
+        return False
 
     @property
     def amqp_url_masked(self) -> str:
@@ -267,6 +282,7 @@ class Settings:
                 "STARTUP_RETRIES", opt("STARTUP_RETRIES", defaults.STARTUP_RETRIES), int
             ),
             declare=_choice("DECLARE", opt("DECLARE", defaults.DECLARE), defaults.DECLARE_CHOICES),
+            amqp_ssl=amqp_ssl(cfg.get("AMQP_SSL")),
         )
         # Celery's own order: the environment's CELERY_BROKER_URL before the config's
         broker = env.get("CELERY_BROKER_URL") or cfg.get("broker_url")

@@ -13,8 +13,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-from pubtasks import acl, timing
-from pubtasks.errors import BrokerError, ConfigError, PubtasksError, StatsUnavailable
+from pubtasks import acl, timing, tls
+from pubtasks.errors import (
+    BrokerError,
+    ConfigError,
+    PubtasksError,
+    StatsUnavailable,
+    TlsRefused,
+)
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 from pubtasks.stream import ConfirmStream, Options
@@ -55,6 +61,13 @@ def wait_for_redis(stats: Stats, attempts: int) -> None:
             stats.ping()
             return
         except StatsUnavailable as exc:
+            failed = tls.tls_failure(exc)
+            if failed is not None:  # a retry would meet the same certificate
+                raise TlsRefused(
+                    f"Redis at {stats.where}: TLS failed: {type(failed).__name__}: {failed}; "
+                    "check the ssl_ca_certs, ssl_certfile, ssl_keyfile and ssl_cert_reqs of "
+                    "REDIS_URL, and its port"
+                ) from exc
             if attempt == attempts:
                 raise
             interval = timing.RECONNECT.delay(attempt + 1)
@@ -78,6 +91,11 @@ def check_or_exit(s: Settings, conf: Mapping[str, Any] | None = None) -> None:
     """At worker start: Redis (and its ACL, given Celery's ``conf``), RabbitMQ and the
     topology, or exit non-zero."""
     log.info("pubtasks: %s", s)
+    if tls.unverified(s.amqp_ssl):
+        log.warning(
+            "pubtasks: AMQP_SSL has cert_reqs 'none': RabbitMQ's certificate is not verified, "
+            "so whoever is on the path can read and change what pubtasks publishes"
+        )
     # One connection attempt per ping: the attempts are counted here, not inside redis-py.
     stats = Stats.of(s, retries=0)
     stream = ConfirmStream(Options.from_settings(s), Topology.from_settings(s))

@@ -323,6 +323,11 @@ class Store:
                 return f"NOPERM {exc}"
         return None
 
+    @property
+    def where(self) -> str:
+        """The Redis URL, masked."""
+        return mask_url(self._url)
+
     def ping(self) -> None:
         with redis_errors(self._url):
             self.client.ping()

@@ -38,6 +38,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -51,7 +52,7 @@ from kombu.messaging import Producer
 
 from pubtasks import timing
 from pubtasks.confirms import Delivery, Outcome, Settled, Tracker
-from pubtasks.errors import AccessRefused, ChannelLost, TopologyError, Unreachable
+from pubtasks.errors import AccessRefused, ChannelLost, TlsRefused, TopologyError, Unreachable
 from pubtasks.properties import publish_arguments
 from pubtasks.rabbitmq import WRITE_BATCH, Channel, Connection
 from pubtasks.settings import Settings
@@ -80,10 +81,16 @@ class Options:
     confirm_timeout: float  # bounds every wait for an answer from RabbitMQ, and each write
     batch_writes: bool = True
     connect_timeout: float = 2.0
+    tls: Any = False  # kombu's Connection(ssl=...): Settings.amqp_tls
 
     @classmethod
     def from_settings(cls, s: Settings) -> Options:
-        return cls(url=s.amqp_url, confirm_timeout=s.confirm_timeout, batch_writes=s.batch_writes)
+        return cls(
+            url=s.amqp_url,
+            confirm_timeout=s.confirm_timeout,
+            batch_writes=s.batch_writes,
+            tls=s.amqp_tls,
+        )
 
 
 class ConfirmStream:
@@ -98,8 +105,11 @@ class ConfirmStream:
         self.topology = topology
         self.where = mask_url(options.url)
         self.blocked: str | None = None  # why RabbitMQ blocked the connection, while it does
-        self.connection: KombuConnection = Connection(  # type: ignore[no-untyped-call]
+        self.connection: KombuConnection = Connection(
             options.url,
+            ssl=dict(options.tls)
+            if isinstance(options.tls, dict)
+            else options.tls,  # kombu writes in it
             connect_timeout=options.connect_timeout,
             heartbeat=0,
             transport_options={
@@ -144,6 +154,11 @@ class ConfirmStream:
             return
 
         def errback(exc: BaseException, interval: float) -> None:
+            if isinstance(exc, ssl.SSLError):  # a retry would meet the same certificate
+                raise TlsRefused(
+                    f"RabbitMQ at {self.where}: TLS failed: {describe(exc)}; check AMQP_SSL "
+                    "(ca_certs, certfile, keyfile, server_hostname) and the port of AMQP_URL"
+                ) from exc
             reason = describe(exc)
             if on_retry is not None:
                 on_retry(reason, interval)
@@ -173,6 +188,11 @@ class ConfirmStream:
             # kombu re-raises the last recoverable error as OperationalError; name its cause.
             cause = exc.__cause__ if isinstance(exc, OperationalError) and exc.__cause__ else exc
             self._reset()
+            if isinstance(cause, ssl.SSLError):  # with no retry left, errback was not called
+                raise TlsRefused(
+                    f"RabbitMQ at {self.where}: TLS failed: {describe(cause)}; check AMQP_SSL "
+                    "(ca_certs, certfile, keyfile, server_hostname) and the port of AMQP_URL"
+                ) from exc
             raise Unreachable(
                 f"RabbitMQ at {self.where} is unreachable: {describe(cause)}"
             ) from exc

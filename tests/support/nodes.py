@@ -40,8 +40,14 @@ class RabbitNode:
     plugins (none: no management port) under ``directory``."""
 
     def __init__(
-        self, directory: Path, name: str, port: int | None = None, dist_port: int | None = None
+        self,
+        directory: Path,
+        name: str,
+        port: int | None = None,
+        dist_port: int | None = None,
+        config: str = "",
     ) -> None:
+        self.config = config  # more lines of rabbitmq.conf (a TLS listener, say)
         self.directory = directory
         self.node = f"{name}@localhost"
         self.port = port or free_port()
@@ -81,7 +87,7 @@ class RabbitNode:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "enabled_plugins").write_text("[].\n")
         (self.directory / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
+            f"listeners.tcp.local = 127.0.0.1:{self.port}\n{self.config}"
         )
         if os.geteuid() == 0:  # rabbitmq-server runs as the rabbitmq user when started by root
             with contextlib.suppress(KeyError, LookupError):
