@@ -86,6 +86,14 @@ def _cert_reqs(reqs: Any) -> ssl.VerifyMode:
     return ssl.VerifyMode(reqs)
 
 
+def as_setting(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Checked options written back as AMQP_SSL (for a celeryconfig.py of the bench's)."""
+    names = {mode: name for name, mode in CERT_REQS.items()}
+    written = {k: v for k, v in options.items() if v is not None}
+    written["cert_reqs"] = names[options.get("cert_reqs", ssl.CERT_REQUIRED)]
+    return written
+
+
 def unverified(options: Mapping[str, Any] | None) -> bool:
     """Whether these options turn verification of the server's certificate off."""
     return options is not None and options.get("cert_reqs") == ssl.CERT_NONE

@@ -6,9 +6,11 @@ and TLS spoken to a plain port are refused at start, at once, in one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -227,3 +229,29 @@ def test_a_tls_failure_is_refused_at_start_at_once_in_one_line(
     }[case]
     assert expected in line, line
     assert "guest:guest" not in output
+
+
+def test_the_bench_measures_over_tls(
+    servers: Servers, tls_vhost: str, prefix: str, tmp_path: Path
+) -> None:
+    # Given AMQP_SSL in the celeryconfig.py of the directory the bench runs in
+    (tmp_path / "celeryconfig.py").write_text(
+        f"STATS_PREFIX = {prefix!r}\n" + amqp_ssl(servers.pki)
+    )
+    env = {
+        "AMQP_URL": f"amqps://guest:guest@localhost:{servers.tls_port}/{tls_vhost}",
+        "REDIS_URL": rediss_url(servers),
+        "PATH": "/usr/bin:/bin",
+    }
+    # When it runs (pika, kombu and pubtasks each publish over TLS)
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("pubtasks")), "bench", "--json",
+         "--messages", "300", "--rounds", "1", "--tick-seconds", "0"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    # Then each measured, and pubtasks counted every message
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout)
+    for key in ("pika_msgs_per_s", "kombu_confirm_msgs_per_s", "pubtasks_batch_msgs_per_s"):
+        assert got[key] > 0, key
+    assert got["pubtasks_batch_counted"]["acked"] == 300

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from pubtasks import defaults
+from pubtasks.bench.broker import Broker
 from pubtasks.bench.names import Names
 from pubtasks.bench.report import render
 from pubtasks.bench.services import delete_queues, forget_celery_keys
@@ -41,7 +42,7 @@ def exact(counts: list[dict[str, Any]], messages: int) -> bool:
 def throughput(settings: Settings, names: Names, args: argparse.Namespace) -> dict[str, Any]:
     """Part a. pika and pubtasks (both ways) take turns, each on a fresh queue, ``rounds``
     times: on a shared 2-core machine one run of either varies by 10-20 %; medians do not."""
-    url, n, size = settings.amqp_url, args.messages, args.size
+    url, n, size = Broker.of(settings), args.messages, args.size
     rates: dict[str, list[float]] = {
         "pika": [],
         "pubtasks_batch": [],
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
     finally:
         queues = [names.queue(part) for part in (*THROUGHPUT_PARTS, "ticks")]
-        delete_queues(settings.amqp_url, queues, exchange=names.exchange)
+        delete_queues(Broker.of(settings), queues, exchange=names.exchange)
         forget_celery_keys(settings.redis_url, names.prefix)
     return report
 

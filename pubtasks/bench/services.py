@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from kombu.connection import Connection
 
+from pubtasks.bench.broker import Broker
 from pubtasks.bench.waiting import wait_for
 from pubtasks.stats import Stats
 
@@ -54,9 +55,9 @@ def broker_restart_recovery(amqp_url: str, stats: Stats) -> float:
     return round(time.time() - up, 3)
 
 
-def delete_queues(amqp_url: str, queues: Iterable[str], exchange: str | None = None) -> None:
+def delete_queues(broker: Broker, queues: Iterable[str], exchange: str | None = None) -> None:
     """Delete ``queues`` (and ``exchange``), with whatever they hold."""
-    with Connection(amqp_url) as conn:
+    with broker.connection() as conn:
         channel = conn.channel()
         for queue in queues:
             channel.queue_delete(queue)

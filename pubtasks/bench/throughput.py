@@ -14,11 +14,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from kombu.messaging import Producer
 
 from pubtasks import defaults, ids, message
+from pubtasks.bench.broker import Broker
 from pubtasks.bench.names import Names
 from pubtasks.errors import PubtasksError
 from pubtasks.message import Recipe, Tick
@@ -34,8 +34,8 @@ def payload(size: int) -> bytes:
     return b"x" * size
 
 
-def declare_queue(url: str, names: Names, part: str) -> None:
-    with Connection(url) as conn:
+def declare_queue(broker: Broker, names: Names, part: str) -> None:
+    with broker.connection() as conn:
         exchange = Exchange(names.exchange, "topic", durable=True)
         Queue(names.queue(part), exchange, f"bench.{part}", durable=True)(
             conn.default_channel
@@ -53,7 +53,7 @@ def id_width(properties_size: int) -> int:
 
 
 def pika_baseline(
-    url: str, names: Names, count: int, size: int, properties_size: int | None = None
+    broker: Broker, names: Names, count: int, size: int, properties_size: int | None = None
 ) -> float:
     """The pika example's pattern: SelectConnection, confirms, at most 256 unconfirmed.
 
@@ -65,7 +65,7 @@ def pika_baseline(
     except ImportError:
         raise PubtasksError("the pika baseline needs pika: pip install 'pubtasks[bench]'") from None
 
-    declare_queue(url, names, "pika")
+    declare_queue(broker, names, "pika")
     body = payload(size)
     # Like for like with a pubtasks tick: the same properties, each message its own id.
     base_id = ids.message_id(defaults.DEFAULT_ENTRY, time.time())
@@ -119,13 +119,7 @@ def pika_baseline(
         failure.append(error)
         conn.ioloop.stop()
 
-    info = Connection(url)  # parse the URL as kombu does: "//" is the vhost "/"
-    parameters = pika.ConnectionParameters(
-        host=info.hostname or "localhost",
-        port=info.port or 5672,
-        virtual_host=info.virtual_host or "/",
-        credentials=pika.PlainCredentials(info.userid or "guest", info.password or "guest"),
-    )
+    parameters = broker.pika_parameters()
     connection = pika.SelectConnection(
         parameters,
         on_open_callback=on_open,
@@ -138,11 +132,11 @@ def pika_baseline(
     return count / (ended - started)
 
 
-def kombu_confirm(url: str, names: Names, count: int, size: int) -> float:
+def kombu_confirm(broker: Broker, names: Names, count: int, size: int) -> float:
     """kombu's own confirm_publish: each publish waits for its confirm."""
-    declare_queue(url, names, "kombu")
+    declare_queue(broker, names, "kombu")
     body = payload(size)
-    with Connection(url, transport_options={"confirm_publish": True}) as conn:
+    with broker.connection(transport_options={"confirm_publish": True}) as conn:
         producer = Producer(conn.channel(), exchange=Exchange(names.exchange, "topic"))
         start = time.perf_counter()
         for _ in range(count):

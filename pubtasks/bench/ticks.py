@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pubtasks.bench.broker import Broker
 from pubtasks.bench.fidelity import confirmed_ticks, grid_fidelity, percentile, timedelta_drift
 from pubtasks.bench.names import Names
 from pubtasks.bench.services import broker_restart_recovery, delete_queues
@@ -16,6 +17,7 @@ from pubtasks.bench.worker import Worker, rss_of_group, write_config
 from pubtasks.ids import scheduled_at_of
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
+from pubtasks.tls import as_setting
 
 CONFIG = """
 from datetime import timedelta
@@ -48,6 +50,8 @@ def worker_run(
     with tempfile.TemporaryDirectory(prefix="pubtasks-bench-") as tmp:
         directory = Path(tmp)
         config = CONFIG.format(interval=interval, exchange=names.exchange, queue=queue)
+        if settings.amqp_ssl is not None:  # the worker connects as the bench does
+            config += f"AMQP_SSL = {as_setting(settings.amqp_ssl)!r}\n"
         write_config(directory, names.prefix, config)
         env = {
             **{k: v for k, v in os.environ.items() if not k.endswith("_URL_FILE")},
@@ -69,7 +73,7 @@ def worker_run(
         finally:
             stats.clear()
             stats.close()
-            delete_queues(settings.amqp_url, [queue])
+            delete_queues(Broker.of(settings), [queue])
     ticks = confirmed_ticks(log)
     window = [t for t in ticks if scheduled_at_of(t["message_id"]) <= stopped]
     grid = [t for t in window if t["message_id"].startswith("grid@")]
