@@ -135,3 +135,10 @@ def test_a_write_only_user_is_refused_declaring_and_a_missing_queue_is_named(
     assert "cannot find queue 'text' (durable) (DECLARE='passive' declares nothing" in line
     assert "(404) NOT_FOUND" in line
     assert writer[1] not in line
+
+
+def test_the_readme_gives_the_permissions_tested_here() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for permissions, modes in ((DECLARING, '"all"'), (WRITE_ONLY, '"passive" and "none"')):
+        quoted = " ".join(f"'{p}'" for p in permissions)
+        assert f"rabbitmqctl set_permissions -p VHOST USER {quoted}  # {modes}" in readme
