@@ -6,7 +6,7 @@ their commands under the same ACL), the keys under ``STATS_PREFIX``, Celery's qu
 lists (kombu's priority lists share their name as a prefix), its bindings
 (``_kombu.binding*``) and its unacked keys, and the Pub/Sub channels of remote
 control (``celery.pidbox``) and of events (``celeryev``). ``pubtasks redis-acl``
-prints them; ``PROBE`` is the script the worker runs at start (``Stats.check_access``)
+prints them; ``PROBE`` is the script the worker runs at start (``startup.check_access``)
 so that a user without one of them is refused in one line, naming it.
 """
 
