@@ -114,10 +114,17 @@ def backlog(stats: Any) -> int:
     return int(stats.client.llen(f"{prefix}celery")) + int(stats.client.hlen(f"{prefix}unacked"))
 
 
-def finish(cwd: Path, env: dict[str, str], stats: Any, timeout: float = 120) -> int:
+def finish(
+    cwd: Path, env: dict[str, str], stats: Any, timeout: float = 120, resend: bool = False
+) -> int:
     """End a scenario as the next start would: a worker without beat publishes what is
     still queued in Redis (or reserved by a worker that is gone); return once nothing
     is queued, reserved or pending. Returns how many ticks were waiting.
+
+    With ``resend``, also once no tick beat sent is still unconfirmed (``ledger``): a
+    failover that lost a tick's task message left its record, and the worker's
+    supervisor sends it again ``timing.RESEND_AFTER`` after it was sent, which a short
+    scenario ends before.
 
     A worker can be stopped while nothing looks queued and yet hold a tick: the Redis
     transport pops a task before it records it as reserved, and a warm shutdown then
@@ -127,14 +134,20 @@ def finish(cwd: Path, env: dict[str, str], stats: Any, timeout: float = 120) -> 
     deadline = time.monotonic() + timeout
     (cwd / "finish").mkdir(exist_ok=True)
     (cwd / "finish" / "celeryconfig.py").write_text((cwd / "celeryconfig.py").read_text())
-    while backlog(stats) or stats.snapshot().totals.pending:
+
+    def unsent() -> int:
+        return len(stats.ledger.overdue(time.time())) if resend else 0
+
+    while backlog(stats) or stats.snapshot().totals.pending or unsent():
         left = deadline - time.monotonic()
         assert left > 0, f"the next workers did not publish the {waiting} queued ticks"
         with Worker(cwd / "finish", dict(env), beat=False, name="finish") as w:
             wait_for(
-                lambda: backlog(stats) == 0 and stats.snapshot().totals.pending == 0,
+                lambda: (
+                    backlog(stats) == 0 and stats.snapshot().totals.pending == 0 and unsent() == 0
+                ),
                 left,
-                f"the next worker to publish {waiting} queued ticks",
+                f"the next worker to publish {waiting} queued ticks (and those lost)",
                 0.2,
             )
             assert w.stop() == 0, w.log[-3000:]

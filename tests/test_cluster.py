@@ -289,7 +289,7 @@ def run_scenario(
             mends.pop()()
         for w in workers:
             w.stop()
-    queued = finish(tmp_path, env, stats)
+    queued = finish(tmp_path, env, stats, resend=True)  # ticks lost with a master, too
     for w in workers:  # shown if the test fails: what each beat did, and when
         print(f"-- {w.cwd.name}'s WARNING and ERROR lines:")
         print(
