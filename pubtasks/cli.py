@@ -348,6 +348,14 @@ def bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--tick-seconds", type=float, default=60.0, help="length of part b; 0 skips b, c, d"
     )
     parser.add_argument(
+        "--entries",
+        type=int,
+        default=0,
+        help="the burst scenario instead: N entries every(PERIOD), all due at once",
+    )
+    parser.add_argument("--period", type=float, default=10.0, help="the bursts' period (10 s)")
+    parser.add_argument("--bursts", type=int, default=3, help="bursts measured (3)")
+    parser.add_argument(
         "--restart-broker",
         action="store_true",
         help="part c: stop and start the local RabbitMQ node's app with rabbitmqctl while "

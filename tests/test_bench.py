@@ -67,3 +67,35 @@ def test_timedelta_drift_measures_how_far_ticks_fall_behind() -> None:
     got = timedelta_drift([0.0, 0.1002, 0.2004, 0.3006], 0.1)
     assert got["drift_ms_total"] == pytest.approx(0.6)
     assert got["drift_ms_per_tick"] == pytest.approx(0.2)
+
+
+def test_a_burst_is_judged_by_when_its_messages_reached_the_queue() -> None:
+    from pubtasks.bench.burst import Arrivals, judge  # noqa: PLC0415
+
+    arrivals = Arrivals.__new__(Arrivals)
+    arrivals.at = {
+        "e00000@1000000": 1000.05, "e00001@1000000": 1000.30,  # burst 1: both, last 0.3 s
+        "e00000@1010000": 1010.10,  # burst 2: one of two
+        "e00000@1020000": 1020.0,  # after the measured bursts: not judged
+    }  # fmt: skip
+    got = judge(arrivals, [1000.0, 1010.0], entries=2)
+    assert got["expected"] == 4 and got["delivered"] == 3
+    assert got["delivered_per_burst"] == [2, 1]
+    assert got["last_lateness_s"] == [0.3, 0.1]
+    assert got["p50_s"] == 0.1
+
+
+@pytest.mark.integration
+def test_bench_entries_runs_the_burst_scenario(amqp_url: str, redis_url: str) -> None:
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("pubtasks")), "bench", "--json",
+         "--entries", "40", "--period", "2", "--bursts", "2", "--messages", "300"],
+        env={"AMQP_URL": amqp_url, "REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=180, check=True,
+    )  # fmt: skip
+    burst = json.loads(out.stdout)["burst"]
+    # Every tick of both bursts reached the queue, and pubtasks counted what it got
+    assert burst["delivered"] == burst["expected"] == 80
+    assert burst["counters_equal_received"] is True
+    assert burst["raw_confirmed_msgs_per_s"] > 0
+    assert all(x is not None for x in burst["last_lateness_s"])

@@ -11,6 +11,7 @@ from typing import Any
 
 from pubtasks import defaults
 from pubtasks.bench.broker import Broker
+from pubtasks.bench.burst import burst_run
 from pubtasks.bench.names import Names
 from pubtasks.bench.report import render
 from pubtasks.bench.services import delete_queues, forget_celery_keys
@@ -100,7 +101,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def burst(args: argparse.Namespace) -> dict[str, Any]:
+    settings = app.settings
+    names = Names()
+    report: dict[str, Any] = {"broker": mask_url(settings.amqp_url), "burst": {}}
+    try:
+        report["burst"] = burst_run(
+            settings, names, args.entries, period=args.period, bursts=args.bursts, size=args.size
+        )
+    finally:
+        queues = [names.queue(part) for part in ("burst", *THROUGHPUT_PARTS)]
+        delete_queues(Broker.of(settings), queues, exchange=names.exchange)
+        forget_celery_keys(settings.redis_url, names.prefix)
+    return report
+
+
+def burst_lines(report: dict[str, Any]) -> str:
+    b = report["burst"]
+    return "\n".join([
+        f"burst: {b['entries']} entries every {b['period']:g} s, {b['bursts']} bursts "
+        f"on {report['broker']}",
+        f"delivered          {b['delivered']} of {b['expected']} (per burst "
+        f"{b['delivered_per_burst']}); counters equal RabbitMQ's: {b['counters_equal_received']}",
+        f"last of a burst    {b['last_lateness_s']} s after its time (in RabbitMQ's queue)",
+        f"p50, p99 of all    {b['p50_s']} s, {b['p99_s']} s",
+        f"raw confirmed      {b['raw_confirmed_msgs_per_s']} msgs/s (one tick of "
+        f"{b['entries']}: the limit); the burst {b['burst_msgs_per_s']} msgs/s; "
+        f"limit/burst {b.get('limit_vs_burst')}",
+        f"worker             ready in {b['ready_s']} s; RSS {b['rss_mib']} MiB",
+    ])  # fmt: skip
+
+
 def command(args: argparse.Namespace) -> int:
+    if args.entries > 0:
+        report = burst(args)
+        print(json.dumps(report, sort_keys=True) if args.json else burst_lines(report))
+        return 0
     report = run(args)
     if args.json:
         print(json.dumps(report, sort_keys=True))
