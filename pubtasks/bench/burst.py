@@ -135,9 +135,14 @@ def burst_run(
     result["received"] = len(arrivals.at)
     result["counters_equal_received"] = counted.acked == len(arrivals.at)
     raw, _ = pubtasks_tick(settings, names, entries, size)
-    worst = max((x for x in result["last_lateness_s"] if x is not None), default=0.0)
+    # The slowest burst's rate: its ticks that reached the queue, over when its last did.
+    rates = [
+        n / last
+        for n, last in zip(result["delivered_per_burst"], result["last_lateness_s"], strict=True)
+        if n and last
+    ]
     result["raw_confirmed_msgs_per_s"] = round(raw)
-    result["burst_msgs_per_s"] = round(entries / worst) if worst > 0 else None
+    result["burst_msgs_per_s"] = round(min(rates)) if rates else None
     if result["burst_msgs_per_s"]:
         result["limit_vs_burst"] = round(raw / result["burst_msgs_per_s"], 1)
     return result
