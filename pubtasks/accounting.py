@@ -50,6 +50,10 @@ class Accounting:
 
     def publishing(self, tick: Tick, outs: Sequence[Outgoing]) -> list[Delivery]:
         """Count ``outs`` as published and pending, in one Redis round trip."""
+        return self.publishing_many([(tick, out) for out in outs])
+
+    def publishing_many(self, outs: Sequence[tuple[Tick, Outgoing]]) -> list[Delivery]:
+        """``publishing`` for the messages of several ticks, in one Redis round trip."""
         now = self.clock()
         deliveries = [
             Delivery(
@@ -60,7 +64,7 @@ class Accounting:
                 published_at=now,
                 retry_return=tick.recipe.on_return == "retry",
             )
-            for out in outs
+            for tick, out in outs
         ]
         self.stats.begin(deliveries, now)
         return deliveries
@@ -83,8 +87,20 @@ class Accounting:
     def done(self, tick: Tick) -> set[str]:
         """The message ids of ``tick`` already counted acked, returned or failed (one
         round trip): a redelivered tick publishes only the others."""
-        indexes = self.stats.done(tick.message_id, tick.batch)
-        return {out.message_id for out in tick.messages() if out.index in indexes}
+        return self.done_many([tick])[0]
+
+    def done_many(self, ticks: Sequence[Tick]) -> list[set[str]]:
+        """``done`` of each tick, in one round trip."""
+        found = self.stats.done_many([(t.message_id, t.batch) for t in ticks])
+        return [
+            {out.message_id for out in t.messages() if out.index in indexes}
+            for t, indexes in zip(ticks, found, strict=True)
+        ]
+
+    def failed_many(self, failures: Sequence[tuple[Tick, Sequence[Outgoing], str]]) -> None:
+        """``failed`` for several ticks (one round trip per tick: each has its reason)."""
+        for tick, outs, reason in failures:
+            self.failed(tick, outs, reason)
 
     def reap_abandoned(self, confirm_timeout: float) -> int:
         """Now and then, count publishes left pending by a dead publisher as unconfirmed.

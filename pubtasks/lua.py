@@ -151,25 +151,28 @@ local function skipped(totals, hash, list, entries, entry, reason, n, record, ke
 end
 """
 
-# KEYS: totals, beat:number:<entry> (or beat:manual:<entry>), paused, beat:last:<entry>,
-#       entry:<entry>, entries, skips:<entry>, beat:numbered:<entry>, schedule:revs,
-#       schedule:runs.
-# ARGV: the tick's id, how many numbers, the entry, its scheduled time, 1 to obey a pause
-#       (0: a tick fired by hand), 1 if it fires late, records kept, the record of this
-#       tick skipped while paused, the floor, how long numbers are kept, the version of
-#       the run-time entry beat fired it from ('' for a config entry), max_runs (0:
-#       none), 1 to skip an overlap, the key prefix, the record of this tick skipped for
-#       an overlap, TICK_DEADLINE, then (or nothing) the run of ticks before it skipped
-#       for being later than the window: its count, first, last and record.
-# Returns {first number, numbers lifted to the floor}; a first number of -1: skipped
-# while paused; -2: the entry has had its max_runs; -3: skipped, its previous tick is
-# not settled (overlap); -4: the run-time entry changed or was removed since beat read
-# it (nothing counted: beat reads it again).
+# Numbers the ticks of one burst (ticks due at the same instant, or one tick alone) in
+# one call. KEYS: totals, paused, entries, schedule:revs, schedule:runs.
+# ARGV[1]: JSON [the floor, records kept, the key prefix, TICK_DEADLINE, now, and the
+# keys of an entry named '': beat:number:, beat:manual:, beat:last:, entry:, skips:,
+# beat:numbered:] (an entry's key is that plus its name, as ``keys.Keys`` makes it);
+# ARGV[2]: JSON, per tick [its id, how many numbers, the entry, its scheduled time, 1
+# to obey a pause (0: a tick fired by hand), 1 if it fires late, how long numbers are
+# kept, the version of the run-time entry beat fired it from ('' for a config entry),
+# max_runs (0: none), 1 to skip an overlap, then (or nothing) the run of ticks before
+# it skipped for being later than the window: its count, first, last and record].
+# Times are strings, Python's repr of the float: a skip's record is written with them
+# as json.dumps would (``records.Skip.record``), and cjson would round them.
+# Returns, in one string, per tick in order: its first number and the numbers lifted to
+# the floor (counted on the first tick), space-separated; a first number of -1:
+# skipped while paused; -2: the entry has had its max_runs; -3: skipped,
+# its previous tick is not settled (overlap); -4: the run-time entry changed or was
+# removed since beat read it (nothing counted: beat reads it again).
 # max_runs counts the ticks numbered (schedule:runs), in this call: exactly that many,
 # whoever numbers them. An overlap is the entry's latest tick numbered not yet done (its
 # done:<tick> bits) while younger than TICK_DEADLINE (by then it is done or failed).
 # The numbers of the entry's latest tick are kept with its id, and those of its ticks
-# of the last ARGV[10] seconds by scheduled time (beat:numbered, the entry's catch-up
+# of the last seconds it is given by scheduled time (beat:numbered, the entry's catch-up
 # window), so asking again for the same tick (a retried write, a beat that died
 # before sending it, or a beat that took the lock from one still sending the ticks it
 # had numbered, each next holder firing them again) returns the same numbers: no
@@ -185,68 +188,106 @@ end
 NUMBER = (
     _SKIPPED
     + """
-local held = redis.call('GET', KEYS[2])
-if held then
-  local id, first = string.match(held, '^(.*) (%d+)$')
-  if id == ARGV[1] then return {tonumber(first), 0} end
-end
-local at = math.floor(tonumber(ARGV[4]) * 1000 + 0.5)
-for _, kept in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], at, at)) do
-  local id, first = string.match(kept, '^(.*) (%d+)$')
-  if id == ARGV[1] then return {tonumber(first), 0} end
-end
-local function handled(t)
-  local last = tonumber(redis.call('GET', KEYS[4]) or '')
-  if last and t <= last then return true end
-  local ms = nil
-  if held then ms = tonumber(string.match(held, '@(%d+) %d+$')) end
-  return ms ~= nil and math.floor(t * 1000 + 0.5) <= ms
-end
-local function skip(reason, n, first, last, record)
-  if handled(tonumber(first)) then return end
-  skipped(KEYS[1], KEYS[5], KEYS[7], KEYS[6], ARGV[3], reason, n, record, ARGV[7])
-  local current = tonumber(redis.call('GET', KEYS[4]) or '')
-  if not current or tonumber(last) > current then redis.call('SET', KEYS[4], last) end
-end
-if ARGV[11] ~= '' and redis.call('HGET', KEYS[9], ARGV[3]) ~= ARGV[11] then
-  return {-4, 0}
-end
-if ARGV[5] == '1' and #ARGV >= 20 then
-  skip('window', ARGV[17], ARGV[18], ARGV[19], ARGV[20])
-end
-if ARGV[5] == '1' and redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then
-  skip('paused', 1, ARGV[4], ARGV[4], ARGV[8])
-  return {-1, 0}
-end
-local most = tonumber(ARGV[12])
-if ARGV[5] == '1' and most > 0 then
-  if tonumber(redis.call('HGET', KEYS[10], ARGV[3]) or '0') >= most then return {-2, 0} end
-end
-if ARGV[5] == '1' and ARGV[13] == '1' and held then
-  local id = string.match(held, '^(.*) %d+$')
-  local ms = tonumber(string.match(held, '@(%d+) %d+$'))
-  local young = ms and at - ms < tonumber(ARGV[16]) * 1000
-  if young and redis.call('BITCOUNT', ARGV[14] .. 'done:' .. id) < tonumber(ARGV[2]) then
-    skip('overlap', 1, ARGV[4], ARGV[4], ARGV[15])
-    return {-3, 0}
-  end
-end
-local floor = tonumber(ARGV[9])
-local stored = tonumber(redis.call('HGET', KEYS[1], 'last_message_number') or '0')
+local shared = cjson.decode(ARGV[1])
+local floor, kept_records, prefix = tonumber(shared[1]), shared[2], shared[3]
+local deadline, now = tonumber(shared[4]), shared[5]
+local number_key, manual_key, last_key = shared[6], shared[7], shared[8]
+local entry_key, skips_key, numbered_key = shared[9], shared[10], shared[11]
+local totals, paused, entries, revs, runs = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local is_paused = {}
+local listed = redis.call('HKEYS', paused)
+for _, name in ipairs(listed) do is_paused[name] = true end
+local stored = tonumber(redis.call('HGET', totals, 'last_message_number') or '0')
 local lifted = 0
 if floor > stored then
   lifted = floor - stored
-  redis.call('HSET', KEYS[1], 'last_message_number', floor)
+  stored = floor
 end
-local first = redis.call('HINCRBY', KEYS[1], 'last_message_number', ARGV[2]) - ARGV[2] + 1
-redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. first)
-redis.call('ZADD', KEYS[8], at, ARGV[1] .. ' ' .. first)
-redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. (at - tonumber(ARGV[10]) * 1000))
-redis.call('SADD', KEYS[6], ARGV[3])
-redis.call('HINCRBY', KEYS[5], ARGV[5] == '1' and 'ticks' or 'ticks_manual', 1)
-if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[5], 'ticks_late', 1) end
-if ARGV[5] == '1' and most > 0 then redis.call('HINCRBY', KEYS[10], ARGV[3], 1) end
-return {first, lifted}
+local last_number = stored
+local fired = {}
+local function record(reason, t)
+  return '{"reason": "' .. reason .. '", "first": ' .. t .. ', "last": ' .. t ..
+    ', "count": 1, "at": ' .. now .. '}'
+end
+local function number(a)
+  local id, count, entry, t = a[1], tonumber(a[2]), a[3], a[4]
+  local obey, late, keep, rev = a[5] == 1, a[6] == 1, tonumber(a[7]), a[8]
+  local most, overlap = tonumber(a[9]), a[10] == 1
+  local held_key = (obey and number_key or manual_key) .. entry
+  local last_of, hash, skips = last_key .. entry, entry_key .. entry, skips_key .. entry
+  local numbered = numbered_key .. entry
+  local held = redis.call('GET', held_key)
+  if held then
+    local held_id, first = string.match(held, '^(.*) (%d+)$')
+    if held_id == id then return tonumber(first) end
+  end
+  local at = math.floor(tonumber(t) * 1000 + 0.5)
+  for _, kept in ipairs(redis.call('ZRANGEBYSCORE', numbered, at, at)) do
+    local kept_id, first = string.match(kept, '^(.*) (%d+)$')
+    if kept_id == id then return tonumber(first) end
+  end
+  local function handled(when)
+    local last = tonumber(redis.call('GET', last_of) or '')
+    if last and when <= last then return true end
+    local ms = nil
+    if held then ms = tonumber(string.match(held, '@(%d+) %d+$')) end
+    return ms ~= nil and math.floor(when * 1000 + 0.5) <= ms
+  end
+  local function skip(reason, n, first, last, rec)
+    if handled(tonumber(first)) then return end
+    skipped(totals, hash, skips, entries, entry, reason, n, rec, kept_records)
+    local current = tonumber(redis.call('GET', last_of) or '')
+    if not current or tonumber(last) > current then redis.call('SET', last_of, last) end
+  end
+  if rev ~= '' and redis.call('HGET', revs, entry) ~= rev then
+    return -4
+  end
+  if obey and #a >= 14 then
+    skip('window', a[11], a[12], a[13], a[14])
+  end
+  if obey and is_paused[entry] then
+    skip('paused', 1, t, t, record('paused', t))
+    return -1
+  end
+  if obey and most > 0 then
+    if tonumber(redis.call('HGET', runs, entry) or '0') >= most then return -2 end
+  end
+  if obey and overlap and held then
+    local held_id = string.match(held, '^(.*) %d+$')
+    local ms = tonumber(string.match(held, '@(%d+) %d+$'))
+    local young = ms and at - ms < deadline * 1000
+    if young and redis.call('BITCOUNT', prefix .. 'done:' .. held_id) < count then
+      skip('overlap', 1, t, t, record('overlap', t))
+      return -3
+    end
+  end
+  local first = last_number + 1
+  last_number = last_number + count
+  redis.call('SET', held_key, id .. ' ' .. first)
+  redis.call('ZADD', numbered, at, id .. ' ' .. first)
+  redis.call('ZREMRANGEBYSCORE', numbered, '-inf', '(' .. (at - keep * 1000))
+  fired[entry] = true
+  redis.call('HINCRBY', hash, obey and 'ticks' or 'ticks_manual', 1)
+  if late then redis.call('HINCRBY', hash, 'ticks_late', 1) end
+  if obey and most > 0 then redis.call('HINCRBY', runs, entry, 1) end
+  return first
+end
+local out = {}
+for _, a in ipairs(cjson.decode(ARGV[2])) do
+  out[#out + 1] = number(a)
+  out[#out + 1] = 0
+end
+if last_number > stored or lifted > 0 then
+  redis.call('HSET', totals, 'last_message_number', last_number)
+end
+local names = {}
+for name in pairs(fired) do
+  names[#names + 1] = name
+  if #names == 1000 then redis.call('SADD', entries, unpack(names)); names = {} end
+end
+if #names > 0 then redis.call('SADD', entries, unpack(names)) end
+if #out > 0 then out[2] = lifted end
+return table.concat(out, ' ')
 """
 )
 
@@ -277,14 +318,55 @@ return total
 """
 )
 
-# KEYS: done:<tick>.  ARGV: the tick's batch.  The indexes of its messages done.
+# KEYS: done:<tick> of each tick.  ARGV: each tick's batch.  Per tick, the indexes of
+# its messages done (an empty list for a tick with none).
 DONE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-local done = {}
-for i = 0, tonumber(ARGV[1]) - 1 do
-  if redis.call('GETBIT', KEYS[1], i) == 1 then done[#done + 1] = i end
+local out = {}
+for t = 1, #KEYS do
+  local done = {}
+  if redis.call('EXISTS', KEYS[t]) == 1 then
+    for i = 0, tonumber(ARGV[t]) - 1 do
+      if redis.call('GETBIT', KEYS[t], i) == 1 then done[#done + 1] = i end
+    end
+  end
+  out[t] = done
 end
-return done
+return out
+"""
+
+# KEYS: history:<entry> of each tick.  ARGV: records kept, then each tick's record.
+# Adds each tick that ended to its entry's history, newest first.
+HISTORY = """
+local kept = tonumber(ARGV[1])
+for t = 1, #KEYS do
+  redis.call('LPUSH', KEYS[t], ARGV[t + 1])
+  redis.call('LTRIM', KEYS[t], 0, kept - 1)
+end
+return #KEYS
+"""
+
+# KEYS: done:<tick> of each tick.  How many messages of each are done, space-separated.
+DONE_COUNTS = """
+local counts = {}
+for i = 1, #KEYS do counts[i] = redis.call('BITCOUNT', KEYS[i]) end
+return table.concat(counts, ' ')
+"""
+
+# KEYS: beat:sent, beat:triggers.  ARGV: the time they were sent, the key beat:last: of
+# an entry named '', then JSON, per tick sent [its entry, its scheduled time (a string),
+# its member of beat:sent, its request of beat:triggers ('' if it was not by hand)].
+# Beat sent these ticks: where the next beat goes on from, and each one to see done.
+RECORD = """
+local last_key = ARGV[2]
+for _, t in ipairs(cjson.decode(ARGV[3])) do
+  if t[4] == '' then
+    redis.call('SET', last_key .. t[1], t[2])
+  else
+    redis.call('LREM', KEYS[2], 0, t[4])
+  end
+  redis.call('ZADD', KEYS[1], ARGV[1], t[3])
+end
+return 1
 """
 
 # KEYS: beat:sent.  ARGV: cutoff, now, member.  Takes a sent tick that is overdue (its

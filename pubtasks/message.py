@@ -174,7 +174,7 @@ class Tick:
     text: str | None = None  # the default body's "text"; by default the example's sentence
     manual: bool = False  # fired by hand (``pubtasks schedule trigger``), not by the schedule
 
-    @property
+    @cached_property
     def message_id(self) -> str:
         """The tick's id; with a batch, message i's id is this plus ``.i``."""
         return message_id(self.entry, self.scheduled_at, self.manual)

@@ -7,13 +7,24 @@ task message with it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from pubtasks import lua
 from pubtasks.keys import Keys
 from pubtasks.records import SentTick
 from pubtasks.store import Store
+
+
+class Sent(NamedTuple):
+    """A tick beat sent (``SentLedger.record_many``); ``trigger``: its request, if by hand."""
+
+    entry: str
+    scheduled_at: float
+    number: int
+    batch: int
+    trigger: str | None = None
 
 
 class SentLedger:
@@ -23,6 +34,8 @@ class SentLedger:
         self.store = store
         self.keys = keys
         self._claim = store.client.register_script(lua.CLAIM)
+        self._record = store.client.register_script(lua.RECORD)
+        self._counts = store.client.register_script(lua.DONE_COUNTS)
 
     def record(
         self,
@@ -37,18 +50,21 @@ class SentLedger:
         """Beat sent this tick: where the next beat goes on from, and one to see done.
         ``trigger`` is the request (``beat:triggers``) of a tick fired by hand, now done.
         Whether the replicas acknowledged the record (else ``keep`` it later)."""
+        return self.record_many([Sent(entry, scheduled_at, number, batch, trigger)], now)
+
+    def record_many(self, ticks: Sequence[Sent], now: float) -> bool:
+        """``record`` of ticks sent together (a burst), in one round trip and one replica
+        wait; in order, so an entry's last tick is the one it goes on from."""
         k = self.keys
-        manual = trigger is not None
-        member = SentTick.member_of(entry, scheduled_at, number, batch, manual)
-
-        def queue(pipe: Any) -> None:
-            if trigger is None:
-                pipe.set(k.beat_last(entry), scheduled_at)
-            else:
-                pipe.lrem(k.beat_triggers, 0, trigger)
-            pipe.zadd(k.beat_sent, {member: now})
-
-        return self.store.replicated(queue)[1]
+        records = []
+        for t in ticks:
+            manual = t.trigger is not None
+            member = SentTick.member_of(t.entry, t.scheduled_at, t.number, t.batch, manual)
+            records.append([t.entry, repr(t.scheduled_at), member, t.trigger or ""])
+        args: list[Any] = [now, k.beat_last(""), json.dumps(records)]
+        keys = [k.beat_sent, k.beat_triggers]
+        record = lambda pipe: self._record(keys=keys, args=args, client=pipe)  # noqa: E731
+        return self.store.replicated(record)[1]
 
     def keep(self, records: Mapping[str, float]) -> bool:
         """Record again sent ticks (members, with the time each was sent) that may have
@@ -60,7 +76,7 @@ class SentLedger:
         zadd = lambda pipe: pipe.zadd(self.keys.beat_sent, dict(records), nx=True)  # noqa: E731
         return self.store.replicated(zadd, durable=True)[1]
 
-    def overdue(self, cutoff: float, limit: int = 2000) -> list[SentTick]:
+    def overdue(self, cutoff: float, limit: int = 20_000) -> list[SentTick]:
         """Sent ticks not yet seen done, sent (or sent again) at or before ``cutoff``;
         those done meanwhile are forgotten here."""
         k = self.keys
@@ -68,10 +84,10 @@ class SentLedger:
         with self.store.converted():
             members = client.zrangebyscore(k.beat_sent, "-inf", cutoff, 0, limit)
             ticks = [SentTick.parse(str(m)) for m in members]
-            with client.pipeline(transaction=False) as pipe:
-                for t in ticks:
-                    pipe.bitcount(k.done(t.tick_id))
-                counts = pipe.execute()
+            if not ticks:
+                return []
+            done = [k.done(t.tick_id) for t in ticks]
+            counts = [int(n) for n in str(self._counts(keys=done)).split()]
             finished = [t.member for t, n in zip(ticks, counts, strict=True) if n >= t.batch]
             if finished:
                 client.zrem(k.beat_sent, *finished)

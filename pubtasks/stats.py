@@ -12,6 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -42,6 +43,22 @@ class NotFired(StrEnum):
 NOT_FIRED = {-2: NotFired.FINISHED, -3: NotFired.OVERLAP, -4: NotFired.STALE}
 
 
+@dataclass(frozen=True)
+class Ask:
+    """One tick to number (``Stats.tick_numbers``)."""
+
+    entry: str
+    scheduled_at: float
+    count: int = 1  # its messages (PUBLISH_BATCH)
+    manual: bool = False  # fired by hand: never paused, skipped or finished
+    late: bool = False  # counted ticks_late
+    window: Run | None = None  # the ticks just before it, passed over for being too late
+    rev: str = ""  # the run-time entry's version it was fired from ('' for a config entry)
+    max_runs: int | None = None
+    overlap: bool = False  # skip it while the entry's previous tick is unsettled
+    keep: float = defaults.CATCH_UP_WITHIN  # how long its numbers are kept: the catch-up window
+
+
 class Stats(Store):
     """The statistics of one prefix in one Redis database."""
 
@@ -57,6 +74,7 @@ class Stats(Store):
         self._reap = client.register_script(lua.REAP)
         self._number = client.register_script(lua.NUMBER)
         self._done = client.register_script(lua.DONE)
+        self._history = client.register_script(lua.HISTORY)
         self._skip = client.register_script(lua.SKIP)
         self._backfill = client.register_script(lua.BACKFILL)
 
@@ -105,9 +123,22 @@ class Stats(Store):
         overlap: bool = False,
         deadline: float = defaults.TICK_DEADLINE,
     ) -> int | NotFired | None:
-        """The first of the ``count`` numbers of a tick: allocated once (beat), when the
-        tick is counted fired (and ``late``). None when the entry is paused: the tick is
-        skipped, counted ``paused`` (a tick fired by hand is not skipped).
+        """The first of the ``count`` numbers of one tick (``tick_numbers``, for one)."""
+        ask = Ask(entry, scheduled_at, count, manual, late, window, rev, max_runs, overlap, keep)
+        return self.tick_numbers([ask], now=now, floor=floor, deadline=deadline)[0]
+
+    def tick_numbers(
+        self,
+        asks: Sequence[Ask],
+        *,
+        now: float | None = None,
+        floor: int = 0,
+        deadline: float = defaults.TICK_DEADLINE,
+    ) -> list[int | NotFired | None]:
+        """The first of each tick's numbers, for ticks due together (a burst), in one Lua
+        call and one replica wait. Per tick: allocated once (beat), when the tick is
+        counted fired (and ``late``). None when the entry is paused: the tick is skipped,
+        counted ``paused`` (a tick fired by hand is not skipped).
 
         ``window`` is the run of ticks just before this one that beat skipped for being
         later than the window (``plan_ticks``), counted in the same call. ``floor`` is
@@ -122,24 +153,33 @@ class Stats(Store):
         counted ``overlap``, while the entry's previous one is unsettled and younger than
         ``deadline`` (``NotFired.OVERLAP``).
 
-        The numbers must survive a failover before the tick is sent: ``NotReplicated``
-        while no replica acknowledges them (``Replication``); asked again, the tick
+        The numbers must survive a failover before the ticks are sent: ``NotReplicated``
+        while no replica acknowledges them (``Replication``); asked again, each tick
         gets the same numbers."""
+        if not asks:
+            return []
         k = self.keys
         now = time.time() if now is None else now
-        tick_id = message_id(entry, scheduled_at, manual)
-        keys = [k.totals, k.beat_number(entry, manual), k.paused, k.beat_last(entry)]
-        keys += [k.entry(entry), k.entries, k.skips(entry), k.beat_numbered(entry)]
-        keys += [k.schedule_revs, k.schedule_runs]
-        paused = Skip("paused", scheduled_at, scheduled_at, 1, now)
-        overlapped = Skip("overlap", scheduled_at, scheduled_at, 1, now)
-        args: list[Any] = [tick_id, count, entry, scheduled_at, 0 if manual else 1, int(late)]
-        args += [SKIPS_KEPT, paused.record(), floor, min(keep, timing.NUMBERS_KEPT_FOR)]
-        args += [rev, max_runs or 0, int(overlap), k.prefix, overlapped.record(), deadline]
-        if window is not None and window.count > 0 and not manual:
-            args += [window.count, window.first, window.last, Skip.of(window, now).record()]
+        keys: list[Any] = [k.totals, k.paused, k.entries, k.schedule_revs, k.schedule_runs]
+        ticks: list[list[Any]] = []
+        for a in asks:
+            entry, manual = a.entry, a.manual
+            tick_id = message_id(entry, a.scheduled_at, manual)
+            kept = min(a.keep, timing.NUMBERS_KEPT_FOR)
+            own: list[Any] = [tick_id, a.count, entry, repr(a.scheduled_at), int(not manual)]
+            own += [int(a.late), kept, a.rev, a.max_runs or 0, int(a.overlap)]
+            w = a.window
+            if w is not None and w.count > 0 and not manual:
+                own += [w.count, repr(w.first), repr(w.last), Skip.of(w, now).record()]
+            ticks.append(own)
+        shared = [floor, SKIPS_KEPT, k.prefix, deadline, repr(now)]
+        shared += [k.beat_number(""), k.beat_number("", manual=True), k.beat_last("")]
+        shared += [k.entry(""), k.skips(""), k.beat_numbered("")]
+        args = [json.dumps(shared), json.dumps(ticks)]
         with redis_errors(self._url):
-            first, lifted = (int(x) for x in self._write(self._number, keys, args, True))
+            reply = self._write(self._number, keys, args, True)
+        replies = [int(x) for x in str(reply).split()]
+        lifted = sum(replies[1::2])
         if lifted:
             log.warning(
                 "Redis had lost the last %d message number(s) given (a failover lost the "
@@ -147,9 +187,10 @@ class Stats(Store):
                 lifted,
                 floor,
             )
-        if first == -1:
-            return None
-        return NOT_FIRED[first] if first < 0 else first
+        return [
+            None if first == -1 else NOT_FIRED[first] if first < 0 else first
+            for first in replies[0::2]
+        ]
 
     # -- ticks skipped (``beat``) -------------------------------------------------------
 
@@ -250,8 +291,15 @@ class Stats(Store):
 
     def done(self, tick_id: str, batch: int) -> set[int]:
         """Which messages of tick ``tick_id`` are done: counted acked, returned or failed."""
+        return self.done_many([(tick_id, batch)])[0]
+
+    def done_many(self, ticks: Sequence[tuple[str, int]]) -> list[set[int]]:
+        """``done`` of each (tick id, batch), in one Lua call."""
+        keys = [self.keys.done(tick_id) for tick_id, _ in ticks]
+        args = [batch for _, batch in ticks]
         with redis_errors(self._url):
-            return {int(i) for i in self._done(keys=[self.keys.done(tick_id)], args=[batch])}
+            replies = self._done(keys=keys, args=args)
+        return [{int(i) for i in reply} for reply in replies]
 
     # -- workers' heartbeats (``supervision``) ---------------------------------------------
 
@@ -340,11 +388,17 @@ class Stats(Store):
 
     def ran(self, entry: str, record: dict[str, Any]) -> None:
         """Add a tick that ended to the entry's history (the newest ``HISTORY_KEPT``)."""
-        key = self.keys.history(entry)
-        with redis_errors(self._url), self.client.pipeline(transaction=False) as pipe:
-            pipe.lpush(key, json.dumps(record, sort_keys=True))
-            pipe.ltrim(key, 0, HISTORY_KEPT - 1)
-            pipe.execute()
+        self.ran_many([(entry, record)])
+
+    def ran_many(self, records: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """``ran`` for each (entry, record), in one Lua call."""
+        if not records:
+            return
+        keys = [self.keys.history(entry) for entry, _ in records]
+        args: list[Any] = [HISTORY_KEPT]
+        args += (json.dumps(record, sort_keys=True) for _, record in records)
+        with redis_errors(self._url):
+            self._history(keys=keys, args=args)
 
     def history(self, entry: str, count: int = 10) -> list[dict[str, Any]]:
         """The entry's latest ``count`` ticks that ended, newest first."""
