@@ -39,6 +39,9 @@ It uses Celery's public scheduler hooks only (``setup_schedule``, ``tick``,
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import json
 import logging
 import time
 from collections import deque
@@ -59,16 +62,20 @@ from pubtasks.lock import BeatLock
 from pubtasks.message import tick_kwargs
 from pubtasks.records import ResumePoint, SentTick
 from pubtasks.resuming import going_on, summary
-from pubtasks.schedule import Grid, Run, jumped
+from pubtasks.schedule import EARLY_US, US, Grid, Run, jumped
+from pubtasks.sent import Sent
 from pubtasks.settings import Settings
 from pubtasks.specs import entry_of
-from pubtasks.stats import NotFired, Stats
+from pubtasks.stats import Ask, NotFired, Stats
 from pubtasks.stopping import signals_held
 
 log = logging.getLogger(__name__)
 
 #: Sent ticks kept to record again until a replica acknowledges them (an hour at 0.04 s).
 UNKEPT_MAX = 100_000
+#: Entries whose missed ticks beat names one by one when it takes the lock; the rest are
+#: counted in one line (10,000 entries back from an outage are not 10,000 lines).
+MISSED_LOGGED = 10
 
 
 def due_time(entry: ScheduleEntry, now: float) -> float:
@@ -130,6 +137,10 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         self._runtime: dict[str, Stored] = {}  # run-time entries read, taken or refused
         self._finished: set[str] = set()  # entries that had their max_runs
         self._overlapping: set[str] = set()  # entries seen skipping a tick (logged once)
+        self._due: list[tuple[float, int, ScheduleEntry]] | None = None  # wake times
+        self._order = itertools.count()  # ties in _due go in the order queued
+        # entry -> (its options, what numbering needs of them), until the schedule changes
+        self._numbering: dict[str, tuple[Any, tuple[int | None, bool, float]]] = {}
         super().__init__(*args, **kwargs)
 
     @property
@@ -164,8 +175,14 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             elif self._lock.acquire():
                 log.warning("beat: took the beat lock (%s); firing ticks", self._lock.owner)
                 try:
+                    began = time.monotonic()
                     self._watch(force=True)
                     self._resume()
+                    log.info(
+                        "beat: going on with %d entries (read where each left off in %.2f s)",
+                        len(self.schedule),
+                        time.monotonic() - began,
+                    )
                 except StatsUnavailable as exc:  # try again at once, or a standby takes over
                     log.warning("beat: cannot read where to go on from (%s); standing by", exc)
                     self._lock.release()
@@ -199,11 +216,14 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             if isinstance(entry.schedule, Grid) and entry.task == defaults.TASK_NAME
         }
         points = self.stats.resume_points(grids)
+        missed = ticks_missed = 0
+        waiting: dict[str, list[float]] = {}  # each entry's ticks queued, not by hand
+        for u in self._unsent:
+            if not u.trigger:
+                waiting.setdefault(u.entry.name, []).append(u.scheduled_at)
         for name, entry in grids.items():
             policy = catch_up_of(entry.options).policy
-            queued = [
-                u.scheduled_at for u in self._unsent if u.entry.name == name and not u.trigger
-            ]
+            queued = waiting.get(name, [])
             stored = self._runtime.get(name)
             if stored is not None and points[name] == ResumePoint():
                 queued.append(stored.added_at)  # never fired: its ticks since it was added
@@ -224,6 +244,10 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             if r.fire is not None:
                 self._unsent.append(Unsent(entry, r.fire, self.settings.publish_batch))
             if r.missed:
+                missed += 1
+                ticks_missed += r.missed
+                if missed > MISSED_LOGGED:
+                    continue
                 handled = [t for t in (point.last_at, point.numbered_at) if t is not None]
                 since = max(handled, default=now)
                 log.warning(
@@ -239,6 +263,14 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                     }[policy],
                     summary(r.skipped),
                 )
+        if missed > MISSED_LOGGED:
+            log.warning(
+                "beat: %d entries missed %d tick(s) in all (the first %d are named above); "
+                "each goes on as its catch_up says",
+                missed,
+                ticks_missed,
+                MISSED_LOGGED,
+            )
         # Celery compares entries without their last_run_at: have it read them again.
         self.populate_heap()
 
@@ -430,8 +462,92 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         self._take_triggers()
         if self._unsent:
             self._send_unsent(self.producer)
-        wait: float = super().tick(*args, **kwargs)  # 0 when it fired: sent on the next call
-        return min(wait, POLL)
+        self._fire_due()
+        if self._unsent:
+            self._send_unsent(self.producer)
+        return min(self._next_wait(), POLL)
+
+    # -- one wake per instant ----------------------------------------------------------------
+
+    def populate_heap(self, *args: Any, **kwargs: Any) -> None:
+        """Read the schedule into this beat's own queue of wake times (``_fire_due``)."""
+        self._due = []
+        self._numbering.clear()
+        for entry in self.schedule.values():
+            heapq.heappush(self._due, (self._wake_at(entry), next(self._order), entry))
+
+    def _wake_at(self, entry: ScheduleEntry, wait: float | None = None) -> float:
+        """When ``entry`` is due next: a grid's exact point after its last tick (so that
+        the entries of one instant wake together; ``is_due`` then decides), else
+        ``wait`` (or ``is_due``'s) seconds from now."""
+        if isinstance(entry.schedule, Grid):
+            return entry.schedule.following(entry.last_run_at.timestamp())
+        if wait is None:
+            _, wait = self._is_due(entry)
+        return time.time() + max(wait, 0.0)
+
+    def _is_due(self, entry: ScheduleEntry) -> tuple[bool, float]:
+        try:
+            due, wait = self.is_due(entry)
+        except Exception as exc:  # a broken schedule of another task: look again later
+            log.error("beat: cannot tell when %s is due: %s", entry.name, exc)
+            return False, float(self.max_interval)
+        return bool(due), float(wait)
+
+    def _fire_due(self) -> None:
+        """Fire every entry due now, in one call (the entries of a burst together).
+
+        Celery's ``Scheduler.tick`` sends one due task per call and, before each, compares
+        the whole schedule with its copy: a burst of n entries due at the same instant
+        costs it n calls and O(n²) comparisons (django-celery-beat #650 reports 1000
+        entries taking 12-18 s to send). Here the wake times are a heap of our own,
+        rebuilt where the schedule changes (``populate_heap``: at start, on taking the
+        beat lock, on a run-time change); every entry due is reserved and queued in one
+        pass, and the ticks go out in groups (``_send_each``), the first while the
+        rest are still being fired."""
+        if self._due is None:
+            self.populate_heap()
+        due = self._due
+        assert due is not None
+        # Not the entries' identity: the shelve behind Celery's persistent schedule hands
+        # out new copies of them after each sync.
+        schedule = self.schedule
+        fired = 0
+        now = time.time()
+        while due and due[0][0] <= now + EARLY_US / US:
+            _, order, entry = heapq.heappop(due)
+            if entry.name not in schedule:
+                continue  # removed at run time (the queue is read again then, too)
+            grid = entry.schedule
+            if entry.task == defaults.TASK_NAME and isinstance(grid, Grid):
+                plan = grid.plan(entry.last_run_at, time.time())  # is_due's, once
+                is_due, wait = plan.due, plan.wait
+            else:
+                plan = None
+                is_due, wait = self._is_due(entry)
+            if not is_due:  # its next tick is later (one too late is passed over): then
+                wake = max(time.time() + wait, now + 2 * EARLY_US / US)
+                heapq.heappush(due, (wake, order, entry))
+                continue
+            if plan is not None and plan.tick_at is not None:
+                following = self._fire(entry, plan.tick_at, advance=True)
+                fired += 1
+            else:
+                following = self.reserve(entry)
+                self.apply_entry(entry, producer=self.producer)
+            heapq.heappush(due, (self._wake_at(following, wait), order, following))
+            if len(self._unsent) >= defaults.GROUP_TICKS:
+                self._send_unsent(self.producer)  # the workers start on it meanwhile
+                now = time.time()
+                due, schedule = self._due, self.schedule  # a run-time change rebuilds them
+        if fired > 1:
+            log.info("beat: fired %d ticks due by %s", fired, at(now).isoformat())
+
+    def _next_wait(self) -> float:
+        """Seconds until the next entry is due (at most ``max_interval``)."""
+        if not self._due:
+            return float(self.max_interval)
+        return max(0.0, min(self._due[0][0] - time.time(), float(self.max_interval)))
 
     def reserve(self, entry: ScheduleEntry) -> ScheduleEntry:
         if not isinstance(entry.schedule, Grid):
@@ -448,16 +564,26 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
         # The tick being fired is the one due now: due_time() of the entry as it was
         # before reserve() (Celery passes that one here, with advance=False).
-        tick_at = due_time(entry, time.time())
+        self._fire(entry, due_time(entry, time.time()), advance)
+        return None
+
+    def _fire(self, entry: ScheduleEntry, tick_at: float, advance: bool) -> ScheduleEntry:
+        """Queue the tick of ``entry`` at ``tick_at`` (sent by ``_send_unsent``); with
+        ``advance``, the entry goes on from it (as ``reserve``). The entry now."""
         window = None
         if isinstance(entry.schedule, Grid):  # ticks passed over: counted as it is numbered
             window = jumped(entry.schedule, entry.last_run_at.timestamp(), tick_at)
+        following = entry
         if advance:
-            self.reserve(entry)
+            if isinstance(entry.schedule, Grid):
+                following = entry.next(last_run_at=at(tick_at))
+                self.schedule[entry.name] = following
+            else:
+                following = self.reserve(entry)
         if entry.name not in self._finished:
             unsent = Unsent(entry, tick_at, self.settings.publish_batch, window=window)
             self._unsent.append(unsent)
-        return None
+        return following
 
     def _send_unsent(self, producer: Any) -> None:
         """Send the waiting ticks in order; stop at the first that cannot go yet."""
@@ -465,62 +591,24 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             self._send_each(producer)
 
     def _send_each(self, producer: Any) -> None:
+        """Number the waiting ticks a run at a time (one Lua call for up to
+        ``GROUP_TICKS``), then send them: several plain ticks with the same task options
+        as one ``publish_group`` task, the rest (a tick alone, by hand, or with a payload
+        function) as ``publish`` tasks; stop at the first that cannot go yet."""
+        stale = 0
         while self._unsent:
             pulse.stamp()  # a long catch-up is not a hang
-            tick = self._unsent[0]
-            name, manual = tick.entry.name, tick.trigger is not None
             try:
-                if tick.number is None:
-                    grid = tick.entry.schedule  # a tick by hand is never late
-                    late = (
-                        not manual
-                        and isinstance(grid, Grid)
-                        and grid.late(tick.scheduled_at, time.time())
-                    )
-                    limits = limits_of(tick.entry.options, tick.entry.schedule)
-                    stored = self._runtime.get(name)
-                    numbered = self.stats.tick_number(
-                        name,
-                        tick.scheduled_at,
-                        tick.batch,
-                        manual=manual,
-                        late=late,
-                        window=tick.window,
-                        floor=self._highest,
-                        keep=catch_up_of(tick.entry.options).within,
-                        rev=stored.rev if stored is not None else "",
-                        max_runs=limits.max_runs,
-                        overlap=limits.overlap != OVERLAPS[0],
-                        deadline=self.settings.tick_deadline,
-                    )
-                    if isinstance(numbered, NotFired):
-                        if not self._not_fired(tick, numbered):
-                            return
-                        continue
-                    tick.number = numbered
-                    if tick.number is not None:
-                        self._highest = max(self._highest, tick.number + tick.batch - 1)
-                    if tick.number is None:  # paused: skipped, as if it had not fallen due
-                        self._unsent.popleft()
-                        if name not in self._paused:
-                            log.warning("beat: %s is paused; skipping its ticks", name)
-                            self._paused.add(name)
-                        continue
-                    if name in self._paused:
-                        log.warning("beat: %s is resumed; firing its ticks again", name)
-                        self._paused.discard(name)
-                kwargs = tick_kwargs(
-                    tick.entry.kwargs,
-                    name,
-                    tick.scheduled_at,
-                    tick.number,
-                    tick.batch,
-                    manual=manual,
-                )
-                options = task_options(tick.entry.options)
-                entry = changed(tick.entry, kwargs=kwargs, options=options)
-                super().apply_async(entry, producer=producer, advance=False)
+                if self._unsent[0].number is None and not self._number_run():
+                    stale += 1
+                    if stale > 2:
+                        return  # read again next time
+                    continue
+                run = list(itertools.islice(self._unsent, defaults.GROUP_TICKS))
+                run = list(itertools.takewhile(lambda u: u.number is not None, run))
+                sent = self._send_run(run, producer)
             except (StatsUnavailable, SchedulingError) as exc:  # Celery wraps transport errors
+                tick = self._unsent[0]
                 log.warning(
                     "beat: cannot send the tick of %s at %.3f yet (%d waiting): %s",
                     tick.entry.name,
@@ -529,30 +617,175 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                     exc,
                 )
                 return
-            self._unsent.popleft()
-            member = None if tick.trigger is None else tick.trigger.member
-            now = time.time()
-            try:  # sent: where the next holder of the beat lock goes on from
-                kept = self.stats.ledger.record(
-                    name, tick.scheduled_at, tick.number, tick.batch, now, trigger=member
-                )
-            except StatsUnavailable:
-                log.debug("beat: could not record the tick of %s as sent", name)
-                kept = False
-            if not kept:  # a failover could lose the record and the task message: again
-                sent = SentTick.member_of(name, tick.scheduled_at, tick.number, tick.batch, manual)
-                self._unkept[sent] = now
-            if member is not None:
-                self._asked.discard(member)
+            if not sent:
+                return
 
-    def _not_fired(self, tick: Unsent, why: NotFired) -> bool:
-        """A tick that got no number: drop it (True: go on with the next one), or, for a
-        run-time entry that changed, read the entries again and try it then (False)."""
+    def _number_run(self) -> bool:
+        """Number the run of unnumbered ticks at the front of the queue, in one call:
+        drop those not fired (paused, finished, an overlap). False when a run-time entry
+        changed under one: the entries are read again, its ticks rebound or dropped."""
+        run = list(itertools.islice(self._unsent, defaults.GROUP_TICKS))
+        run = list(itertools.takewhile(lambda u: u.number is None, run))
+        now = time.time()
+        asks = []
+        for tick in run:
+            manual = tick.trigger is not None
+            grid = tick.entry.schedule  # a tick by hand is never late
+            late = not manual and isinstance(grid, Grid) and grid.late(tick.scheduled_at, now)
+            max_runs, overlap, keep = self._numbering_of(tick.entry)
+            stored = self._runtime.get(tick.entry.name)
+            asks.append(
+                Ask(
+                    tick.entry.name,
+                    tick.scheduled_at,
+                    tick.batch,
+                    manual=manual,
+                    late=late,
+                    window=tick.window,
+                    rev=stored.rev if stored is not None else "",
+                    max_runs=max_runs,
+                    overlap=overlap,
+                    keep=keep,
+                )
+            )
+        numbers = self.stats.tick_numbers(
+            asks, floor=self._highest, deadline=self.settings.tick_deadline
+        )
+        dropped: set[int] = set()
+        stale = False
+        for tick, numbered in zip(run, numbers, strict=True):
+            name = tick.entry.name
+            if isinstance(numbered, NotFired):
+                if numbered is NotFired.STALE:
+                    stale = True
+                else:
+                    dropped.add(id(tick))
+                    self._not_fired(tick, numbered)
+            elif numbered is None:  # paused: skipped, as if it had not fallen due
+                dropped.add(id(tick))
+                if name not in self._paused:
+                    log.warning("beat: %s is paused; skipping its ticks", name)
+                    self._paused.add(name)
+            else:
+                tick.number = numbered
+                self._highest = max(self._highest, numbered + tick.batch - 1)
+                if name in self._paused:
+                    log.warning("beat: %s is resumed; firing its ticks again", name)
+                    self._paused.discard(name)
+        if dropped:
+            self._unsent = deque(u for u in self._unsent if id(u) not in dropped)
+        if stale:
+            self._watch(force=True)  # rebinds or drops the stale ticks
+        return not stale
+
+    def _numbering_of(self, entry: ScheduleEntry) -> tuple[int | None, bool, float]:
+        """An entry's max_runs, overlap skipping and catch-up window, made once per
+        options (a burst asks for thousands of entries' at once)."""
+        found = self._numbering.get(entry.name)
+        if found is None or found[0] != entry.options:
+            limits = limits_of(entry.options, entry.schedule)
+            skip = limits.overlap != OVERLAPS[0]
+            found = (entry.options, (limits.max_runs, skip, catch_up_of(entry.options).within))
+            self._numbering[entry.name] = found
+        return found[1]
+
+    def _send_run(self, run: list[Unsent], producer: Any) -> bool:
+        """Send numbered ticks (in groups where they can go together) and record them
+        sent; False when one could not be sent (those sent before it are recorded)."""
+        groups: dict[str, list[Unsent]] = {}
+        units: list[list[Unsent]] = []
+        for tick in run:
+            if tick.trigger is not None or "payload" in (tick.entry.kwargs or {}):
+                units.append([tick])
+                continue
+            options = task_options(tick.entry.options)
+            key = json.dumps(options, sort_keys=True, default=repr) if options else ""
+            if key not in groups:
+                groups[key] = []
+                units.append(groups[key])
+            groups[key].append(tick)
+        sent: list[Unsent] = []
+        try:
+            for unit in units:
+                if len(unit) == 1:
+                    self._send_one(unit[0], producer)
+                else:
+                    self._send_group(unit, producer)
+                sent += unit
+        finally:
+            self._record_sent(sent)
+        return True
+
+    def _send_one(self, tick: Unsent, producer: Any) -> None:
+        assert tick.number is not None
+        kwargs = tick_kwargs(
+            tick.entry.kwargs,
+            tick.entry.name,
+            tick.scheduled_at,
+            tick.number,
+            tick.batch,
+            manual=tick.trigger is not None,
+        )
+        options = task_options(tick.entry.options)
+        entry = changed(tick.entry, kwargs=kwargs, options=options)
+        super().apply_async(entry, producer=producer, advance=False)
+
+    def _send_group(self, ticks: list[Unsent], producer: Any) -> None:
+        """One ``publish_group`` task message for ``ticks`` (``group``)."""
+        members = []
+        for tick in ticks:
+            assert tick.number is not None
+            own = tick_kwargs(
+                tick.entry.kwargs, tick.entry.name, tick.scheduled_at, tick.number, tick.batch
+            )
+            members.append(own)
+        options = task_options(ticks[0].entry.options)
+        # What the task message's header and Celery's logs show of its kwargs; Celery's
+        # own (saferepr of them all) costs a burst more than the rest of the send.
+        shown = f"{{'ticks': [{len(members)} ticks, the first of {ticks[0].entry.name!r}]}}"
+        try:
+            self.app.send_task(
+                defaults.GROUP_TASK_NAME,
+                kwargs={"ticks": members},
+                producer=producer,
+                kwargsrepr=shown,
+                **options,
+            )
+        except Exception as exc:  # as Celery's apply_async wraps a transport error
+            raise SchedulingError(f"Couldn't apply scheduled task: {exc!r}") from exc
+
+    def _record_sent(self, sent: list[Unsent]) -> None:
+        """Take ``sent`` off the queue, and record them sent in one write: where the next
+        holder of the beat lock goes on from."""
+        if not sent:
+            return
+        gone = {id(u) for u in sent}
+        self._unsent = deque(u for u in self._unsent if id(u) not in gone)
+        now = time.time()
+        records = []
+        for tick in sent:
+            assert tick.number is not None
+            member = None if tick.trigger is None else tick.trigger.member
+            records.append(
+                Sent(tick.entry.name, tick.scheduled_at, tick.number, tick.batch, member)
+            )
+        try:
+            kept = self.stats.ledger.record_many(records, now)
+        except StatsUnavailable:
+            log.debug("beat: could not record %d tick(s) as sent", len(records))
+            kept = False
+        if not kept:  # a failover could lose the records and the task messages: again
+            for r in records:
+                manual = r.trigger is not None
+                member = SentTick.member_of(r.entry, r.scheduled_at, r.number, r.batch, manual)
+                self._unkept[member] = now
+        for r in records:
+            if r.trigger is not None:
+                self._asked.discard(r.trigger)
+
+    def _not_fired(self, tick: Unsent, why: NotFired) -> None:
+        """A tick that got no number and is dropped: say why, once per entry."""
         name = tick.entry.name
-        if why is NotFired.STALE:
-            self._watch(force=True)  # rebinds or drops this tick
-            return False
-        self._unsent.popleft()
         if why is NotFired.FINISHED:
             if name not in self._finished:
                 log.warning("beat: %s had its max_runs; it is finished and fires no more", name)
@@ -564,7 +797,6 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
                 name,
             )
             self._overlapping.add(name)
-        return True
 
     def _keep_sent(self) -> None:
         """Record again the ticks sent whose record no replica has acknowledged, until one

@@ -140,7 +140,8 @@ def _load_celeryconfig(sender: Celery, **_: Any) -> None:
             log.warning("pubtasks: %s", line)
         for name in TASK_OPTIONS.keys() & given.keys():
             log.warning(
-                "pubtasks: %s in %s does not apply to pubtasks.publish, which keeps %s",
+                "pubtasks: %s in %s does not apply to pubtasks.publish and "
+                "pubtasks.publish_group, which keep %s",
                 name,
                 CONFIG_MODULE,
                 TASK_OPTIONS[name],

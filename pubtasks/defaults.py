@@ -52,4 +52,8 @@ CATCH_UP_WITHIN: Final = 60.0
 
 APP_ID: Final = "pubtasks"
 TASK_NAME: Final = "pubtasks.publish"
+#: The task that publishes a group of ticks due at the same instant (``beat``, ``group``).
+GROUP_TASK_NAME: Final = "pubtasks.publish_group"
+#: Ticks per group task message: a burst of N ticks due together is ceil(N / this) tasks.
+GROUP_TICKS: Final = 250
 DEFAULT_ENTRY: Final = "publish-text"

@@ -74,6 +74,11 @@ class Stream(Protocol):
         items: Sequence[tuple[Delivery, bytes, Mapping[str, Any]]],
     ) -> None: ...
 
+    def publish_many(
+        self,
+        groups: Sequence[tuple[str, str, Sequence[tuple[Delivery, bytes, Mapping[str, Any]]]]],
+    ) -> None: ...
+
     def wait(self, timeout: float) -> None: ...
 
     def settled(self) -> list[Settled]: ...
@@ -86,8 +91,8 @@ class Stream(Protocol):
 class Listener(Protocol):
     """Told of every publish and outcome (``accounting.Accounting``)."""
 
-    def publishing(
-        self, tick: message.Tick, outs: Sequence[message.Outgoing]
+    def publishing_many(
+        self, outs: Sequence[tuple[message.Tick, message.Outgoing]]
     ) -> list[Delivery]: ...
 
     def settled(self, outcomes: Sequence[Settled]) -> None: ...
@@ -343,6 +348,14 @@ class TickPolicy:
         CONFIRM_TIMEOUT: whatever is then unanswered is unconfirmed, and whatever
         was not sent yet is left for the next attempt.
         """
+        return self._stream_out([(tick, out) for out in todo], bodies)
+
+    def _stream_out(
+        self,
+        todo: Sequence[tuple[message.Tick, message.Outgoing]],
+        bodies: Mapping[str, message.Body],
+    ) -> Attempt:
+        """``_attempt`` for the messages of one tick or of several (``group``)."""
         stream, limits = self.stream, self.limits
         sent: dict[str, Settled] = {}
         error: str | None = None
@@ -350,20 +363,21 @@ class TickPolicy:
         position = 0
         # Reported as published but not sent yet: a window's worth is reported in one go
         # ahead of sending, so the broker is never kept waiting on the listener.
-        reported: deque[tuple[message.Outgoing, Delivery]] = deque()
+        reported: deque[tuple[message.Tick, message.Outgoing, Delivery]] = deque()
         try:
             while position < len(todo) or stream.in_flight:
                 room = limits.confirm_window - stream.in_flight
                 if room > 0 and position < len(todo):
                     if not reported:
                         outs = todo[position : position + limits.confirm_window]
-                        reported += zip(outs, self.listener.publishing(tick, outs), strict=True)
+                        deliveries = self.listener.publishing_many(outs)
+                        reported += ((t, o, d) for (t, o), d in zip(outs, deliveries, strict=True))
                     batch = list(itertools.islice(reported, min(room, len(reported))))
-                    items = self._build(tick, batch, bodies)  # should it fail, all is reported
+                    groups = self._build(batch, bodies)  # should it fail, all is reported
                     for _ in batch:
                         reported.popleft()
                     position += len(batch)
-                    self.stream.publish(tick.exchange, tick.routing_key, items)
+                    self.stream.publish_many(groups)
                     continue
                 # The window is full, or all is sent: report outcomes while RabbitMQ works.
                 self._report(sent)
@@ -379,24 +393,28 @@ class TickPolicy:
             error, permanent = exc.reason, exc.permanent
         finally:
             # Reported but never sent: no answer will come for them either.
-            self._unreported += [Settled(d, Outcome.UNCONFIRMED) for _, d in reported]
+            self._unreported += [Settled(d, Outcome.UNCONFIRMED) for _, _, d in reported]
         self._report(sent)
         return Attempt(sent, error, permanent, timed_out)
 
     def _build(
         self,
-        tick: message.Tick,
-        batch: list[tuple[message.Outgoing, Delivery]],
-        bodies: dict[str, message.Body],
-    ) -> list[tuple[Delivery, bytes, dict[str, Any]]]:
-        """Each delivery with its body and properties, as of now (the publish time)."""
+        batch: list[tuple[message.Tick, message.Outgoing, Delivery]],
+        bodies: Mapping[str, message.Body],
+    ) -> list[tuple[str, str, list[tuple[Delivery, bytes, dict[str, Any]]]]]:
+        """Each delivery with its body and properties, as of now (the publish time), in
+        runs of the same exchange and routing key."""
         now = self.clock()
-        items = []
-        for out, delivery in batch:
+        groups: list[tuple[str, str, list[tuple[Delivery, bytes, dict[str, Any]]]]] = []
+        for tick, out, delivery in batch:
             own = bodies.get(out.message_id, tick.recipe.body)  # None: the default body
             data = message.body(tick, out, now) if own is None else own.data
-            items.append((delivery, data, message.properties(tick, out, now, own)))
-        return items
+            item = (delivery, data, message.properties(tick, out, now, own))
+            if groups and groups[-1][:2] == (tick.exchange, tick.routing_key):
+                groups[-1][2].append(item)
+            else:
+                groups.append((tick.exchange, tick.routing_key, [item]))
+        return groups
 
     def _timed_out(self) -> str:
         error = f"no confirm within CONFIRM_TIMEOUT={self.limits.confirm_timeout:g} s"

@@ -10,10 +10,11 @@ within about a second of RabbitMQ coming back.
 from __future__ import annotations
 
 from pubtasks.accounting import Accounting
+from pubtasks.group import Ended, GroupPolicy
 from pubtasks.ids import owner_id
 from pubtasks.lanes import Lanes
 from pubtasks.message import Tick
-from pubtasks.policy import Limits, Result, TickPolicy
+from pubtasks.policy import Limits, Result
 from pubtasks.settings import Settings
 from pubtasks.stats import Stats
 from pubtasks.stream import ConfirmStream, Options
@@ -32,13 +33,18 @@ class Publisher:
             Options.from_settings(settings), Topology.from_settings(settings)
         )
         self.accounting = Accounting(self.stats, owner_id())
-        self.policy = TickPolicy(self.stream, self.accounting, Limits.from_settings(settings))
+        self.policy = GroupPolicy(self.stream, self.accounting, Limits.from_settings(settings))
         self.lanes = Lanes(self.stats)
 
     def publish_tick(self, tick: Tick, tries: Tries | None = None) -> Result:
         """Publish one tick (see ``policy.TickPolicy.publish``), then look for orphans."""
         self.accounting.reap_abandoned(self.settings.confirm_timeout)
         return self.policy.publish(tick, tries)
+
+    def publish_group(self, ticks: list[Tick]) -> Ended:
+        """Publish ticks due together as one group (``group.GroupPolicy.publish_group``)."""
+        self.accounting.reap_abandoned(self.settings.confirm_timeout)
+        return self.policy.publish_group(ticks)
 
     def refuse(self, tick: Tick, reason: str) -> None:
         """Count a tick that cannot be published at all (its kwargs are wrong) as failed."""

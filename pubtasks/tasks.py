@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -17,11 +19,14 @@ from pubtasks.celery import app
 from pubtasks.entries import options_of
 from pubtasks.errors import BrokerError, ConfigError, PublishError, StatsUnavailable, TickFailed
 from pubtasks.lanes import Parked
-from pubtasks.message import Tick
+from pubtasks.message import Recipe, Tick
 from pubtasks.publisher import Publisher
 from pubtasks.tries import Later, Tries
 
 log = logging.getLogger(__name__)
+
+#: Recipes a worker process keeps made (``PublishTask.recipe``): more than a burst's entries.
+RECIPES_KEPT = 20_000
 
 
 class PublishTask(Task):  # type: ignore[misc]
@@ -36,6 +41,19 @@ class PublishTask(Task):  # type: ignore[misc]
         super().__init__()
         self._publishers: dict[tuple[int, int], Publisher] = {}
         self._guard = threading.Lock()
+        self._recipes: dict[tuple[str, str], Recipe] = {}
+
+    def recipe(self, entry: str, message: Mapping[str, Any]) -> Recipe:
+        """The recipe of ``entry`` from a task's kwargs (``entries.recipe``), checked once
+        per process for each different kwargs: a burst has thousands of ticks to make."""
+        key = (entry, json.dumps(message, sort_keys=True, default=repr))
+        found = self._recipes.get(key)
+        if found is None:
+            found = entries.recipe(entry, message, self.app.settings.context)
+            if len(self._recipes) >= RECIPES_KEPT:
+                self._recipes.clear()
+            self._recipes[key] = found
+        return found
 
     def publisher(self) -> Publisher:
         """The publisher of this process and thread."""
@@ -99,7 +117,7 @@ def publish(
         first = p.stats.next_number(size) if number is None else int(number)
         tick = Tick(entry=entry, scheduled_at=when, number=first, batch=size, manual=bool(manual))
         try:
-            tick = replace(tick, recipe=entries.recipe(entry, message, s.context))
+            tick = replace(tick, recipe=self.recipe(entry, message))
         except ConfigError as exc:
             log.error("tick %s failed: %s", tick.message_id, exc)
             p.refuse(tick, str(exc))
@@ -191,19 +209,10 @@ class Tickwork:
 
     def _ran(self, outcome: str, attempts: int, at: float, reason: str = "") -> None:
         """Add how the tick ended to its entry's history (``schedule show``); best effort."""
-        tick = self.tick
-        record = {
-            "message_id": tick.message_id,
-            "outcome": outcome,
-            "lateness": round(at - tick.scheduled_at, 6),
-            "attempts": attempts,
-            "at": at,
-            **({"reason": reason} if reason else {}),
-        }
         try:
-            self.publisher.stats.ran(tick.entry, record)
+            self.publisher.stats.ran_many([_ran(self.tick, outcome, attempts, at, reason)])
         except StatsUnavailable as exc:
-            log.debug("tick %s: its history is not kept: %s", tick.message_id, exc)
+            log.debug("tick %s: its history is not kept: %s", self.tick.message_id, exc)
 
     def _parked(self, tries: Tries) -> Parked:
         kwargs = {**self.kwargs, "lane": True}
@@ -241,6 +250,137 @@ class Tickwork:
                     exc,
                 )
                 return
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    base=PublishTask,
+    name=defaults.GROUP_TASK_NAME,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    max_retries=None,
+)
+def publish_group(self: PublishTask, *, ticks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Publish a group of ticks that fell due at the same instant (``group``).
+
+    ``ticks`` holds each tick's ``publish`` kwargs, as beat would send them one by one.
+    They go out through one confirm window; a tick that does not end at its first
+    attempt goes on alone, as a ``publish`` task in its entry's lane (``lanes``), so
+    that no sick entry holds the others. A redelivered group publishes only what is
+    not done. RabbitMQ unreachable or Redis unavailable: the whole group is retried.
+    """
+    p = self.publisher()
+    made: list[tuple[Tick, dict[str, Any]]] = []
+    for kwargs in ticks:
+        tick = _group_tick(self, p, kwargs)
+        if tick is not None:
+            made.append((tick, kwargs))
+    try:
+        ended = p.publish_group([t for t, _ in made])
+    except StatsUnavailable as exc:
+        wait = timing.STATS_RETRY.delay(1)
+        youngest = max((t.scheduled_at for t, _ in made), default=0.0)
+        if time.time() + wait > youngest + p.settings.tick_deadline:
+            raise  # as a tick alone: nothing can be counted, and its deadline has passed
+        log.warning("a group of %d ticks: %s; retrying in %g s", len(made), exc, wait)
+        raise self.retry(countdown=wait, exc=exc) from exc
+    except Later as unreachable:  # RabbitMQ unreachable: every tick waits, together
+        log.warning("a group of %d ticks: %s", len(made), unreachable)
+        raise self.retry(countdown=unreachable.delay) from None
+    own = {t.message_id: kwargs for t, kwargs in made}
+    for tick, later in ended.alone:
+        _go_alone(self, p, tick, own[tick.message_id], later)
+    now = time.time()
+    by_id = {t.message_id: t for t, _ in made}
+    history = [
+        _ran(by_id[r.message_id], r.outcome, r.attempts, r.confirmed_at)
+        for r in ended.results
+        if r.outcome != "done before"
+    ]
+    history += [_ran(t, "failed", 1, now, reason) for t, reason in ended.failed]
+    try:
+        p.stats.ran_many(history)
+    except StatsUnavailable as exc:
+        log.debug("a group of %d ticks: their history is not kept: %s", len(made), exc)
+    return {
+        "ticks": len(ticks),
+        "ended": len(ended.results),
+        "failed": len(ended.failed),
+        "alone": len(ended.alone),
+    }
+
+
+def _ran(
+    tick: Tick, outcome: str, attempts: int, at: float, reason: str = ""
+) -> tuple[str, dict[str, Any]]:
+    """A tick that ended, for its entry's history (``schedule show``)."""
+    record = {
+        "message_id": tick.message_id,
+        "outcome": outcome,
+        "lateness": round(at - tick.scheduled_at, 6),
+        "attempts": attempts,
+        "at": at,
+        **({"reason": reason} if reason else {}),
+    }
+    return tick.entry, record
+
+
+def _group_tick(task: PublishTask, p: Publisher, kwargs: dict[str, Any]) -> Tick | None:
+    """The tick of one member of a group, with its recipe; None when its kwargs are
+    wrong, and it is counted failed with the reason."""
+    message = {k: v for k, v in kwargs.items() if k not in TICK_FIELDS}
+    entry = str(kwargs.get("entry", defaults.DEFAULT_ENTRY))
+    tick = Tick(
+        entry=entry,
+        scheduled_at=float(kwargs["scheduled_at"]),
+        number=int(kwargs["number"]),
+        batch=int(kwargs.get("batch", 1)),
+        manual=bool(kwargs.get("manual", False)),
+    )
+    try:
+        return replace(tick, recipe=task.recipe(entry, message))
+    except ConfigError as exc:
+        log.error("tick %s failed: %s", tick.message_id, exc)
+        p.refuse(tick, str(exc))
+        return None
+
+
+#: A tick's own fields among a publish task's kwargs; the rest is its entry's recipe.
+TICK_FIELDS = frozenset({"entry", "scheduled_at", "number", "batch", "manual", "tries", "lane"})
+
+
+def _go_alone(
+    task: PublishTask, p: Publisher, tick: Tick, kwargs: dict[str, Any], later: Later
+) -> None:
+    """Send a tick of a group on its own: a ``publish`` task that goes on from its
+    tries after its delay, holding its entry's lane, or parked when another tick of the
+    entry holds it. A tick not tried yet (its payload runs alone) is sent as beat
+    would have sent it."""
+    options = options_of(task.app.conf.beat_schedule, tick.entry)
+    if later.tries == Tries():
+        try:
+            publish.apply_async(kwargs=kwargs, **options)
+        except Exception as exc:  # beat's record of it stays: a supervisor sends it again
+            log.warning(
+                "tick %s: could not be sent on alone (%s); left to be sent again as lost",
+                tick.message_id,
+                exc,
+            )
+        return
+    parked = Parked(tick.message_id, {**kwargs, "lane": True, "tries": later.tries.as_kwargs()})
+    if p.lanes.hold(tick.entry, parked, tick.scheduled_at, later.delay):
+        try:
+            publish.apply_async(kwargs=parked.kwargs, countdown=later.delay, **options)
+        except Exception as exc:  # parked: a supervisor wakes it once the lane expires
+            p.lanes.park_again(tick.entry, [parked])
+            log.warning("tick %s: could not be sent on alone (%s); parked", tick.message_id, exc)
+    else:
+        log.info(
+            "tick %s: parked until %s's lane is free (another of its ticks holds it)",
+            tick.message_id,
+            tick.entry,
+        )
 
 
 @signals.worker_process_shutdown.connect  # type: ignore[untyped-decorator]

@@ -193,8 +193,9 @@ def queued_ticks(channel: Any, queues: set[str]) -> set[str]:
         try:
             message = json.loads(bytes_to_str(item)) if isinstance(item, str | bytes) else item
             kwargs = json.loads(base64.b64decode(message["body"]))[1]
-            manual = bool(kwargs.get("manual", False))
-            found.add(message_id(kwargs["entry"], float(kwargs["scheduled_at"]), manual))
+            for tick in kwargs.get("ticks") or [kwargs]:  # a group's, or a tick's alone
+                manual = bool(tick.get("manual", False))
+                found.add(message_id(tick["entry"], float(tick["scheduled_at"]), manual))
         except (ValueError, KeyError, TypeError, IndexError):
             continue  # not a tick (another task in the same queue)
     return found

@@ -113,6 +113,36 @@ def test_after_a_tick_beat_wakes_at_the_next_grid_point_however_long_the_send(
     assert wakes_at == pytest.approx(fired + interval, abs=SEND / 2)
 
 
+class Instant(Recording):
+    """A recording scheduler whose send takes no time."""
+
+    def _send_each(self, producer: Any) -> None:
+        while self._unsent:
+            tick = self._unsent.popleft()
+            self.sent.append((tick.entry.name, tick.scheduled_at))
+
+
+def test_every_entry_due_at_an_instant_is_fired_in_one_wake(tmp_path: Path) -> None:
+    # Given 600 entries every(1): all due at the same instants
+    app = App("test_beat_burst", set_as_current=False, broker="memory://")
+    app.conf.beat_schedule = {
+        f"e{i:03d}": {"task": "pubtasks.publish", "schedule": every()} for i in range(600)
+    }
+    app.use_settings(Settings(publish_interval=1.0))
+    s = Instant(app=app, schedule_filename=str(tmp_path / "beat-schedule"))
+    try:
+        deadline = time.monotonic() + 10
+        while not s.sent:  # Celery's beat service calls tick, then sleeps what it says
+            assert time.monotonic() < deadline, "no tick fired"
+            time.sleep(max(s.tick(), 0.0))
+    finally:
+        s.close()
+    # Then the one wake that fired any fired them all, each with the instant's time
+    # (Celery's own tick sends one due task per call)
+    assert sorted(name for name, _ in s.sent) == [f"e{i:03d}" for i in range(600)]
+    assert len({at for _, at in s.sent}) == 1
+
+
 # -- where a beat taking the lock goes on from, and the ticks it skips -------------------
 
 

@@ -47,8 +47,8 @@ def test_celeryconfig_overrides_the_package_s_celery_defaults(tmp_path: Path) ->
     assert out.stdout.strip() == ("4 {'visibility_timeout': 7200, 'unacked_key': 'x:unacked'} True")
     # ... but not the publish task's own options, and it says so
     assert out.stderr.strip().splitlines() == [
-        "pubtasks: task_acks_late in celeryconfig does not apply to pubtasks.publish, "
-        "which keeps acks_late=True"
+        "pubtasks: task_acks_late in celeryconfig does not apply to pubtasks.publish and "
+        "pubtasks.publish_group, which keep acks_late=True"
     ]
 
 

@@ -601,7 +601,8 @@ def reserved_ticks(client: Any, prefix: str) -> set[int]:
     for value in client.hvals(f"{prefix}unacked"):
         message = json.loads(value)[0]  # kombu keeps [message, exchange, routing key]
         _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-        found.add(round(float(kwargs["scheduled_at"]) * 1000))
+        for tick in kwargs.get("ticks") or [kwargs]:  # a group's ticks, or a tick alone
+            found.add(round(float(tick["scheduled_at"]) * 1000))
     return found
 
 

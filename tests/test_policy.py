@@ -89,6 +89,13 @@ class FakeStream:
             self.lose_after = None
             self._lose()
 
+    def publish_many(
+        self,
+        groups: Sequence[tuple[str, str, Sequence[tuple[Delivery, bytes, Mapping[str, Any]]]]],
+    ) -> None:
+        for exchange, routing_key, items in groups:
+            self.publish(exchange, routing_key, items)
+
     def wait(self, timeout: float) -> None:
         answered = False
         for tag, delivery in list(self.unanswered.items()):
@@ -133,8 +140,8 @@ class Recorder:
         self.settle_errors: list[Exception] = []
         self.finished: set[str] = set()  # counted acked, returned or failed
 
-    def publishing(self, tick: Tick, outs: Sequence[Outgoing]) -> list[Delivery]:
-        self.published += [out.message_id for out in outs]
+    def publishing_many(self, outs: Sequence[tuple[Tick, Outgoing]]) -> list[Delivery]:
+        self.published += [out.message_id for _, out in outs]
         return [
             Delivery(
                 f"{out.message_id}#{next(self.keys)}",
@@ -143,7 +150,7 @@ class Recorder:
                 out.number,
                 retry_return=tick.recipe.on_return == "retry",
             )
-            for out in outs
+            for tick, out in outs
         ]
 
     def settled(self, outcomes: Sequence[Settled]) -> None:
@@ -162,6 +169,9 @@ class Recorder:
 
     def done(self, tick: Tick) -> set[str]:
         return {out.message_id for out in tick.messages()} & self.finished
+
+    def done_many(self, ticks: Sequence[Tick]) -> list[set[str]]:
+        return [self.done(t) for t in ticks]
 
     def count(self, kind: str) -> int:
         return sum(1 for _, k in self.outcomes if k == kind)

@@ -197,13 +197,13 @@ def batch_publisher(settings: Settings, stats: Stats, **overrides: int) -> Publi
 def watch_in_flight(p: Publisher) -> list[int]:
     """Record how many publishes await their confirm after each publish call."""
     seen: list[int] = []
-    publish = p.stream.publish
+    publish = p.stream.publish_many
 
     def recorded(*args: Any) -> None:
         publish(*args)
         seen.append(p.stream.in_flight)
 
-    p.stream.publish = recorded  # type: ignore[method-assign]
+    p.stream.publish_many = recorded  # type: ignore[method-assign]
     return seen
 
 

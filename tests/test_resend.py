@@ -55,3 +55,24 @@ def test_a_tick_waiting_in_its_entrys_own_queue_is_found_not_sent_twice(
             keys = list(client.scan_iter(match=f"{prefix}*"))
             if keys:
                 client.delete(*keys)
+
+
+def test_each_tick_of_a_group_waiting_in_the_queue_is_found(app: Celery, prefix: str) -> None:
+    # Given a group task (a burst's ticks in one message) waiting in Celery's queue
+    default = f"{prefix}celery"
+    ticks = [
+        {"entry": f"e{i}", "scheduled_at": 20.0, "number": i + 1, "batch": 1} for i in range(3)
+    ]
+    app.send_task("pubtasks.publish_group", kwargs={"ticks": ticks}, queue=default)
+    try:
+        with app.connection_for_write() as conn:
+            # When the supervisor looks for ticks whose task message was lost
+            found = queued_ticks(conn.default_channel, {default})
+        # Then each of the group's ticks is there: none is sent again
+        assert {message_id(f"e{i}", 20.0) for i in range(3)} <= found
+    finally:
+        with app.connection_for_write() as conn:
+            client = conn.default_channel.client
+            keys = list(client.scan_iter(match=f"{prefix}*"))
+            if keys:
+                client.delete(*keys)

@@ -114,8 +114,9 @@ def queued_ids(client: Any, prefix: str) -> set[str]:
     for item in raw:
         message = json.loads(item) if isinstance(item, str | bytes) else item
         kwargs = json.loads(base64.b64decode(message["body"]))[1]
-        tick = Tick(kwargs["entry"], kwargs["scheduled_at"], 0, int(kwargs.get("batch") or 1))
-        ids.update(out.message_id for out in tick.messages())
+        for own in kwargs.get("ticks") or [kwargs]:  # a group's ticks, or a tick alone
+            tick = Tick(own["entry"], own["scheduled_at"], 0, int(own.get("batch") or 1))
+            ids.update(out.message_id for out in tick.messages())
     return ids
 
 
