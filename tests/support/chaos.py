@@ -89,6 +89,19 @@ beat_schedule = {"publish-text": {"task": "pubtasks.publish", "schedule": every(
 CONFIRM_TIMEOUT = 2.0
 """
 QUORUM = "QUEUE_TYPE = 'quorum'\n"
+#: ``--entries N``: N entries instead of the example's one, all due at the same instants.
+ENTRIES = """
+beat_schedule = {{
+    f"e{{i:05d}}": {{"task": "pubtasks.publish", "schedule": every()}} for i in range({n})
+}}
+"""
+
+
+def entry_names(entries: int) -> list[str]:
+    """The entries of a run: the example's one, or ``--entries`` of them."""
+    return [DEFAULT_ENTRY] if entries == 0 else [f"e{i:05d}" for i in range(entries)]
+
+
 WORKER_FAULTS = ("pool_kill", "beat_kill", "worker_kill", "worker_term")
 FAULTS = ("close", "stop_app", "redis_kill", *WORKER_FAULTS)
 CLUSTER_FAULTS = (
@@ -488,7 +501,9 @@ class Chaos:
         return [now - float(row[1]) for row in index]
 
 
-def run(setup: Setup, minutes: float, seed: int, interval: float, root: Path) -> dict[str, Any]:
+def run(
+    setup: Setup, minutes: float, seed: int, interval: float, root: Path, entries: int = 0
+) -> dict[str, Any]:
     rng = random.Random(seed)
     stamp = commit()  # what runs: the tree as it is now, at the start
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "PUBTASKS_"))}
@@ -501,7 +516,8 @@ def run(setup: Setup, minutes: float, seed: int, interval: float, root: Path) ->
     workers = []
     for i, name in enumerate(("a", "b")):
         (root / name).mkdir()
-        write_config(root / name, PREFIX, setup.config)
+        config = setup.config + (ENTRIES.format(n=entries) if entries else "")
+        write_config(root / name, PREFIX, config)
         env = {**base, "AMQP_URL": setup.amqp_url(i)}
         workers.append(Worker(root / name, env, name=f"chaos-{name}"))
     stats = Stats.from_url(setup.redis_url, PREFIX, retries=20, master_name=setup.master_name)
@@ -538,7 +554,7 @@ def run(setup: Setup, minutes: float, seed: int, interval: float, root: Path) ->
         codes = [w.stop() for w in workers]
     clock = Clock(min(w.first_start or stopped_at for w in workers), stopped_at)
     queued = finish(root, workers[0].env, stats)
-    expected = [Expected(DEFAULT_ENTRY, every(interval))]
+    expected = [Expected(name, every(interval)) for name in entry_names(entries)]
     ledger = account(take(setup.consume_url(), "text"), stats, expected, clock)
     snap = stats.snapshot()
     gave_back = sum(w.log.count("gave back") for w in workers)
@@ -548,6 +564,7 @@ def run(setup: Setup, minutes: float, seed: int, interval: float, root: Path) ->
         seed=seed,
         minutes=minutes,
         interval=interval,
+        entries=len(expected),
         commit=stamp,
         faults=dict(sorted(faults.items())),
         exits=[asdict(e) for e in supervisor.exits],
@@ -628,6 +645,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=0.1, help="PUBLISH_INTERVAL, s")
     parser.add_argument("--record", type=Path, help="also write the result here, as JSON")
     parser.add_argument(
+        "--entries",
+        type=int,
+        default=0,
+        help="N entries every(--interval), all due at the same instants (a burst each)",
+    )
+    parser.add_argument(
         "--cluster", action="store_true", help="on a 3-node cluster and Redis with Sentinel"
     )
     parser.add_argument(
@@ -645,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--faults: {', '.join(unknown)} not among {', '.join(kinds)}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     again = f"scripts/chaos{' --cluster' if args.cluster else ''} --minutes {args.minutes:g}"
+    again += f" --entries {args.entries} --interval {args.interval:g}" if args.entries else ""
     again += f" --faults {args.faults}" if args.faults else ""
     say(f"seed {seed} (replay: {again} --seed {seed})")
     # SIGTERM (a CI timeout, say) stops the workers and the nodes too, as Ctrl-C does.
@@ -655,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     services = on_cluster(args.dir) if args.cluster else single(root)
     with services as setup:
         setup.faults = only
-        result = run(setup, args.minutes, seed, args.interval, root)
+        result = run(setup, args.minutes, seed, args.interval, root, args.entries)
     result["mode"] = "cluster" if args.cluster else "single node"
     result["run_seconds"] = round(time.monotonic() - began, 1)
     print(json.dumps(result, indent=2), flush=True)
