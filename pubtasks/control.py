@@ -143,9 +143,10 @@ class Control:
             pipe.hgetall(k.resumed)
             pipe.hgetall(k.triggered)
             pipe.llen(k.beat_triggers)
-            for name in entries:
-                pipe.get(k.beat_last(name))
-            holder, ttl, paused, resumed, triggered, waiting, *last = pipe.execute()
+            if entries:  # one command for all (10,000 entries: one reply to parse)
+                pipe.mget([k.beat_last(name) for name in entries])
+            holder, ttl, paused, resumed, triggered, waiting, *read = pipe.execute()
+        last = read[0] if read else []
         return State(
             holder=None if holder is None else str(holder),
             holder_ttl=ttl / 1000 if holder is not None and ttl and ttl > 0 else None,

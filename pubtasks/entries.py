@@ -401,45 +401,87 @@ def check_schedule(
         raise ConfigError(f"beat_schedule must be a dict of entries, not {kind_of(beat_schedule)}")
     tasks = set(known_tasks or ()) | {defaults.TASK_NAME}
     recipes: dict[str, Recipe] = {}
+    # Entries alike but for their names (10,000 of them, say) are checked once: what is
+    # checked does not depend on the name, but for jitter (drawn from it).
+    checked: dict[str, Recipe] = {}
     for entry, spec in beat_schedule.items():
-        if not isinstance(entry, str) or not entry:
-            raise ConfigError(f"beat_schedule: entry name {entry!r} must be a non-empty string")
-        name = f"beat_schedule entry {entry!r}: "
-        if not isinstance(spec, Mapping):
-            raise ConfigError(
-                f"{name}is {kind_of(spec)}, not a dict; write it as "
-                "{'task': 'pubtasks.publish', 'schedule': every()}"
-            )
-        task = spec.get("task")
-        if task is None:
-            raise ConfigError(f"{name}has no 'task'; add 'task': {defaults.TASK_NAME!r}")
-        if task not in tasks:
-            close = difflib.get_close_matches(str(task), sorted(tasks), n=1)
-            hint = close[0] if close else defaults.TASK_NAME
-            raise ConfigError(
-                f"{name}task {task!r} is not a registered task; did you mean {hint!r}?"
-            )
-        if "schedule" not in spec:
-            raise ConfigError(f"{name}has no 'schedule'; add e.g. 'schedule': every()")
-        check_schedule_value(entry, spec["schedule"])
-        if task != defaults.TASK_NAME:
+        alike = _alike(spec)
+        if alike is not None and alike in checked and isinstance(entry, str) and entry:
+            recipes[entry] = checked[alike]
             continue
-        if spec.get("args"):
-            raise ConfigError(f"{name}'args' are not taken; put everything in 'kwargs'")
-        kwargs = spec.get("kwargs") or {}
-        if not isinstance(kwargs, Mapping):
-            raise ConfigError(f"{name}'kwargs' must be a dict, not {kind_of(kwargs)}")
-        options = spec.get("options") or {}
-        if not isinstance(options, Mapping):
-            raise ConfigError(f"{name}'options' must be a dict, not {kind_of(options)}")
-        if "expires" in options:
-            raise ConfigError(
-                f"{name}options: 'expires' would let Celery drop a tick unseen; leave it out "
-                "(TICK_DEADLINE bounds how late a tick may publish, and counts it failed)"
-            )
-        _check_catch_up(entry, options, spec["schedule"])
-        grid = grid_of(spec["schedule"], context.publish_interval, UTC)
-        check_limits(entry, options, grid, time.time())
-        recipes[entry] = resolve(entry, kwargs, context)
-        _transportable(entry, kwargs, task_serializer)
+        made = _check_entry(
+            entry,
+            spec,
+            tasks=tasks,
+            context=context,
+            task_serializer=task_serializer,
+            resolve=resolve,
+        )
+        if made is not None:
+            recipes[entry] = made
+            if alike is not None:
+                checked[alike] = made
     return recipes
+
+
+def _check_entry(
+    entry: Any,
+    spec: Any,
+    *,
+    tasks: set[str],
+    context: Context,
+    task_serializer: str,
+    resolve: Callable[[str, Mapping[str, Any], Context], Recipe],
+) -> Recipe | None:
+    """Check one entry of ``beat_schedule``; its recipe (None: not a publish entry)."""
+    if not isinstance(entry, str) or not entry:
+        raise ConfigError(f"beat_schedule: entry name {entry!r} must be a non-empty string")
+    name = f"beat_schedule entry {entry!r}: "
+    if not isinstance(spec, Mapping):
+        raise ConfigError(
+            f"{name}is {kind_of(spec)}, not a dict; write it as "
+            "{'task': 'pubtasks.publish', 'schedule': every()}"
+        )
+    task = spec.get("task")
+    if task is None:
+        raise ConfigError(f"{name}has no 'task'; add 'task': {defaults.TASK_NAME!r}")
+    if task not in tasks:
+        close = difflib.get_close_matches(str(task), sorted(tasks), n=1)
+        hint = close[0] if close else defaults.TASK_NAME
+        raise ConfigError(f"{name}task {task!r} is not a registered task; did you mean {hint!r}?")
+    if "schedule" not in spec:
+        raise ConfigError(f"{name}has no 'schedule'; add e.g. 'schedule': every()")
+    check_schedule_value(entry, spec["schedule"])
+    if task != defaults.TASK_NAME:
+        return None
+    if spec.get("args"):
+        raise ConfigError(f"{name}'args' are not taken; put everything in 'kwargs'")
+    kwargs = spec.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"{name}'kwargs' must be a dict, not {kind_of(kwargs)}")
+    options = spec.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{name}'options' must be a dict, not {kind_of(options)}")
+    if "expires" in options:
+        raise ConfigError(
+            f"{name}options: 'expires' would let Celery drop a tick unseen; leave it out "
+            "(TICK_DEADLINE bounds how late a tick may publish, and counts it failed)"
+        )
+    _check_catch_up(entry, options, spec["schedule"])
+    grid = grid_of(spec["schedule"], context.publish_interval, UTC)
+    check_limits(entry, options, grid, time.time())
+    made = resolve(entry, kwargs, context)
+    _transportable(entry, kwargs, task_serializer)
+    return made
+
+
+def _alike(spec: Any) -> str | None:
+    """What makes a publish entry's check the same as another's (None: check it alone):
+    its schedule, kwargs and options as written (``repr``: a dict written in another
+    order is only checked again)."""
+    if not isinstance(spec, Mapping) or spec.get("task") != defaults.TASK_NAME:
+        return None
+    options = spec.get("options") or {}
+    if not isinstance(options, Mapping) or "jitter" in options:
+        return None
+    return repr((spec.get("schedule"), spec.get("kwargs"), options, spec.get("args")))

@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
 
-from pubtasks.bounds import entry_grid, limits_of
 from pubtasks.catalog import Catalog
 from pubtasks.control import State
-from pubtasks.entries import catch_up_of, publish_entries
+from pubtasks.entries import publish_entries
 from pubtasks.errors import ConfigError
-from pubtasks.listing import state_of
+from pubtasks.listing import shapes, state_of
 from pubtasks.specs import SOURCES, entry_of
 from pubtasks.stats import Stats
 
@@ -34,13 +33,13 @@ class Inventory:
     def states(self, publish_interval: float, tz: tzinfo, state: State) -> dict[str, str]:
         """Each entry's state (``listing.STATES``); ``state.last`` must hold them all."""
         out = {}
-        for name, entry in self.entries.items():
-            within = catch_up_of(entry.get("options")).within
-            grid = entry_grid(name, entry, publish_interval, tz, within)
-            limit = limits_of(entry.get("options"), entry.get("schedule")).max_runs
+        made = shapes(self.entries, publish_interval, tz)
+        for name in self.entries:
+            shape = made[name]
             paused = name in state.paused
             last = state.last.get(name)
-            out[name] = state_of(grid, limit, self.runs.get(name, 0), paused, last)
+            runs = self.runs.get(name, 0)
+            out[name] = state_of(shape.grid, shape.max_runs, runs, paused, last)
         return out
 
     def counted(self, states: Mapping[str, str]) -> dict[tuple[str, str], int]:

@@ -41,6 +41,40 @@ class Row:
     counts: Counts
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What an entry's schedule and options make of it: its grid (None: a schedule
+    Celery catches up itself), its catch-up and its max_runs."""
+
+    grid: Grid | None
+    catch_up: CatchUp
+    max_runs: int | None
+
+
+def shapes(
+    entries: Mapping[str, Mapping[str, Any]], publish_interval: float, tz: tzinfo
+) -> dict[str, Shape]:
+    """Each entry's ``Shape``; made once for entries alike but for their names (10,000
+    of them, say), unless they have a jitter, which is drawn from the name."""
+    made: dict[str, Shape] = {}
+    out = {}
+    for name, spec in entries.items():
+        options = spec.get("options") or {}
+        key = None if "jitter" in options else repr((spec.get("schedule"), sorted(options.items())))
+        shape = made.get(key) if key is not None else None
+        if shape is None:
+            policy = catch_up_of(options)
+            shape = Shape(
+                entry_grid(name, spec, publish_interval, tz, policy.within),
+                policy,
+                limits_of(options, spec.get("schedule")).max_runs,
+            )
+            if key is not None:
+                made[key] = shape
+        out[name] = shape
+    return out
+
+
 def rows(
     beat_schedule: Mapping[str, Any],
     publish_interval: float,
@@ -58,16 +92,17 @@ def rows(
     config = publish_entries(beat_schedule)
     both = [(n, "config", spec) for n, spec in config.items()]
     both += [(n, "runtime", spec) for n, spec in (runtime or {}).items() if n not in config]
+    made = shapes({name: spec for name, _, spec in both}, publish_interval, tz)
     for name, source, spec in both:
-        policy = catch_up_of(spec.get("options"))
-        grid = entry_grid(name, spec, publish_interval, tz, policy.within)
+        shape = made[name]
+        grid, policy = shape.grid, shape.catch_up
         if grid is None:
             described, next_tick = repr(spec.get("schedule")), None
         else:
             described = grid.describe() if isinstance(grid, every) else repr(grid)[1:-1]
             following = grid.following_us(to_us(now))
             next_tick = following / 1e6 if has_next(following) else None
-        limit = limits_of(spec.get("options"), spec.get("schedule")).max_runs
+        limit = shape.max_runs
         ran = (runs or {}).get(name, 0)
         paused = name in state.paused
         out.append(

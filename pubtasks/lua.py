@@ -345,6 +345,17 @@ end
 return #KEYS
 """
 
+# KEYS: entries.  ARGV: the key entry: of an entry named ''.  Every entry's counters,
+# as one JSON object {entry: [field, value, ...]}, read at once (``Stats.snapshot``).
+ENTRY_COUNTERS = """
+local all = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  all[name] = redis.call('HGETALL', ARGV[1] .. name)
+end
+if next(all) == nil then return '{}' end
+return cjson.encode(all)
+"""
+
 # KEYS: done:<tick> of each tick.  How many messages of each are done, space-separated.
 DONE_COUNTS = """
 local counts = {}
