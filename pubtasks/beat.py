@@ -519,8 +519,9 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             if entry.name not in schedule:
                 continue  # removed at run time (the queue is read again then, too)
             grid = entry.schedule
+            planned_at = time.time()
             if entry.task == defaults.TASK_NAME and isinstance(grid, Grid):
-                plan = grid.plan(entry.last_run_at, time.time())  # is_due's, once
+                plan = grid.plan(entry.last_run_at, planned_at)  # is_due's, once
                 is_due, wait = plan.due, plan.wait
             else:
                 plan = None
@@ -532,10 +533,13 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
             if plan is not None and plan.tick_at is not None:
                 following = self._fire(entry, plan.tick_at, advance=True)
                 fired += 1
+                # its next point, as the plan found it (the grid's exact time: the same
+                # instant for every entry of it, to the microsecond)
+                heapq.heappush(due, (planned_at + wait, order, following))
             else:
                 following = self.reserve(entry)
                 self.apply_entry(entry, producer=self.producer)
-            heapq.heappush(due, (self._wake_at(following, wait), order, following))
+                heapq.heappush(due, (self._wake_at(following, wait), order, following))
             if len(self._unsent) >= defaults.GROUP_TICKS:
                 self._send_unsent(self.producer)  # the workers start on it meanwhile
                 now = time.time()

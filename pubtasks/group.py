@@ -31,7 +31,13 @@ from typing import Protocol
 
 from pubtasks import message, timing
 from pubtasks.confirms import Outcome
-from pubtasks.errors import AccessRefused, ChannelLost, TopologyError, Unreachable
+from pubtasks.errors import (
+    AccessRefused,
+    ChannelLost,
+    PubtasksError,
+    TopologyError,
+    Unreachable,
+)
 from pubtasks.policy import Attempt, Listener, Result, TickPolicy
 from pubtasks.tries import Later, Tries, nack_backoff, return_backoff
 
@@ -66,6 +72,25 @@ class GroupPolicy(TickPolicy):
         meanwhile are failed first)."""
         ended = Ended()
         self._outcomes = {}
+        todo = self._to_publish(ticks, ended)
+        if not todo or not self._connected(ended, todo):
+            return ended
+        pairs = [(tick, out) for tick, outs in todo for out in outs]
+        try:
+            sent = self._stream_out(pairs, {})
+        except (PubtasksError, Later):
+            raise  # Redis unavailable (``StatsUnavailable``): the task tries the group again
+        except Exception as exc:  # a bug, ours or a library's: fail what is not acked
+            self._contain_group(ended, todo, exc)
+            return ended
+        self._decide(ended, todo, sent)
+        return ended
+
+    def _to_publish(
+        self, ticks: Sequence[message.Tick], ended: Ended
+    ) -> list[tuple[message.Tick, list[message.Outgoing]]]:
+        """Each tick's messages to publish now; those done before, past their deadline
+        or with a payload to make are put where they belong in ``ended``."""
         now = self.clock()
         late = f"TICK_DEADLINE={self.limits.tick_deadline:g} s passed"
         todo: list[tuple[message.Tick, list[message.Outgoing]]] = []
@@ -79,29 +104,29 @@ class GroupPolicy(TickPolicy):
                 ended.alone.append((tick, Later(0.0, Tries())))
             else:
                 todo.append((tick, outs))
-        if not todo:
-            return ended
+        return todo
+
+    def _connected(
+        self, ended: Ended, todo: list[tuple[message.Tick, list[message.Outgoing]]]
+    ) -> bool:
+        """Make sure the stream can publish; else put each tick where the error puts it
+        (raises ``Later`` when RabbitMQ is unreachable: ``_unreachable``)."""
+        now = self.clock()
         deadline = min(t.scheduled_at for t, _ in todo) + self.limits.tick_deadline
         try:
             self.stream.ensure(timeout=max(0.0, min(deadline - now, timing.CONNECT_BUDGET)))
         except Unreachable as exc:
-            return self._unreachable(ended, todo, exc)
+            self._unreachable(ended, todo, exc)
+            return False
         except (AccessRefused, TopologyError) as exc:
             for tick, outs in todo:
                 self._give_up(ended, tick, outs, str(exc))
-            return ended
+            return False
         except ChannelLost as exc:
             for tick, _ in todo:
                 ended.alone.append((tick, Later(0.0, Tries().at(1, 0, exc.reason))))
-            return ended
-        pairs = [(tick, out) for tick, outs in todo for out in outs]
-        try:
-            sent = self._stream_out(pairs, {})
-        except Exception as exc:  # a bug, ours or a library's: fail what is not acked
-            self._contain_group(ended, todo, exc)
-            return ended
-        self._decide(ended, todo, sent)
-        return ended
+            return False
+        return True
 
     def _decide(
         self,
