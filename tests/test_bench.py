@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from pubtasks.bench import burst, bursts
 from pubtasks.bench.fidelity import grid_fidelity, timedelta_drift
 
 
@@ -99,3 +101,38 @@ def test_bench_entries_runs_the_burst_scenario(amqp_url: str, redis_url: str) ->
     assert burst["counters_equal_received"] is True
     assert burst["raw_confirmed_msgs_per_s"] > 0
     assert all(x is not None for x in burst["last_lateness_s"])
+
+
+def test_the_bursts_section_sets_each_case_before_beside_after(tmp_path: Path) -> None:
+    row = {
+        "entries": 1000, "period": 10.0, "delivered": 3000, "expected": 3000,
+        "last_lateness_s": [0.4, 0.5], "p50_s": 0.3, "p99_s": 0.49,
+        "burst_msgs_per_s": 2000, "raw_confirmed_msgs_per_s": 8000,
+        "counters_equal_received": True, "beat_start_s": 1.1, "rss_mib": 210.0,
+        "stats_s": 0.9, "list_s": 0.7,
+    }  # fmt: skip
+    old = {**row, "last_lateness_s": [9.3, None], "delivered": 2000}
+    page, before, after = tmp_path / "performance.md", tmp_path / "b.json", tmp_path / "a.json"
+    page.write_text("# Performance\n\nthe rest\n")
+    before.write_text(json.dumps({"rev": "abc123", "rows": [old]}))
+    after.write_text(json.dumps({"rows": [row]}))
+    bursts.render(page, before, after)
+    bursts.render(page, before, after)  # again: the section is replaced, not added
+    text = page.read_text()
+    assert text.count(bursts.BEGIN) == 1 and text.startswith("# Performance\n\nthe rest\n")
+    assert "| 1,000 | 10 s | before | 2000 / 3000 | 9.3 s, - |" in text
+    assert (
+        "| 1,000 | 10 s | after | 3000 / 3000 | 0.4 s, 0.5 s | 0.3 s | 0.49 s | 2000 | 8000 | yes |"
+        in text
+    )
+    assert "on commit abc123" in text
+
+
+def test_beat_start_is_read_from_the_worker_log() -> None:
+    spawned = time.mktime(time.strptime("2026-12-03 21:04:14", "%Y-%m-%d %H:%M:%S")) + 0.5
+    log = (
+        "[2026-12-03 21:04:15,901: INFO/Beat] beat: Starting...\n"
+        "[2026-12-03 21:04:17,506: INFO/Beat] beat: going on with 10001 entries (read ...)\n"
+    )
+    assert burst.beat_start(log, spawned) == 3.01
+    assert burst.beat_start("nothing yet\n", spawned) is None

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -122,8 +124,13 @@ def burst_run(
                 first = math.ceil((time.time() + 1.0) / period) * period
                 points = [round(first + k * period, 3) for k in range(bursts)]
                 end = points[-1] + period  # the last burst gets a whole period
+                # Halfway to the next burst (a quiet moment), the commands an operator runs
+                time.sleep(max(0.0, end - period / 2 - time.time()))
+                for command, key in ((["stats"], "stats_s"), (["schedule", "list"], "list_s")):
+                    result[key] = answer_time(command, directory, env)
                 time.sleep(max(0.0, end - time.time()))  # the measured window itself
                 result["rss_mib"] = round(rss_of_group(worker.proc.pid) / 2**20, 1)
+                result["beat_start_s"] = beat_start(worker.log, spawned)
             arrivals.stop()
             counted = stats.snapshot().totals
         finally:
@@ -146,6 +153,32 @@ def burst_run(
     if result["burst_msgs_per_s"]:
         result["limit_vs_burst"] = round(raw / result["burst_msgs_per_s"], 1)
     return result
+
+
+def beat_start(log: str, spawned: float) -> float | None:
+    """Seconds from the worker's start to its beat going on with its entries (its
+    ``going on with N entries`` line), by the log's clock (local time, to the ms)."""
+    for line in log.splitlines():
+        if "beat: going on with" in line and line.startswith("["):
+            stamp = line[1:24]  # "2026-12-03 20:36:25,197"
+            moment = time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S"))
+            return round(moment + int(stamp[20:23]) / 1000 - spawned, 2)
+    return None
+
+
+def answer_time(command: list[str], directory: Path, env: dict[str, str]) -> float:
+    """Seconds ``pubtasks COMMAND`` takes to answer, run as a user would, in the run's
+    directory (its celeryconfig.py); the command must succeed."""
+    started = time.monotonic()
+    subprocess.run(
+        [str(Path(sys.executable).with_name("pubtasks")), *command],
+        cwd=directory,
+        env={**env, "PYTHONPATH": str(directory)},
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    return round(time.monotonic() - started, 2)
 
 
 def judge(arrivals: Arrivals, points: list[float], entries: int) -> dict[str, Any]:

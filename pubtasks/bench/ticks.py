@@ -1,4 +1,5 @@
-"""Parts b, c and d: the real worker at a short interval, judged from its log and memory."""
+"""Parts b, c and d: the real worker at a short interval, judged by what RabbitMQ's queue
+received (a consumer beside the run) and by its memory."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from pubtasks.bench.broker import Broker
-from pubtasks.bench.fidelity import confirmed_ticks, grid_fidelity, percentile, timedelta_drift
+from pubtasks.bench.burst import Arrivals
+from pubtasks.bench.fidelity import grid_fidelity, percentile, timedelta_drift
 from pubtasks.bench.names import Names
 from pubtasks.bench.services import broker_restart_recovery, delete_queues
 from pubtasks.bench.worker import Worker, rss_of_group, write_config
@@ -60,36 +62,32 @@ def worker_run(
             "PUBLISH_INTERVAL": str(interval),
         }
         spawned = time.time()
+        arrivals = Arrivals(Broker.of(settings), queue)
         try:
             with Worker(directory, env, name="bench") as worker:
                 assert worker.proc is not None
                 worker.wait_ready(60)
+                arrivals.start()
+                watched = time.time()  # ticks due from here on are timed as they arrive
                 time.sleep(seconds)  # the measured window itself, not a wait for a condition
                 stopped = time.time()
                 result["rss_mib"] = round(rss_of_group(worker.proc.pid) / 2**20, 1)
                 if restart:
                     result["recovery_s"] = broker_restart_recovery(settings.amqp_url, stats)
-            log = worker.log
+            arrivals.stop()
         finally:
             stats.clear()
             stats.close()
             delete_queues(Broker.of(settings), [queue])
-    ticks = confirmed_ticks(log)
-    window = [t for t in ticks if scheduled_at_of(t["message_id"]) <= stopped]
-    grid = [t for t in window if t["message_id"].startswith("grid@")]
-    latencies = [t["confirmed_at"] - scheduled_at_of(t["message_id"]) for t in grid]
-    result["grid"] = grid_fidelity(
-        [scheduled_at_of(t["message_id"]) for t in grid], interval, spawned, stopped
-    )
+    # What RabbitMQ's queue received, whether each tick went alone or in a group
+    ticks = {m: at for m, at in arrivals.at.items() if scheduled_at_of(m) <= stopped}
+    grid = {m: at for m, at in ticks.items() if m.startswith("grid@")}
+    latencies = [at - scheduled_at_of(m) for m, at in grid.items() if scheduled_at_of(m) > watched]
+    result["grid"] = grid_fidelity([scheduled_at_of(m) for m in grid], interval, spawned, stopped)
     if latencies:
         result["grid"]["latency_p50_ms"] = round(statistics.median(latencies) * 1000, 2)
         result["grid"]["latency_p99_ms"] = round(percentile(latencies, 0.99) * 1000, 2)
     result["celery_timedelta"] = timedelta_drift(
-        [
-            scheduled_at_of(t["message_id"])
-            for t in window
-            if t["message_id"].startswith("celery-timedelta@")
-        ],
-        interval,
+        [scheduled_at_of(m) for m in ticks if m.startswith("celery-timedelta@")], interval
     )
     return result
