@@ -628,8 +628,7 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         """Number the run of unnumbered ticks at the front of the queue, in one call:
         drop those not fired (paused, finished, an overlap). False when a run-time entry
         changed under one: the entries are read again, its ticks rebound or dropped."""
-        run = list(itertools.islice(self._unsent, defaults.GROUP_TICKS))
-        run = list(itertools.takewhile(lambda u: u.number is None, run))
+        run = self._unnumbered_run()
         now = time.time()
         asks = []
         for tick in run:
@@ -681,6 +680,20 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
         if stale:
             self._watch(force=True)  # rebinds or drops the stale ticks
         return not stale
+
+    def _unnumbered_run(self) -> list[Unsent]:
+        """The unnumbered ticks at the front of the queue, at most ``GROUP_TICKS``, and
+        one per entry: an entry's next tick is numbered once the one before it was sent
+        and recorded. A beat that takes the lock fires again only an entry's latest tick
+        numbered (``resuming``): earlier ones numbered and never sent would be lost."""
+        run: list[Unsent] = []
+        names: set[str] = set()
+        for u in itertools.islice(self._unsent, defaults.GROUP_TICKS):
+            if u.number is not None or u.entry.name in names:
+                break
+            names.add(u.entry.name)
+            run.append(u)
+        return run
 
     def _numbering_of(self, entry: ScheduleEntry) -> tuple[int | None, bool, float]:
         """An entry's max_runs, overlap skipping and catch-up window, made once per

@@ -263,6 +263,8 @@ local function number(a)
   end
   local first = last_number + 1
   last_number = last_number + count
+  -- with each tick: a script that errs half-way keeps what it has done
+  redis.call('HSET', totals, 'last_message_number', last_number)
   redis.call('SET', held_key, id .. ' ' .. first)
   redis.call('ZADD', numbered, at, id .. ' ' .. first)
   redis.call('ZREMRANGEBYSCORE', numbered, '-inf', '(' .. (at - keep * 1000))
@@ -277,7 +279,7 @@ for _, a in ipairs(cjson.decode(ARGV[2])) do
   out[#out + 1] = number(a)
   out[#out + 1] = 0
 end
-if last_number > stored or lifted > 0 then
+if lifted > 0 and last_number == stored then
   redis.call('HSET', totals, 'last_message_number', last_number)
 end
 local names = {}
@@ -370,8 +372,9 @@ return table.concat(counts, ' ')
 RECORD = """
 local last_key = ARGV[2]
 for _, t in ipairs(cjson.decode(ARGV[3])) do
-  if t[4] == '' then
-    redis.call('SET', last_key .. t[1], t[2])
+  if t[4] == '' then  -- beat:last never goes back (an entry's ticks may be in two groups)
+    local last = tonumber(redis.call('GET', last_key .. t[1]) or '')
+    if not last or tonumber(t[2]) > last then redis.call('SET', last_key .. t[1], t[2]) end
   else
     redis.call('LREM', KEYS[2], 0, t[4])
   end

@@ -75,18 +75,20 @@ class PublishTask(Task):  # type: ignore[misc]
             p.close()
 
 
-@app.task(  # type: ignore[untyped-decorator]
-    base=PublishTask,
-    name=defaults.TASK_NAME,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    throws=(PublishError, BrokerError),
-    # Retries are bounded by TICK_DEADLINE and PUBLISH_ATTEMPTS, not by a count of
-    # Celery's (its default is 3; ``retry(max_retries=None)`` means that default).
-    max_retries=None,
-)
+#: The options of both publish tasks that pubtasks' promise rests on (``celery.TASK_OPTIONS``).
+#: Retries are bounded by TICK_DEADLINE and PUBLISH_ATTEMPTS, not by a count of Celery's
+#: (its default is 3; ``retry(max_retries=None)`` means that default).
+PROMISED: dict[str, Any] = {
+    "base": PublishTask,
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+    "max_retries": None,
+}
+
+
+@app.task(name=defaults.TASK_NAME, throws=(PublishError, BrokerError), **PROMISED)  # type: ignore[untyped-decorator]
 def publish(
     self: PublishTask,
     *,
@@ -252,15 +254,7 @@ class Tickwork:
                 return
 
 
-@app.task(  # type: ignore[untyped-decorator]
-    base=PublishTask,
-    name=defaults.GROUP_TASK_NAME,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    max_retries=None,
-)
+@app.task(name=defaults.GROUP_TASK_NAME, **PROMISED)  # type: ignore[untyped-decorator]
 def publish_group(self: PublishTask, *, ticks: list[dict[str, Any]]) -> dict[str, Any]:
     """Publish a group of ticks that fell due at the same instant (``group``).
 
@@ -290,7 +284,10 @@ def publish_group(self: PublishTask, *, ticks: list[dict[str, Any]]) -> dict[str
         raise self.retry(countdown=unreachable.delay) from None
     own = {t.message_id: kwargs for t, kwargs in made}
     for tick, later in ended.alone:
-        _go_alone(self, p, tick, own[tick.message_id], later)
+        try:
+            _go_alone(self, p, tick, own[tick.message_id], later)
+        except StatsUnavailable as exc:  # beat's record of it stays: a supervisor resends it
+            log.warning("tick %s: not sent on alone (%s); sent again as lost", tick.message_id, exc)
     now = time.time()
     by_id = {t.message_id: t for t, _ in made}
     history = [

@@ -143,6 +143,22 @@ def test_every_entry_due_at_an_instant_is_fired_in_one_wake(tmp_path: Path) -> N
     assert len({at for _, at in s.sent}) == 1
 
 
+def test_an_entry_has_one_tick_in_a_numbering_run(scheduler: Recording) -> None:
+    # Given a catch-up queue: two ticks of one entry among others, none numbered yet
+    from pubtasks.beat import Unsent  # noqa: PLC0415
+
+    grid = scheduler.schedule["grid"]
+    other = changed(grid, name="other")
+    scheduler._unsent.extend(
+        [Unsent(grid, 1.0, 1), Unsent(other, 1.0, 1), Unsent(grid, 2.0, 1), Unsent(other, 2.0, 1)]
+    )
+    # Then a numbering run stops at the entry's second tick: it is numbered only once the
+    # one before it was sent and recorded (a beat taking the lock fires again only the
+    # latest tick numbered; earlier ones numbered and unsent would be lost)
+    run = scheduler._unnumbered_run()
+    assert [(u.entry.name, u.scheduled_at) for u in run] == [("grid", 1.0), ("other", 1.0)]
+
+
 # -- where a beat taking the lock goes on from, and the ticks it skips -------------------
 
 
