@@ -44,6 +44,10 @@ from pubtasks.tries import Later, Tries, nack_backoff, return_backoff
 log = logging.getLogger(__name__)
 
 
+#: Each tick of a group still to publish, with its messages not done.
+Todo = list[tuple[message.Tick, list[message.Outgoing]]]
+
+
 class GroupListener(Listener, Protocol):
     """A listener that reads the done marks of many ticks at once."""
 
@@ -86,14 +90,12 @@ class GroupPolicy(TickPolicy):
         self._decide(ended, todo, sent)
         return ended
 
-    def _to_publish(
-        self, ticks: Sequence[message.Tick], ended: Ended
-    ) -> list[tuple[message.Tick, list[message.Outgoing]]]:
+    def _to_publish(self, ticks: Sequence[message.Tick], ended: Ended) -> Todo:
         """Each tick's messages to publish now; those done before, past their deadline
         or with a payload to make are put where they belong in ``ended``."""
         now = self.clock()
         late = f"TICK_DEADLINE={self.limits.tick_deadline:g} s passed"
-        todo: list[tuple[message.Tick, list[message.Outgoing]]] = []
+        todo: Todo = []
         for tick, done in zip(ticks, self.listener.done_many(ticks), strict=True):
             outs = [out for out in tick.messages() if out.message_id not in done]
             if not outs:
@@ -106,9 +108,7 @@ class GroupPolicy(TickPolicy):
                 todo.append((tick, outs))
         return todo
 
-    def _connected(
-        self, ended: Ended, todo: list[tuple[message.Tick, list[message.Outgoing]]]
-    ) -> bool:
+    def _connected(self, ended: Ended, todo: Todo) -> bool:
         """Make sure the stream can publish; else put each tick where the error puts it
         (raises ``Later`` when RabbitMQ is unreachable: ``_unreachable``)."""
         now = self.clock()
@@ -131,7 +131,7 @@ class GroupPolicy(TickPolicy):
     def _decide(
         self,
         ended: Ended,
-        todo: list[tuple[message.Tick, list[message.Outgoing]]],
+        todo: Todo,
         sent: Attempt,
     ) -> None:
         """Each tick's end after the group's attempt, as ``TickPolicy._publish`` would
@@ -172,7 +172,7 @@ class GroupPolicy(TickPolicy):
     def _unreachable(
         self,
         ended: Ended,
-        todo: list[tuple[message.Tick, list[message.Outgoing]]],
+        todo: Todo,
         exc: Unreachable,
     ) -> Ended:
         """RabbitMQ unreachable: fail the ticks that waiting would take past their
@@ -195,7 +195,7 @@ class GroupPolicy(TickPolicy):
     def _contain_group(
         self,
         ended: Ended,
-        todo: list[tuple[message.Tick, list[message.Outgoing]]],
+        todo: Todo,
         exc: Exception,
     ) -> None:
         """An unexpected exception broke the attempt off: what it had in flight is

@@ -16,10 +16,17 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def app(redis_url: str) -> Iterator[Celery]:
+def app(redis_url: str, prefix: str) -> Iterator[Celery]:
     app = Celery("resend", broker=redis_url, set_as_current=False)
-    yield app
-    app.close()
+    try:
+        yield app
+    finally:
+        with app.connection_for_write() as conn:  # the test's queues
+            client = conn.default_channel.client
+            keys = list(client.scan_iter(match=f"{prefix}*"))
+            if keys:
+                client.delete(*keys)
+        app.close()
 
 
 def test_a_tick_waiting_in_its_entrys_own_queue_is_found_not_sent_twice(
@@ -38,23 +45,16 @@ def test_a_tick_waiting_in_its_entrys_own_queue_is_found_not_sent_twice(
         kwargs = {"entry": entry, "scheduled_at": at, "number": 1, "batch": 1}
         options = {"priority": 6} if entry == "mine" else {}
         app.send_task("pubtasks.publish", kwargs=kwargs, queue=queue, **options)
-    try:
-        with app.connection_for_write() as conn:
-            channel = conn.default_channel
-            # When the supervisor looks for them, in the queues the schedule names
-            queues = tick_queues(default, schedule)
-            found = queued_ticks(channel, queues)
-            # Then both are present: neither is sent again as lost
-            assert queues == {default, own}
-            assert {message_id(e, at) for e, at in ticks.items()} <= found
-            # (Looking in the default queue alone, as before, missed the entry's own)
-            assert message_id("mine", 10.0) not in queued_ticks(channel, {default})
-    finally:
-        with app.connection_for_write() as conn:
-            client = conn.default_channel.client
-            keys = list(client.scan_iter(match=f"{prefix}*"))
-            if keys:
-                client.delete(*keys)
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        # When the supervisor looks for them, in the queues the schedule names
+        queues = tick_queues(default, schedule)
+        found = queued_ticks(channel, queues)
+        # Then both are present: neither is sent again as lost
+        assert queues == {default, own}
+        assert {message_id(e, at) for e, at in ticks.items()} <= found
+        # (Looking in the default queue alone, as before, missed the entry's own)
+        assert message_id("mine", 10.0) not in queued_ticks(channel, {default})
 
 
 def test_each_tick_of_a_group_waiting_in_the_queue_is_found(app: Celery, prefix: str) -> None:
@@ -64,15 +64,8 @@ def test_each_tick_of_a_group_waiting_in_the_queue_is_found(app: Celery, prefix:
         {"entry": f"e{i}", "scheduled_at": 20.0, "number": i + 1, "batch": 1} for i in range(3)
     ]
     app.send_task("pubtasks.publish_group", kwargs={"ticks": ticks}, queue=default)
-    try:
-        with app.connection_for_write() as conn:
-            # When the supervisor looks for ticks whose task message was lost
-            found = queued_ticks(conn.default_channel, {default})
-        # Then each of the group's ticks is there: none is sent again
-        assert {message_id(f"e{i}", 20.0) for i in range(3)} <= found
-    finally:
-        with app.connection_for_write() as conn:
-            client = conn.default_channel.client
-            keys = list(client.scan_iter(match=f"{prefix}*"))
-            if keys:
-                client.delete(*keys)
+    with app.connection_for_write() as conn:
+        # When the supervisor looks for ticks whose task message was lost
+        found = queued_ticks(conn.default_channel, {default})
+    # Then each of the group's ticks is there: none is sent again
+    assert {message_id(f"e{i}", 20.0) for i in range(3)} <= found
