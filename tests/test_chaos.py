@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from pubtasks.bench.worker import Worker
-from tests.support.chaos import CAUSED, Supervisor, verdict
+from tests.support.chaos import CAUSED, Supervisor, beat_of, verdict
 
 
 def result(**changes: Any) -> dict[str, Any]:
@@ -40,3 +40,34 @@ def test_a_beat_kill_explains_exit_3_and_nothing_else(tmp_path: Path) -> None:
     s.expect(w, "beat_kill")
     assert s.caused == {tmp_path.name: {3}}
     assert CAUSED == {"beat_kill": 3, "worker_kill": -9, "worker_term": 0}
+
+
+def test_a_pool_kill_explains_exit_1_only_when_the_log_says_the_pool_did_not_start(
+    tmp_path: Path,
+) -> None:
+    w = Worker(tmp_path, {})
+    s = Supervisor([w])
+    w.log_path.write_text(
+        "CRITICAL/MainProcess] Unrecoverable error: WorkerLostError('Could not start worker "
+        "processes')\n"
+    )
+    s.expect(w, "pool_kill")
+    assert s.explained(w, 1)
+    assert not s.explained(w, 1)  # one kill explains one exit
+    s.expect(w, "pool_kill")
+    assert not s.explained(w, 2)
+    w.log_path.write_text("ready.\nsomething else went wrong\n")
+    s.expect(w, "pool_kill")
+    assert not s.explained(w, 1)
+
+
+def test_the_current_log_is_what_the_worker_wrote_since_its_last_start(tmp_path: Path) -> None:
+    w = Worker(tmp_path, {})
+    w.log_path.write_text("watching the embedded beat (pid 41)\n")
+    w._started_at = w.log_path.stat().st_size  # as start() does
+    assert w.current_log == ""
+    assert beat_of(w) is None  # the beat of the run before is gone
+    with w.log_path.open("a") as log:
+        log.write("watching the embedded beat (pid 42)\n")
+    assert w.current_log == "watching the embedded beat (pid 42)\n"
+    assert beat_of(w) == 42

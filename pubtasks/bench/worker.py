@@ -141,13 +141,22 @@ class Worker:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @property
+    def current_log(self) -> str:
+        """What the worker wrote since it was last started (not what an earlier run did)."""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as log:
+            log.seek(self._started_at)
+            return log.read().decode(errors="replace")
+
     def wait_ready(self, timeout: float) -> None:
         """Return once the worker says it is ready; raise if it exits first."""
 
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"the worker exited:\n{self.log[-2000:]}")
-            return " ready." in self.log[self._started_at :]
+            return " ready." in self.current_log
 
         wait_for(ready, timeout, "the worker to be ready")
 

@@ -44,7 +44,8 @@ tick missing; any tick failed or skipped (no fault here is one that a tick shoul
 fail or be skipped for); a number lost or under two ids; a tick stranded or left
 in Redis; the counters' invariant broken; a worker that exited other than as the
 fault done to it makes it (3 after a beat kill, -9 after a SIGKILL, 0 after a
-SIGTERM), or that did not stop cleanly at the end. The seed is printed first:
+SIGTERM, 1 after a pool kill while it started, as its log says: ``POOL_LOST_AT_START``),
+or that did not stop cleanly at the end. The seed is printed first:
 ``--seed`` replays a run's faults, in the same order. The record is stamped with
 the commit it ran on.
 """
@@ -116,6 +117,11 @@ CLUSTER_FAULTS = (
 )
 #: The exit status each fault makes a worker exit with (the embedded beat's death: 3).
 CAUSED = {"beat_kill": 3, "worker_kill": -signal.SIGKILL, "worker_term": 0}
+#: A pool process killed before the worker's loop first runs makes Celery exit 1 with
+#: this in its log (``celery.worker.loops.asynloop``: billiard's ``did_start_ok``); any
+#: other pool kill leaves the worker running. CI's loaded machine once took 4 s
+#: from a restart to that point, and a pool_kill fell inside it.
+POOL_LOST_AT_START = "Could not start worker processes"
 #: A tick reserved longer than this at the end was stranded (a live worker's takes ms).
 STRANDED_AFTER = 30.0
 #: A supervisor starts a killed RabbitMQ node or Redis again this long after.
@@ -140,8 +146,12 @@ def children(pid: int) -> list[int]:
 
 
 def beat_of(worker: Worker) -> int | None:
+    """The pid of the embedded beat that ``worker`` runs now, once it has said it.
+
+    Read from what this run of the worker wrote: after a restart, the line of the run
+    before names a beat that is gone, and the new beat would pass for a pool process."""
     marker = "watching the embedded beat (pid "
-    log = worker.log
+    log = worker.current_log
     at = log.rfind(marker)
     return None if at < 0 else int(log[at + len(marker) :].split(")", 1)[0])
 
@@ -177,11 +187,24 @@ class Supervisor:
     workers: list[Worker]
     exits: list[Exit] = field(default_factory=list)
     caused: dict[str, set[int]] = field(default_factory=dict)
+    pool_killed: set[str] = field(default_factory=set)  # since each worker's last start
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: bool = False
 
     def expect(self, worker: Worker, fault: str) -> None:
-        self.caused.setdefault(worker.cwd.name, set()).add(CAUSED[fault])
+        if fault == "pool_kill":
+            self.pool_killed.add(worker.cwd.name)
+        else:
+            self.caused.setdefault(worker.cwd.name, set()).add(CAUSED[fault])
+
+    def explained(self, worker: Worker, code: int) -> bool:
+        """Whether a fault done to ``worker`` since its last start explains its exit."""
+        name = worker.cwd.name
+        pool_killed = name in self.pool_killed
+        self.pool_killed.discard(name)
+        if code in self.caused.pop(name, set()):
+            return True
+        return code == 1 and pool_killed and POOL_LOST_AT_START in worker.current_log
 
     def look(self) -> None:
         with self.lock:
@@ -190,7 +213,7 @@ class Supervisor:
             for w in self.workers:
                 if w.proc is not None and w.proc.poll() is not None:
                     code = w.proc.returncode
-                    caused = code in self.caused.pop(w.cwd.name, set())
+                    caused = self.explained(w, code)
                     self.exits.append(Exit(w.cwd.name, code, caused))
                     why = "" if caused else " (no fault done to it explains that)"
                     say(f"worker {w.cwd.name} exited {code}{why}; starting it again")
@@ -463,10 +486,13 @@ class Chaos:
                 return f"worker {w.cwd.name} was down: nothing done"
             beat = beat_of(w)
             if fault == "pool_kill":
+                if beat is None:  # beat, not yet named, would pass for a pool process
+                    return f"worker {w.cwd.name} had not named its beat yet: nothing done"
                 pool = [p for p in children(w.proc.pid) if p != beat]
                 if not pool:
                     return f"worker {w.cwd.name} had no pool process yet: nothing done"
                 pid = self.rng.choice(pool)
+                self.supervisor.expect(w, fault)
                 os.kill(pid, signal.SIGKILL)
                 return f"pool process {pid} of worker {w.cwd.name} SIGKILLed"
             if fault == "beat_kill":
