@@ -260,7 +260,7 @@ def holder_group(stats: Any) -> int | None:
 
 def beat_pid(worker: Worker) -> int:
     """The pid of the worker's embedded beat, as its latest start logged it."""
-    found = re.findall(r"watching the embedded beat \(pid (\d+)\)", worker.log)
+    found = re.findall(r"watching the embedded beat \(pid (\d+)\)", worker.current_log)
     assert found, "the worker has not logged its beat's pid"
     return int(found[-1])
 
@@ -272,6 +272,7 @@ def record(row: Row) -> None:
         return
     data = {k: v for k, v in row.__dict__.items() if k != "ids"}
     data["commit"] = commit()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a") as f:
         f.write(json.dumps(data) + "\n")
 
@@ -280,5 +281,6 @@ def record_replication(measure: dict[str, Any]) -> None:
     """Append a replication measure to $PUBTASKS_RELIABILITY_OUT, when it is set."""
     out = os.environ.get("PUBTASKS_RELIABILITY_OUT")
     if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "a") as f:
             f.write(json.dumps(measure) + "\n")
