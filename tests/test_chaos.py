@@ -71,3 +71,17 @@ def test_the_current_log_is_what_the_worker_wrote_since_its_last_start(tmp_path:
         log.write("watching the embedded beat (pid 42)\n")
     assert w.current_log == "watching the embedded beat (pid 42)\n"
     assert beat_of(w) == 42
+
+
+def test_a_sigterm_before_the_worker_is_ready_may_also_explain_death_by_sigterm(
+    tmp_path: Path,
+) -> None:
+    w = Worker(tmp_path, {})
+    s = Supervisor([w])
+    s.expect(w, "worker_term")  # nothing logged yet: Celery's handler may not be in place
+    assert s.caused == {tmp_path.name: {0, -15}}
+    assert s.explained(w, -15)
+    w.log_path.write_text("[...] chaos-a@vm ready.\n")
+    s.expect(w, "worker_term")  # once ready, only the warm shutdown's 0
+    assert s.caused == {tmp_path.name: {0}}
+    assert not s.explained(w, -15)

@@ -44,7 +44,8 @@ tick missing; any tick failed or skipped (no fault here is one that a tick shoul
 fail or be skipped for); a number lost or under two ids; a tick stranded or left
 in Redis; the counters' invariant broken; a worker that exited other than as the
 fault done to it makes it (3 after a beat kill, -9 after a SIGKILL, 0 after a
-SIGTERM, 1 after a pool kill while it started, as its log says: ``POOL_LOST_AT_START``),
+SIGTERM, or -15 if it had not said it was ready; 1 after a pool kill while it started,
+as its log says: ``POOL_LOST_AT_START``),
 or that did not stop cleanly at the end. The seed is printed first:
 ``--seed`` replays a run's faults, in the same order. The record is stamped with
 the commit it ran on.
@@ -122,6 +123,10 @@ CAUSED = {"beat_kill": 3, "worker_kill": -signal.SIGKILL, "worker_term": 0}
 #: other pool kill leaves the worker running. CI's loaded machine once took 4 s
 #: from a restart to that point, and a pool_kill fell inside it.
 POOL_LOST_AT_START = "Could not start worker processes"
+#: What a worker logs once it is up; Celery has put its SIGTERM handler (a warm
+#: shutdown, exit 0) in place before. A SIGTERM sent earlier (CI once sent one a few
+#: ms after a restart) may find Python's default action: death by SIGTERM (-15).
+READY = " ready."
 #: A tick reserved longer than this at the end was stranded (a live worker's takes ms).
 STRANDED_AFTER = 30.0
 #: A supervisor starts a killed RabbitMQ node or Redis again this long after.
@@ -194,8 +199,11 @@ class Supervisor:
     def expect(self, worker: Worker, fault: str) -> None:
         if fault == "pool_kill":
             self.pool_killed.add(worker.cwd.name)
-        else:
-            self.caused.setdefault(worker.cwd.name, set()).add(CAUSED[fault])
+            return
+        codes = self.caused.setdefault(worker.cwd.name, set())
+        codes.add(CAUSED[fault])
+        if fault == "worker_term" and READY not in worker.current_log:
+            codes.add(-signal.SIGTERM)  # maybe before Celery's handler: the default action
 
     def explained(self, worker: Worker, code: int) -> bool:
         """Whether a fault done to ``worker`` since its last start explains its exit."""
