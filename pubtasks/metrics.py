@@ -62,10 +62,6 @@ class Schedule:
     timezone: tzinfo = UTC  # Celery's, for crontabs without a zone of their own
 
     @property
-    def intervals(self) -> dict[str, float]:
-        return intervals(self.beat_schedule, self.publish_interval)
-
-    @property
     def schedules(self) -> dict[str, Following | None]:
         return schedules(self.beat_schedule, self.publish_interval, self.timezone)
 
@@ -156,7 +152,6 @@ def families(r: Reading, schedule: Schedule, now: float) -> Iterator[Metric]:
         latency.add_metric([entry], buckets, sum_value=h.sum)
     yield latency
     yield from _beat(r.state)
-    expected = schedule.intervals
     state = r.state
     found = (
         r.inventory
@@ -166,6 +161,8 @@ def families(r: Reading, schedule: Schedule, now: float) -> Iterator[Metric]:
             dict.fromkeys(publish_entries(schedule.beat_schedule), SOURCES[0]),
         )
     )
+    # Every entry's, run-time ones too: PubtasksNoConfirm joins on it.
+    expected = intervals(found.entries, schedule.publish_interval)
     states = found.states(schedule.publish_interval, schedule.timezone, state)
     finished = {n for n, s in states.items() if s == "finished"}
     expecting = schedules(found.entries, schedule.publish_interval, schedule.timezone, finished)
@@ -189,7 +186,8 @@ def families(r: Reading, schedule: Schedule, now: float) -> Iterator[Metric]:
     )
     yield _per_entry(
         "pubtasks_schedule_interval_seconds",
-        "seconds between the ticks of each interval entry of beat_schedule",
+        "seconds between the ticks of each interval entry, of beat_schedule or added at "
+        "run time (pubtasks schedule add)",
         expected,
     )
     yield _per_entry(

@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from pubtasks.control import State
 from pubtasks.health import Fleet
+from pubtasks.inventory import Inventory
 from pubtasks.keys import LATENCY_BUCKETS
 from pubtasks.metrics import Reading, Schedule, StatsCollector, families, holder_parts
 from pubtasks.records import Counts, Latency, Snapshot
@@ -172,6 +173,19 @@ def test_paused_health_and_interval_cover_every_entry_of_the_schedule() -> None:
     assert got[one("pubtasks_healthy", entry="two")] == 1
     # Unpaused, two has no confirm for its ticks since the start, 30 s ago: unhealthy
     assert samples(reading())[one("pubtasks_healthy", entry="two")] == 0
+
+
+def test_a_run_time_entry_has_its_interval_served_so_its_no_confirm_alert_can_fire() -> None:
+    # Given an entry added at run time (pubtasks schedule add) beside the config's two
+    added = {"task": "pubtasks.publish", "schedule": every(5)}
+    found = Inventory(
+        {**SCHEDULE.beat_schedule, "added": added},
+        {"one": "config", "two": "config", "added": "runtime"},
+    )
+    got = samples(reading(inventory=found))
+    # Then its interval is served, as the config's are (PubtasksNoConfirm joins on it)
+    assert got[one("pubtasks_schedule_interval_seconds", entry="added")] == 5
+    assert got[one("pubtasks_schedule_interval_seconds", entry="one")] == 2
 
 
 def test_health_is_served_for_every_schedule_and_is_0_for_a_dead_fleet() -> None:

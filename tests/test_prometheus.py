@@ -302,7 +302,12 @@ class Prometheus:
 
 @pytest.fixture
 def exporter(worker_dir: Path, worker_env: dict[str, str], prefix: str) -> Iterator[str]:
-    """The real ``pubtasks metrics``, where the worker runs; its host:port."""
+    """The real ``pubtasks metrics``, where the worker runs, with its config; its host:port.
+
+    The config is written first: the exporter reads it once (its entries' intervals),
+    and one that read the fixture's default config served no interval for ``text``,
+    so PubtasksNoConfirm could not fire (seen once on a loaded CI)."""
+    write_config(worker_dir, prefix, ENTRIES)
     port = free_port()
     cmd = [sys.executable, "-m", "pubtasks", "metrics", "--address", "127.0.0.1"]
     process = subprocess.Popen(
@@ -345,9 +350,9 @@ def test_a_real_prometheus_scrapes_the_worker_answers_every_panel_and_alerts(
     stats: Stats,
     prometheus: Prometheus,
 ) -> None:
-    # Given the real worker, an entry publishing every 0.2 s and one publishing to no queue,
-    # scraped every second by a real Prometheus for about 30 s
-    write_config(worker_dir, stats.keys.prefix, ENTRIES)
+    # Given the real worker, an entry publishing every 0.2 s and one publishing to no queue
+    # (ENTRIES, written by the exporter fixture), scraped every second by a real
+    # Prometheus for about 30 s
     worker.start()
     started = time.time()
 
