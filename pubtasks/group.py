@@ -14,7 +14,10 @@ then decides per tick:
   lost, a payload function to run): the tick leaves the group with its ``Later``,
   as the tick policy would have given it back after the same attempt, and the
   caller sends it on its own, where it takes its entry's lane (``lanes``). A sick
-  entry's tick so never holds the group, nor waits in it.
+  entry's tick so never holds the group, nor waits in it. A channel lost under the
+  group is charged to no tick (one entry's publish may have closed it for all):
+  each goes on alone with all its attempts, and there only the tick whose publish
+  closes the channel is charged.
 
 Only RabbitMQ unreachable holds the whole group (``Later`` raised, the group's task
 is retried): every tick would meet it, alone or grouped.
@@ -122,9 +125,9 @@ class GroupPolicy(TickPolicy):
             for tick, outs in todo:
                 self._give_up(ended, tick, outs, str(exc))
             return False
-        except ChannelLost as exc:
+        except ChannelLost as exc:  # before anything was published: charged to none
             for tick, _ in todo:
-                ended.alone.append((tick, Later(0.0, Tries().at(1, 0, exc.reason))))
+                ended.alone.append((tick, Later(0.0, Tries(reason=exc.reason))))
             return False
         return True
 
@@ -157,6 +160,13 @@ class GroupPolicy(TickPolicy):
             reason = sent.error or (f"{nacked} nacked by RabbitMQ" if nacked else "unconfirmed")
             if tick.batch == 1 and nacked:
                 reason = "nacked by RabbitMQ"
+            if sent.error is not None and not sent.timed_out and not nacked:
+                # The channel was lost under the whole group, most likely by one entry's
+                # publish (an exchange deleted, DECLARE='none'): not charged to this tick,
+                # which had no answer of its own. Alone, only the tick whose publish
+                # closes the channel is charged, even with PUBLISH_ATTEMPTS=1.
+                ended.alone.append((tick, Later(0.0, Tries(reason=reason))))
+                continue
             if self.limits.attempts <= 1:
                 self._give_up(ended, tick, left, f"gave up after 1 attempts: {reason}")
                 continue

@@ -91,7 +91,8 @@ def test_a_channel_lost_half_way_sends_the_unfinished_ticks_on_alone() -> None:
     assert {later.tries.reason for _, later in ended.alone} == {
         "RabbitMQ closed the channel: (404) NOT_FOUND"
     }
-    assert all(later.delay == 0.0 and later.tries.attempt == 1 for _, later in ended.alone)
+    # not charged: one entry's publish may have closed the channel for all
+    assert all(later.delay == 0.0 and later.tries.attempt == 0 for _, later in ended.alone)
     assert not ended.failed  # alone, only the tick whose publish closed it fails
     # the first window's four were published, then lost: counted unconfirmed, not acked
     assert listener.count("unconfirmed") == len(listener.published) == LIMITS.confirm_window
@@ -153,3 +154,15 @@ def test_with_one_attempt_a_tick_not_acked_fails_in_the_group() -> None:
         ("e1", "gave up after 1 attempts: nacked by RabbitMQ")
     ]
     assert len(listener.failures) == 1
+
+
+def test_with_one_attempt_a_channel_lost_under_the_group_fails_no_tick() -> None:
+    limits = Limits(attempts=1, confirm_timeout=5.0, confirm_window=4, tick_deadline=600.0)
+    policy, stream, listener = group(lambda m, n: "ack", limits)
+    stream.lose_after = 3
+    stream.lose_with = ChannelLost("RabbitMQ closed the channel: (404) NOT_FOUND", permanent=True)
+    ended = policy.publish_group(ticks(6))
+    # Then no tick is failed for a channel one entry's publish may have closed for all:
+    # each goes on alone with its one attempt unused
+    assert not ended.failed and not listener.failures
+    assert [later.tries.attempt for _, later in ended.alone] == [0] * 6
