@@ -72,7 +72,7 @@ class FollowingConnection(SentinelManagedConnection):
 def master_client(url: str, master_name: str, options: dict[str, Any]) -> redis.Redis:
     """A client of the master the Sentinels of ``url`` name ``master_name``."""
     where = sentinels(url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         where.hosts,
         # One try each: a Sentinel that does not answer is skipped for the next (the
         # master's address, ``agreement``), not retried for seconds.
@@ -82,7 +82,7 @@ def master_client(url: str, master_name: str, options: dict[str, Any]) -> redis.
             "retry": Retry(NoBackoff(), 0),
         },
     )
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         master_name,
         connection_class=FollowingConnection,
         db=where.db,
