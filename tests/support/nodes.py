@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,7 +22,30 @@ import redis
 from pubtasks.bench.waiting import wait_for
 
 
+def ephemeral_start(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """The lowest port the kernel hands to outgoing connections (32768 on Linux's
+    default, and where the file cannot be read)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A localhost port nothing listens on, chosen below the kernel's ephemeral range
+    when there is room (from 20000): a port from that range can be taken by any
+    outgoing connection between this probe and the server's own bind, and CI makes
+    thousands of them while a RabbitMQ node boots (a chaos run's Redis once found its
+    port so taken and never answered)."""
+    top = ephemeral_start()
+    for _ in range(200 if top - 20000 >= 1000 else 0):
+        port = random.randrange(20000, top)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -162,16 +186,44 @@ class RedisNode:
             "--dir", str(directory), "--appendonly", "yes", "--appendfsync", "always",
             "--save", "", "--logfile", str(directory / "redis.log"),
         ]  # fmt: skip
+        self.log = directory / "redis.log"
+        self.started = False  # once it has answered, its port is its clients' and stays
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.args)
-        client = redis.Redis(port=self.port)
-        try:
-            wait_for(lambda: pings(client), 30, "Redis to load its AOF and answer", 0.05)
-        finally:
-            client.close()
+        """Start it (again, after ``kill``: the same port and AOF) and wait until it
+        answers. If it exits first, say so at once with the end of its log; on its
+        first start, a port taken since it was chosen gets a fresh one (twice at most)."""
+        for attempt in range(3):
+            proc = self.proc = subprocess.Popen(self.args)
+            client = redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
+            try:
+                wait_for(
+                    lambda: proc.poll() is not None or pings(client),  # noqa: B023
+                    30,
+                    "Redis to load its AOF and answer",
+                    0.05,
+                )
+            finally:
+                client.close()
+            if proc.poll() is None:
+                self.started = True
+                return
+            tail = self.log_tail()
+            if self.started or attempt == 2 or "Address already in use" not in tail:
+                raise RuntimeError(f"redis-server on port {self.port} exited:\n{tail}")
+            self._move(free_port())
+
+    def _move(self, port: int) -> None:
+        self.args[self.args.index(str(self.port))] = str(port)
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text().splitlines()[-lines:]) or "(no log)"
+        return "(no log)"
 
     def stop(self) -> None:
         """A clean shutdown: the AOF is written out."""
