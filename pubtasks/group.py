@@ -160,11 +160,14 @@ class GroupPolicy(TickPolicy):
             reason = sent.error or (f"{nacked} nacked by RabbitMQ" if nacked else "unconfirmed")
             if tick.batch == 1 and nacked:
                 reason = "nacked by RabbitMQ"
-            if sent.error is not None and not sent.timed_out and not nacked:
-                # The channel was lost under the whole group, most likely by one entry's
-                # publish (an exchange deleted, DECLARE='none'): not charged to this tick,
-                # which had no answer of its own. Alone, only the tick whose publish
-                # closes the channel is charged, even with PUBLISH_ATTEMPTS=1.
+            waited = any(o.message_id in sent.waited for o in left)
+            if sent.error is not None and not nacked and not waited:
+                # The group stopped for a fault that was not this tick's own: its channel
+                # lost, most likely by one entry's publish (an exchange deleted,
+                # DECLARE='none'), or another tick's publish unanswered for
+                # CONFIRM_TIMEOUT (a quorum queue with no leader) while this one was not
+                # sent yet or had not waited that long. Not charged: alone, only the tick
+                # at fault is charged, even with PUBLISH_ATTEMPTS=1.
                 ended.alone.append((tick, Later(0.0, Tries(reason=reason))))
                 continue
             if self.limits.attempts <= 1:

@@ -135,6 +135,9 @@ class Attempt:
     error: str | None = None  # why the attempt stopped early
     permanent: bool = False  # a channel error that retrying cannot fix
     timed_out: bool = False  # the oldest publish waited CONFIRM_TIMEOUT for its answer
+    # message_ids whose publish went out and was still unanswered after CONFIRM_TIMEOUT
+    # (timed_out): in a group, only these ticks met the timeout themselves
+    waited: frozenset[str] = frozenset()
 
 
 class TickPolicy:
@@ -364,6 +367,8 @@ class TickPolicy:
         # Reported as published but not sent yet: a window's worth is reported in one go
         # ahead of sending, so the broker is never kept waiting on the listener.
         reported: deque[tuple[message.Tick, message.Outgoing, Delivery]] = deque()
+        out: list[Delivery] = []  # handed to RabbitMQ
+        waited: frozenset[str] = frozenset()
         try:
             while position < len(todo) or stream.in_flight:
                 room = limits.confirm_window - stream.in_flight
@@ -377,6 +382,7 @@ class TickPolicy:
                     for _ in batch:
                         reported.popleft()
                     position += len(batch)
+                    out += (d for _, _, d in batch)
                     self.stream.publish_many(groups)
                     continue
                 # The window is full, or all is sent: report outcomes while RabbitMQ works.
@@ -386,6 +392,12 @@ class TickPolicy:
                 wait = oldest.published_at + limits.confirm_timeout - self.clock()
                 if wait <= 0:
                     error, timed_out = self._timed_out(), True
+                    since = self.clock() - limits.confirm_timeout
+                    waited = frozenset(  # ``sent`` holds what was answered, reported above
+                        d.message_id
+                        for d in out
+                        if d.published_at <= since and d.message_id not in sent
+                    )
                     stream.abandon()  # it may be silently dead; a late ack must not count
                     break
                 stream.wait(wait)
@@ -395,7 +407,7 @@ class TickPolicy:
             # Reported but never sent: no answer will come for them either.
             self._unreported += [Settled(d, Outcome.UNCONFIRMED) for _, _, d in reported]
         self._report(sent)
-        return Attempt(sent, error, permanent, timed_out)
+        return Attempt(sent, error, permanent, timed_out, waited)
 
     def _build(
         self,

@@ -166,3 +166,16 @@ def test_with_one_attempt_a_channel_lost_under_the_group_fails_no_tick() -> None
     # each goes on alone with its one attempt unused
     assert not ended.failed and not listener.failures
     assert [later.tries.attempt for _, later in ended.alone] == [0] * 6
+
+
+def test_with_one_attempt_a_confirm_timeout_fails_only_the_ticks_that_waited_it() -> None:
+    # e0-e3 route to a queue that never answers (a quorum queue with no leader) and fill
+    # the window; e4 and e5 are healthy and were not sent when the timeout came
+    limits = Limits(attempts=1, confirm_timeout=5.0, confirm_window=4, tick_deadline=600.0)
+    sick = ("e0@", "e1@", "e2@", "e3@")
+    policy, stream, listener = group(lambda m, n: None if m.startswith(sick) else "ack", limits)
+    ended = policy.publish_group(ticks(6))
+    assert sorted(t.entry for t, _ in ended.failed) == ["e0", "e1", "e2", "e3"]
+    assert all("CONFIRM_TIMEOUT" in reason for _, reason in ended.failed)
+    assert [(t.entry, later.tries.attempt) for t, later in ended.alone] == [("e4", 0), ("e5", 0)]
+    assert len(listener.failures) == 4 and stream.abandoned == 1
