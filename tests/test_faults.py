@@ -27,6 +27,7 @@ from pubtasks.bench.worker import rss_of_group as process_group_rss
 from pubtasks.stats import Stats
 from tests.helpers import (
     Worker,
+    caught_up,
     check,
     clock_of,
     close_connections,
@@ -392,6 +393,7 @@ def test_redis_restart(worker: Worker, amqp_url: str, prefix: str, own_redis: Re
     recovery = more_acks(stats, 10, 60, "after the restart") - up_at
     last = fired(stats)
     wait_for(lambda: acked(stats) >= last, 30, "every fired tick to be published")
+    wait_for(lambda: caught_up(stats), 60, "beat to send the ticks it kept", 0.05)
     assert worker.stop() == 0
     queued = finish(worker.cwd, worker.env, stats)
     # ... with no tick lost (beat kept the ticks it could not send) and exact counts
