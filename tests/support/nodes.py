@@ -35,8 +35,8 @@ def free_port() -> int:
     """A localhost port nothing listens on, chosen below the kernel's ephemeral range
     when there is room (from 20000): a port from that range can be taken by any
     outgoing connection between this probe and the server's own bind, and CI makes
-    thousands of them while a RabbitMQ node boots (a chaos run's Redis once found its
-    port so taken and never answered)."""
+    thousands of them while a RabbitMQ node boots (the likely cause of a chaos run's
+    Redis that never answered at its first start, on CI)."""
     top = ephemeral_start()
     for _ in range(200 if top - 20000 >= 1000 else 0):
         port = random.randrange(20000, top)
