@@ -54,7 +54,7 @@ def main(path: str, *chaos_paths: str) -> None:
         "Redis) and renders what they record. Do not edit by hand; run it again.\n"
     )
     print(
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
+        f"Rendered {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
         f"{platform.machine()}, Python {platform.python_version()}, "
         f"RabbitMQ {version(['rabbitmqctl', '-q', 'version'])}, "
         f"{version(['redis-server', '--version']).split(' sha=')[0]}; rows recorded on "
