@@ -14,10 +14,11 @@ then decides per tick:
   lost, a payload function to run): the tick leaves the group with its ``Later``,
   as the tick policy would have given it back after the same attempt, and the
   caller sends it on its own, where it takes its entry's lane (``lanes``). A sick
-  entry's tick so never holds the group, nor waits in it. A channel lost under the
-  group is charged to no tick (one entry's publish may have closed it for all):
-  each goes on alone with all its attempts, and there only the tick whose publish
-  closes the channel is charged.
+  entry's tick so never holds the group, nor waits in it. A tick is charged an
+  attempt only for a fault of its own: a nack, or a publish of its own unanswered for
+  CONFIRM_TIMEOUT. A channel lost under the group (one entry's publish may have
+  closed it for all), or another tick's timeout, sends it on alone with all its
+  attempts, and there only the tick at fault is charged.
 
 Only RabbitMQ unreachable holds the whole group (``Later`` raised, the group's task
 is retried): every tick would meet it, alone or grouped.
