@@ -25,6 +25,7 @@ def test_the_ephemeral_range_defaults_when_it_cannot_be_read(tmp_path: Path) -> 
     assert ephemeral_start(tmp_path / "range") == 40000
 
 
+@pytest.mark.integration  # starts a redis-server of its own
 def test_a_first_start_on_a_port_taken_meanwhile_moves_to_a_free_one(tmp_path: Path) -> None:
     node = RedisNode(tmp_path)
     with socket.socket() as squatter:
@@ -38,6 +39,7 @@ def test_a_first_start_on_a_port_taken_meanwhile_moves_to_a_free_one(tmp_path: P
             node.kill()
 
 
+@pytest.mark.integration  # starts a redis-server of its own
 def test_a_restart_on_a_taken_port_fails_at_once_with_redis_own_words(tmp_path: Path) -> None:
     node = RedisNode(tmp_path)
     node.start()
